@@ -1,0 +1,132 @@
+"""The admin API (``Authorization: Bearer <admin.token>``): config changes, fleet and tasks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .balancing import StrategyError
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .keys import GATEWAY
+from .models import TaskStatus
+from .netutil import bearer, client_ip, same_secret
+from .service import audit
+from .api import _status_body
+
+routes = web.RouteTableDef()
+
+
+def _admin(request: web.Request) -> str:
+    """Check the admin token; return the caller's address for the audit log."""
+    gw = request.app[GATEWAY]
+    ip = client_ip(request, gw.config.server.trusted_proxies)
+    if not gw.config.admin.token:
+        raise Forbidden("the admin API is disabled: set admin.token or PHOTOGATE_ADMIN_TOKEN")
+    token = bearer(request)
+    if token is None:
+        audit("admin_refused", who="anonymous", ip=ip, reason="missing token", path=request.path)
+        raise Unauthorized("admin token required (Authorization: Bearer ...)", headers={"WWW-Authenticate": "Bearer"})
+    if not same_secret(token, gw.config.admin.token):
+        audit("admin_refused", who="anonymous", ip=ip, reason="wrong token", path=request.path)
+        raise Forbidden("wrong admin token")
+    return ip
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.content.read(64 * 1024) or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
+    return body
+
+
+@routes.post("/api/v1/config/multi-backend")
+async def multi_backend(request: web.Request) -> web.Response:
+    ip = _admin(request)
+    body = await _json(request)
+    enabled = body.get("enabled")
+    if not isinstance(enabled, bool):
+        raise BadRequest('expected {"enabled": true} or {"enabled": false}')
+    request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
+    return web.json_response({"success": True, "multi_backend": enabled,
+                              "message": f"multi-backend mode {'on' if enabled else 'off'}"})
+
+
+@routes.post("/api/v1/config/strategy")
+async def strategy(request: web.Request) -> web.Response:
+    ip = _admin(request)
+    body = await _json(request)
+    name, options = body.get("strategy"), body.get("options") or {}
+    if not isinstance(name, str) or not name:
+        raise BadRequest('expected {"strategy": "least_busy", "options": {...}}')
+    if not isinstance(options, dict):
+        raise BadRequest("options: expected a JSON object")
+    try:
+        request.app[GATEWAY].set_strategy(name, options, who="admin", ip=ip)
+    except StrategyError as exc:
+        raise BadRequest(str(exc)) from None
+    return web.json_response({"success": True, "strategy": name, "options": options})
+
+
+@routes.post("/api/v1/config/reload")
+async def reload(request: web.Request) -> web.Response:
+    ip = _admin(request)
+    gw = request.app[GATEWAY]
+    try:
+        gw.reload_config(who="admin", ip=ip)
+    except (ValueError, StrategyError) as exc:
+        raise BadRequest(f"config not reloaded: {exc}") from None
+    return web.json_response({"success": True, "strategy": gw.strategy_name, "multi_backend": gw.multi_backend})
+
+
+def _node_or_404(request: web.Request):  # type: ignore[no-untyped-def]
+    state = request.app[GATEWAY].registry.get(request.match_info["server_id"])
+    if state is None:
+        raise NotFound(f"no server {request.match_info['server_id']}")
+    return state
+
+
+@routes.post("/api/v1/admin/servers/{server_id}/drain")
+async def drain(request: web.Request) -> web.Response:
+    ip = _admin(request)
+    state = _node_or_404(request)
+    await request.app[GATEWAY].registry.set_draining(state.server_id, True)
+    audit("node_drained", who="admin", ip=ip, server_id=state.server_id)
+    return web.json_response({"success": True, "server": state.public()})
+
+
+@routes.post("/api/v1/admin/servers/{server_id}/undrain")
+async def undrain(request: web.Request) -> web.Response:
+    ip = _admin(request)
+    state = _node_or_404(request)
+    await request.app[GATEWAY].registry.set_draining(state.server_id, False)
+    audit("node_undrained", who="admin", ip=ip, server_id=state.server_id)
+    return web.json_response({"success": True, "server": state.public()})
+
+
+@routes.delete("/api/v1/admin/servers/{server_id}")
+async def remove(request: web.Request) -> web.Response:
+    ip = _admin(request)
+    state = _node_or_404(request)
+    await request.app[GATEWAY].registry.remove(state.server_id)
+    audit("node_removed", who="admin", ip=ip, server_id=state.server_id)
+    return web.json_response({"success": True, "server_id": state.server_id})
+
+
+@routes.get("/api/v1/admin/tasks")
+async def tasks(request: web.Request) -> web.Response:
+    _admin(request)
+    wanted = request.query.get("status")
+    try:
+        statuses = [TaskStatus(wanted)] if wanted else list(TaskStatus)
+    except ValueError:
+        raise BadRequest(f"status: one of {', '.join(s.value for s in TaskStatus)}") from None
+    limit = request.query.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+        raise BadRequest("limit: an integer from 1 to 10000")
+    found = await request.app[GATEWAY].store.list_tasks(statuses, int(limit))
+    return web.json_response({"success": True, "tasks": [_status_body(t) for t in found]})

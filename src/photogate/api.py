@@ -1,0 +1,246 @@
+"""The public API, compatible with the earlier gateway: enhance, status, download, health, info, config."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from typing import Any
+
+import structlog
+from aiohttp import BodyPartReader, web
+
+from . import __version__
+from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from .imagecheck import EXTENSION, probe_image
+from .keys import GATEWAY
+from .models import TaskRecord, TaskStatus
+
+log = structlog.get_logger("photogate.api")
+routes = web.RouteTableDef()
+
+TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+UNAVAILABLE = "服务暂时不可用，请稍后重试"
+MESSAGES = {
+    TaskStatus.QUEUED: "任务排队中",
+    TaskStatus.PROCESSING: "正在处理",
+    TaskStatus.COMPLETED: "处理完成",
+    TaskStatus.FAILED: "处理失败",
+}
+FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
+QUALITY_LEVELS = {"low": 75, "medium": 85, "high": 95}
+#: Multipart overhead allowed on top of limits.max_upload_bytes before the early 413.
+MULTIPART_SLACK = 64 * 1024
+FIELD_LIMIT = 1024
+
+
+def _no_capacity(retry_after: int) -> ServiceUnavailable:
+    return ServiceUnavailable(UNAVAILABLE, headers={"Retry-After": str(retry_after)})
+
+
+def _parse_params(fields: dict[str, str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if fields.get("scale"):
+        try:
+            scale = float(fields["scale"])
+        except ValueError:
+            raise BadRequest("scale: expected a number such as 2 or 4") from None
+        if not 1 <= scale <= 8:
+            raise BadRequest("scale: must be between 1 and 8")
+        params["scale"] = scale
+    if fields.get("format"):
+        fmt = FORMATS.get(fields["format"].lower())
+        if fmt is None:
+            raise BadRequest("format: must be jpeg, png or webp")
+        params["format"] = fmt
+    quality = fields.get("quality") or ""
+    level = (fields.get("quality_level") or "").lower()
+    if quality:
+        if not quality.isdigit() or not 1 <= int(quality) <= 100:
+            raise BadRequest("quality: must be an integer from 1 to 100")
+        params["quality"] = int(quality)
+    elif level in QUALITY_LEVELS:
+        params["quality"] = QUALITY_LEVELS[level]
+    # Old clients send these; kept with the task for the record.
+    for legacy in ("tile_size", "quality_level"):
+        if fields.get(legacy):
+            params[legacy] = fields[legacy][:32]
+    return params
+
+
+@routes.post("/api/v1/enhance")
+async def enhance(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    cfg = gw.config
+    limit = cfg.limits.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
+        raise PayloadTooLarge(f"upload is {request.content_length} bytes; the limit is {limit} bytes")
+    if not gw.registry.serving(gw.multi_backend):
+        raise _no_capacity(cfg.limits.retry_after)
+    gw.dispatcher.check_capacity()
+    if not request.content_type.startswith("multipart/"):
+        raise BadRequest("send the photo as multipart/form-data with the field 'file'")
+
+    task_id = secrets.token_hex(16)
+    writer = gw.blobs.input_writer(task_id)
+    fields: dict[str, str] = {}
+    got_file = False
+    head = b""
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest("nested multipart bodies are not supported")
+            if part.name == "file":
+                if got_file:
+                    raise BadRequest("send one photo per request (more than one 'file' field)")
+                got_file = True
+                while chunk := await part.read_chunk(256 * 1024):
+                    if writer.size + len(chunk) > limit:
+                        raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
+                    if len(head) < 32:
+                        head += chunk[: 32 - len(head)]
+                    await writer.write(chunk)
+            elif part.name:
+                value = await part.read_chunk(FIELD_LIMIT + 1)
+                if len(value) > FIELD_LIMIT:
+                    raise BadRequest(f"form field {part.name!r} is too long")
+                fields[part.name] = value.decode("utf-8", "replace").strip()
+        if not got_file:
+            raise BadRequest("missing multipart field 'file' with the photo")
+        params = _parse_params(fields)
+        await writer.commit()
+    except BaseException:
+        await writer.abort()
+        raise
+
+    loop = asyncio.get_running_loop()
+    try:
+        info = await loop.run_in_executor(None, probe_image, writer.final, cfg.limits.max_pixels)
+    except BaseException:
+        await gw.blobs.delete(task_id)
+        raise
+    now = time.time()
+    task = TaskRecord(
+        task_id=task_id, status=TaskStatus.QUEUED, created_at=now, updated_at=now, input_mime=info.mime,
+        input_bytes=writer.size, width=info.width, height=info.height, params=params,
+    )
+    await gw.store.insert_task(task)
+    gw.dispatcher.submit(task)
+    log.info("task_accepted", task_id=task_id, bytes=writer.size, width=info.width, height=info.height)
+    body = {"task_id": task_id, "status": task.status.value, "message": "任务已提交，正在排队处理"}
+
+    wait = request.query.get("wait")
+    if wait:
+        try:
+            seconds = min(max(float(wait), 0.0), 300.0)
+        except ValueError:
+            raise BadRequest("wait: expected a number of seconds") from None
+        await gw.dispatcher.wait_finished(task_id, seconds)
+        current = await gw.store.get_task(task_id)
+        if current is not None:
+            body = _status_body(current)
+    return web.json_response(body)
+
+
+def _status_body(task: TaskRecord) -> dict[str, Any]:
+    progress = {TaskStatus.QUEUED: 0.0, TaskStatus.PROCESSING: 0.5, TaskStatus.COMPLETED: 1.0, TaskStatus.FAILED: 1.0}
+    return {
+        "task_id": task.task_id,
+        "status": task.status.value,
+        "message": MESSAGES[task.status],
+        "progress": progress[task.status],
+        "result_url": f"/api/v1/download/{task.task_id}" if task.status is TaskStatus.COMPLETED else None,
+        "error": task.error if task.status is TaskStatus.FAILED else None,
+        "server_id": task.server_id,
+        "attempts": task.attempts,
+        "width": task.width,
+        "height": task.height,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+    }
+
+
+async def _task_or_404(request: web.Request) -> TaskRecord:
+    task_id = request.match_info["task_id"]
+    task = await request.app[GATEWAY].store.get_task(task_id) if TASK_ID.match(task_id) else None
+    if task is None:
+        raise NotFound("unknown task id (tasks expire after a while)")
+    return task
+
+
+@routes.get("/api/v1/status/{task_id}")
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(_status_body(await _task_or_404(request)))
+
+
+@routes.get("/api/v1/download/{task_id}")
+async def download(request: web.Request) -> web.StreamResponse:
+    task = await _task_or_404(request)
+    if task.status is TaskStatus.FAILED:
+        raise Conflict(f"the task failed, there is nothing to download: {task.error}")
+    if task.status is not TaskStatus.COMPLETED or not task.result_mime:
+        raise Conflict(f"the result is not ready yet (status: {task.status.value}); poll /api/v1/status/{task.task_id}")
+    path = request.app[GATEWAY].blobs.result_path(task.task_id)
+    filename = f"enhanced_{task.task_id}.{EXTENSION.get(task.result_mime, 'bin')}"
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": task.result_mime,
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "private, max-age=3600",
+        },
+    )
+
+
+def fleet_summary(request: web.Request) -> dict[str, Any]:
+    gw = request.app[GATEWAY]
+    return {
+        **gw.registry.summary(),
+        "strategy": gw.strategy_name,
+        "multi_backend": gw.multi_backend,
+        "queued": gw.dispatcher.queued,
+        "in_flight": gw.dispatcher.in_flight,
+        "health_check_running": gw.monitor.running,
+    }
+
+
+@routes.get("/api/v1/health")
+async def health(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    fleet = fleet_summary(request)
+    serving = bool(gw.registry.serving(gw.multi_backend))
+    return web.json_response({
+        "status": "healthy" if serving else "degraded",
+        "message": "ok" if serving else "no healthy GPU server: uploads are refused until one is up",
+        "service": "photogate",
+        "version": __version__,
+        "uptime": round(time.time() - gw.started_at, 1),
+        "timestamp": time.time(),
+        "fleet": fleet,
+        "tasks": await gw.store.count_tasks(),
+    })
+
+
+@routes.get("/api/v1/info")
+async def info(request: web.Request) -> web.Response:
+    return web.json_response({
+        "name": "photogate",
+        "description": "Gateway in front of a fleet of GPU photo-enhancement servers",
+        "version": __version__,
+        "strategy": request.app[GATEWAY].strategy_name,
+        "fleet": fleet_summary(request),
+        "endpoints": sorted({f"{r.method} {r.resource.canonical}" for r in request.app.router.routes()
+                             if r.method not in ("HEAD", "OPTIONS") and r.resource is not None}),
+    })
+
+
+@routes.get("/api/v1/config")
+async def config(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    data = gw.config.public_dict()
+    data["balancer"] = {"strategy": gw.strategy_name, "options": gw.strategy_options}
+    data["multi_backend"] = {"enabled": gw.multi_backend}
+    data["health_check"]["interval"] = gw.monitor.interval
+    return web.json_response(data)

@@ -1,0 +1,47 @@
+"""``create_app(config)``: wiring only — keys, routes, middlewares, cleanup_ctx, CORS."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+from aiohttp import web
+
+from . import admin_api, api, webhook
+from .config import Config
+from .errors import error_middleware
+from .keys import GATEWAY
+from .logsetup import request_id_middleware
+from .service import Gateway
+
+
+def create_app(config: Config, *, config_path: str | None = None, rng: random.Random | None = None) -> web.Application:
+    # Multipart uploads are streamed, not buffered, so client_max_size only bounds the
+    # small JSON bodies of the webhook and admin APIs.
+    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=1024 * 1024)
+    gateway = Gateway(config, config_path=config_path, rng=rng)  # a bad strategy fails here, at start
+    app[GATEWAY] = gateway
+
+    async def run_gateway(_app: web.Application) -> AsyncIterator[None]:
+        async with gateway.running():
+            yield
+
+    app.cleanup_ctx.append(run_gateway)
+    app.add_routes(api.routes)
+    app.add_routes(webhook.routes)
+    app.add_routes(admin_api.routes)
+    _setup_cors(app, config)
+    return app
+
+
+def _setup_cors(app: web.Application, config: Config) -> None:
+    # No credentials: the public API authenticates by bearer token, never by cookie.
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False, expose_headers=("X-Request-ID", "Content-Disposition", "Retry-After"),
+        allow_headers=("Content-Type", "Authorization", "X-Request-ID"), max_age=3600,
+    )
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in config.cors.origins})
+    for route in list(app.router.routes()):
+        if route.resource is not None and route.resource.canonical.startswith("/api/"):
+            cors.add(route)

@@ -1,0 +1,166 @@
+"""Balancing strategies: the interface, the built-in ``round_robin``, and the loader.
+
+A strategy only chooses. It is synchronous, does no I/O, sees only healthy nodes that
+can take work right now, and gets its randomness injected, so its tests are
+deterministic. Names resolve built-in -> entry point (group ``photogate.strategies``)
+-> a drop-in module in the top-level ``strategies`` package -> ``"module:Class"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import pkgutil
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+ENTRY_POINT_GROUP = "photogate.strategies"
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """A read-only snapshot of one candidate node, as a strategy sees it."""
+
+    server_id: str
+    address: str
+    inflight: int
+    slots: int
+    weight: int = 1
+    #: The node's last health report (busy, queued, throughput in MP/s, ...).
+    health: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def free_slots(self) -> int:
+        return max(self.slots - self.inflight, 0)
+
+    @property
+    def load(self) -> float:
+        return self.inflight / max(self.slots, 1)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What a strategy may know about the job it places."""
+
+    task_id: str
+    megapixels: float
+    input_bytes: int
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """Pick one of ``candidates`` (never empty) for ``job``.
+
+    Optional hooks a strategy may define: ``on_dispatched(server_id, job)`` and
+    ``on_completed(server_id, job, seconds, ok)``.
+    """
+
+    name: str
+
+    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView: ...
+
+
+class StrategyError(ValueError):
+    """A strategy name does not resolve, or its options are wrong."""
+
+
+class RoundRobin:
+    """GPU-001 -> GPU-002 -> GPU-003 -> GPU-001 ..., skipping nodes that cannot take work."""
+
+    name = "round_robin"
+
+    def __init__(self, options: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> None:
+        if options:
+            raise StrategyError(f"round_robin takes no options, got {sorted(options)}")
+        self._last: str | None = None
+
+    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView:
+        ordered = sorted(candidates, key=lambda n: node_order(n.server_id))
+        if self._last is not None:
+            last = node_order(self._last)
+            after = [n for n in ordered if node_order(n.server_id) > last]
+            chosen = after[0] if after else ordered[0]
+        else:
+            chosen = ordered[0]
+        self._last = chosen.server_id
+        return chosen
+
+
+def node_order(server_id: str) -> tuple[int, str]:
+    """Sort key putting GPU-002 before GPU-010 (and any foreign id after, by name)."""
+    prefix, _, number = server_id.rpartition("-")
+    return (int(number), prefix) if number.isdigit() else (1 << 62, server_id)
+
+
+BUILTIN: dict[str, type] = {"round_robin": RoundRobin}
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _drop_in_names() -> list[str]:
+    try:
+        package = importlib.import_module("strategies")
+    except ImportError:
+        return []
+    return [m.name for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")]
+
+
+def known_names() -> list[str]:
+    return sorted(set(BUILTIN) | set(_entry_points()) | set(_drop_in_names()))
+
+
+def _from_drop_in(name: str) -> type | None:
+    if not name.isidentifier() or name not in _drop_in_names():
+        return None
+    module = importlib.import_module(f"strategies.{name}")
+    cls = getattr(module, "STRATEGY", None)
+    if cls is None:
+        raise StrategyError(f"strategies/{name}.py defines no STRATEGY = <class>")
+    return cls
+
+
+def resolve_class(name: str) -> type:
+    if name in BUILTIN:
+        return BUILTIN[name]
+    eps = _entry_points()
+    try:
+        if name in eps:
+            return eps[name].load()
+        cls = _from_drop_in(name)
+        if cls is not None:
+            return cls
+        if ":" in name:
+            module_name, _, attr = name.partition(":")
+            module = importlib.import_module(module_name)
+            try:
+                return getattr(module, attr)
+            except AttributeError:
+                raise StrategyError(f"strategy {name!r}: module {module_name!r} has no attribute {attr!r}") from None
+    except StrategyError:
+        raise
+    except Exception as exc:  # a plugin that fails to import is reported by name
+        raise StrategyError(f"strategy {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    raise StrategyError(f"unknown strategy {name!r}; known: {', '.join(known_names())} (or 'module:Class')")
+
+
+def load_strategy(name: str, options: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> Strategy:
+    """Resolve ``name`` and build the strategy with its options and an injected RNG."""
+    cls = resolve_class(name)
+    try:
+        strategy = cls(dict(options or {}), rng or random.Random())
+    except StrategyError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise StrategyError(f"strategy {name!r}: bad options: {exc}") from exc
+    if not callable(getattr(strategy, "choose", None)):
+        raise StrategyError(f"strategy {name!r}: {cls.__name__} has no choose(candidates, job) method")
+    if not getattr(strategy, "name", None):
+        try:
+            strategy.name = name  # type: ignore[misc]
+        except AttributeError:
+            pass
+    return strategy

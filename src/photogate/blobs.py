@@ -1,0 +1,100 @@
+"""Blob store: task inputs and results as files under the data dir.
+
+Writes go to ``NAME.part`` and are renamed into place only when complete, so a crash
+never leaves a half-written file where a reader would take it for a whole one. All file
+I/O runs in the default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+from typing import IO
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class BlobWriter:
+    """An incremental writer; :meth:`commit` publishes the file, :meth:`abort` removes it."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.partial = final.with_name(final.name + ".part")
+        self.size = 0
+        self._fh: IO[bytes] | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        if self._fh is None:
+            self._fh = await loop.run_in_executor(None, self.partial.open, "wb")
+        await loop.run_in_executor(None, self._fh.write, chunk)
+        self.size += len(chunk)
+
+    def _commit_sync(self) -> None:
+        if self._fh is None:
+            self._fh = self.partial.open("wb")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self.partial, self.final)
+
+    async def commit(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._commit_sync)
+
+    def _abort_sync(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self.partial.unlink(missing_ok=True)
+
+    async def abort(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._abort_sync)
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inputs = root / "inputs"
+        self.results = root / "results"
+        for folder in (self.inputs, self.results):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _check(task_id: str) -> str:
+        # Ids are ours, but this is the last line of defence against path traversal.
+        if not _SAFE_ID.match(task_id):
+            raise ValueError(f"invalid blob id {task_id!r}")
+        return task_id
+
+    def input_path(self, task_id: str) -> Path:
+        return self.inputs / self._check(task_id)
+
+    def result_path(self, task_id: str) -> Path:
+        return self.results / self._check(task_id)
+
+    def input_writer(self, task_id: str) -> BlobWriter:
+        return BlobWriter(self.input_path(task_id))
+
+    def result_writer(self, task_id: str) -> BlobWriter:
+        return BlobWriter(self.result_path(task_id))
+
+    def _delete_sync(self, task_id: str) -> None:
+        for path in (self.input_path(task_id), self.result_path(task_id)):
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".part").unlink(missing_ok=True)
+
+    async def delete(self, task_id: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._delete_sync, task_id)
+
+    def _sweep_partials_sync(self) -> int:
+        removed = 0
+        for folder in (self.inputs, self.results):
+            for part in folder.glob("*.part"):
+                part.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    async def sweep_partials(self) -> int:
+        """Remove ``.part`` files a killed process left behind (call before serving)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._sweep_partials_sync)

@@ -1,0 +1,83 @@
+"""``photogate``: run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .balancing import StrategyError
+from .config import ConfigError, load_config
+from .keys import GATEWAY
+from .logsetup import configure_logging
+
+log = structlog.get_logger("photogate.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="photogate",
+        description="Run the photogate gateway: public photo API, GPU node webhook, admin API.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.yaml)")
+    parser.add_argument("--host", help="listen address (server.host)")
+    parser.add_argument("--port", type=int, help="listen port (server.port)")
+    parser.add_argument("--data-dir", metavar="DIR", help="where the database and photos live (storage.data_dir)")
+    parser.add_argument(
+        "--dev", action="store_true",
+        help="development mode: readable logs, and the well-known secret is allowed",
+    )
+    parser.add_argument("--version", action="version", version=f"photogate {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {"server.host": args.host, "server.port": args.port, "storage.data_dir": args.data_dir}
+    try:
+        config = load_config(args.config, overrides=overrides, dev=args.dev)
+    except ConfigError as exc:
+        sys.stderr.write(f"photogate: config error: {exc}\n")
+        return 2
+    configure_logging(dev=config.dev, level=config.logging.level)
+    try:
+        app = create_app(config, config_path=args.config)
+    except StrategyError as exc:
+        sys.stderr.write(f"photogate: config error: balancer.strategy: {exc}\n")
+        return 2
+
+    ssl_context = None
+    if config.server.tls.cert:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(config.server.tls.cert, config.server.tls.key)
+
+    async def on_startup(app: web.Application) -> None:
+        def reload() -> None:
+            try:
+                app[GATEWAY].reload_config()
+            except (ConfigError, StrategyError) as exc:
+                log.error("config_reload_failed", error=str(exc))
+
+        if hasattr(signal, "SIGHUP"):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+    app.on_startup.append(on_startup)
+    scheme = "https" if ssl_context else "http"
+    log.info("listening", url=f"{scheme}://{config.server.host}:{config.server.port}", dev=config.dev)
+    web.run_app(
+        app, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
+        print=None, access_log=None, handle_signals=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

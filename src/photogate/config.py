@@ -1,0 +1,300 @@
+"""Configuration: frozen dataclasses loaded once from YAML, secrets overridable by env.
+
+Every key is validated; an unknown or ill-typed key raises :class:`ConfigError`
+naming the dotted key, so a typo fails at start-up instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: The secret printed in the original system's documentation. Anyone can read it,
+#: so photogate refuses to start with it outside ``--dev``.
+WELL_KNOWN_SECRET = "gpu-server-register-to-api-gateway-2024"
+
+#: Environment variables that override config keys (secrets first of all).
+ENV_OVERRIDES: dict[str, str] = {
+    "WEBHOOK_SECRET": "webhook.secret",
+    "PHOTOGATE_ADMIN_TOKEN": "admin.token",
+    "PHOTOGATE_DATA_DIR": "storage.data_dir",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Peers whose X-Forwarded-For is believed (an nginx or Caddy in front).
+    trusted_proxies: tuple[str, ...] = ()
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    secret: str = ""
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    interval: float = 30.0
+    timeout: float = 5.0
+    failure_threshold: int = 3
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    strategy: str = "round_robin"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MultiBackendConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    max_attempts: int = 3
+    timeout: float = 300.0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str = "./data"
+    task_ttl: float = 86400.0
+    janitor_interval: float = 300.0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 36_000_000
+    max_queue: int = 1000
+    retry_after: int = 30
+
+
+@dataclass(frozen=True)
+class CorsConfig:
+    origins: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    balancer: BalancerConfig = field(default_factory=BalancerConfig)
+    multi_backend: MultiBackendConfig = field(default_factory=MultiBackendConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    dev: bool = False
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration minus secrets (for ``GET /api/v1/config``)."""
+        data = dataclasses.asdict(self)
+        data["webhook"]["secret"] = "***" if self.webhook.secret else ""
+        data["admin"]["token"] = "***" if self.admin.token else ""
+        data["server"]["tls"] = {"enabled": bool(self.server.tls.cert)}
+        return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(typ, value, key)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(typ)
+        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict) or typ is Mapping:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{key}: unsupported type {typ!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{dotted}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[last] = value
+
+
+def _validate(cfg: Config) -> None:
+    checks: list[tuple[bool, str]] = [
+        (1 <= cfg.server.port <= 65535 or cfg.server.port == 0, "server.port: must be 0..65535"),
+        (cfg.health_check.interval > 0, "health_check.interval: must be > 0"),
+        (cfg.health_check.timeout > 0, "health_check.timeout: must be > 0"),
+        (cfg.health_check.failure_threshold >= 1, "health_check.failure_threshold: must be >= 1"),
+        (cfg.dispatch.max_attempts >= 1, "dispatch.max_attempts: must be >= 1"),
+        (cfg.dispatch.timeout > 0, "dispatch.timeout: must be > 0"),
+        (cfg.dispatch.connect_timeout > 0, "dispatch.connect_timeout: must be > 0"),
+        (cfg.storage.task_ttl > 0, "storage.task_ttl: must be > 0"),
+        (cfg.storage.janitor_interval > 0, "storage.janitor_interval: must be > 0"),
+        (bool(cfg.storage.data_dir), "storage.data_dir: must not be empty"),
+        (cfg.limits.max_upload_bytes > 0, "limits.max_upload_bytes: must be > 0"),
+        (cfg.limits.max_pixels > 0, "limits.max_pixels: must be > 0"),
+        (cfg.limits.max_queue > 0, "limits.max_queue: must be > 0"),
+        (cfg.limits.retry_after >= 0, "limits.retry_after: must be >= 0"),
+        (bool(cfg.balancer.strategy), "balancer.strategy: must name a strategy"),
+        (
+            cfg.logging.level.lower() in {"debug", "info", "warning", "error"},
+            "logging.level: must be debug, info, warning or error",
+        ),
+        (
+            bool(cfg.server.tls.cert) == bool(cfg.server.tls.key),
+            "server.tls: set both cert and key, or neither",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for i, net in enumerate(cfg.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies[{i}]: not an IP address or network: {net!r}") from None
+    if "*" in cfg.cors.origins and len(cfg.cors.origins) > 1:
+        raise ConfigError("cors.origins: use either '*' alone or a list of origins")
+    if not cfg.webhook.secret and not cfg.dev:
+        raise ConfigError("webhook.secret: empty; set it in the config file or the WEBHOOK_SECRET environment variable")
+    if cfg.webhook.secret == WELL_KNOWN_SECRET and not cfg.dev:
+        raise ConfigError(
+            "webhook.secret: the well-known default secret is refused outside --dev; "
+            "choose your own (e.g. WEBHOOK_SECRET=$(openssl rand -hex 24))"
+        )
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    dev: bool = False,
+) -> Config:
+    """Load ``path`` (YAML), apply env overrides then ``overrides`` (dotted keys), validate.
+
+    In development mode an empty ``webhook.secret`` becomes the well-known one, so the
+    seed's clients work unchanged on a laptop.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    env = os.environ if env is None else env
+    for var, dotted in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_dotted(data, dotted, env[var])
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    if "dev" in data:
+        raise ConfigError("dev: not a config key; pass --dev on the command line")
+    cfg: Config = _build(Config, data)
+    if dev:
+        cfg = dataclasses.replace(cfg, dev=True)
+        if not cfg.webhook.secret:
+            cfg = dataclasses.replace(cfg, webhook=WebhookConfig(secret=WELL_KNOWN_SECRET))
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,291 @@
+"""The dispatcher: a central queue of tasks handed, oldest first, to nodes with a free slot.
+
+Each dispatch streams the stored input to the node's ``POST /v1/enhance`` and streams
+the answer into the blob store. A node failure (connection error, timeout, 5xx) puts
+the task back at the head of the queue for another node, up to ``max_attempts``; a
+node's 4xx fails the task at once. In-flight counters are released in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+
+from .balancing import JobView, Strategy
+from .blobs import BlobStore
+from .config import DispatchConfig
+from .errors import ServiceUnavailable
+from .imagecheck import MIME, probe_image
+from .models import TaskRecord, TaskStatus
+from .registry import NodeState, Registry
+from .store import SQLiteStore
+
+log = structlog.get_logger("photogate.dispatcher")
+
+#: How far past the head of the queue the dispatcher looks for a task it can place
+#: (a task that must avoid the node that just failed it should not block the rest).
+SCAN_LIMIT = 64
+
+
+class NodeFailure(Exception):
+    """The node could not do the job; another node may. ``counts``: a health failure."""
+
+    def __init__(self, message: str, *, counts: bool = True) -> None:
+        super().__init__(message)
+        self.counts = counts
+
+
+class JobRejected(Exception):
+    """The node refused the job itself (4xx): no other node will do better."""
+
+
+@dataclass(order=True)
+class _Queued:
+    created_at: float
+    seq: int
+    task: TaskRecord = field(compare=False)
+    tried: set[str] = field(default_factory=set, compare=False)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        blobs: BlobStore,
+        registry: Registry,
+        session: aiohttp.ClientSession,
+        strategy: Strategy,
+        *,
+        config: DispatchConfig,
+        max_queue: int,
+        max_pixels: int,
+        multi_backend: bool,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.registry = registry
+        self.session = session
+        self.strategy = strategy
+        self.config = config
+        self.max_queue = max_queue
+        self.max_pixels = max_pixels
+        self.multi_backend = multi_backend
+        self._heap: list[_Queued] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        registry.subscribe(self.wake)
+
+    # -- queue ---------------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        return len(self._heap)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._workers)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def check_capacity(self) -> None:
+        if len(self._heap) >= self.max_queue:
+            raise ServiceUnavailable("队列已满，请稍后重试 (the queue is full; try again later)", headers={"Retry-After": "30"})
+
+    def submit(self, task: TaskRecord, tried: set[str] | None = None) -> None:
+        heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task, tried or set()))
+        self.wake()
+
+    async def recover(self) -> int:
+        """Queue what the store holds as queued or processing (a restart runs them again)."""
+        tasks = await self.store.list_tasks([TaskStatus.QUEUED, TaskStatus.PROCESSING])
+        for task in tasks:
+            if task.status is TaskStatus.PROCESSING:
+                await self.store.update_task(task.task_id, status=TaskStatus.QUEUED, server_id=None)
+                task.status = TaskStatus.QUEUED
+            self.submit(task)
+        if tasks:
+            log.info("tasks_recovered", count=len(tasks))
+        return len(tasks)
+
+    async def wait_finished(self, task_id: str, timeout: float) -> None:
+        """Wait until ``task_id`` completes or fails, at most ``timeout`` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(future)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(task_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(task_id, None)
+
+    def _finished(self, task_id: str) -> None:
+        for future in self._waiters.pop(task_id, []):
+            if not future.done():
+                future.set_result(None)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._place_ready()
+        finally:
+            for worker in list(self._workers):
+                worker.cancel()
+            if self._workers:
+                await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def _place_ready(self) -> None:
+        skipped: list[_Queued] = []
+        scanned = 0
+        while self._heap and scanned < SCAN_LIMIT:
+            if not self.registry.candidates(self.multi_backend):
+                break  # no free slot anywhere: wait for a release or a node
+            item = heapq.heappop(self._heap)
+            scanned += 1
+            candidates = self.registry.candidates(self.multi_backend, exclude=frozenset(item.tried))
+            if not candidates:
+                skipped.append(item)
+                continue
+            job = JobView(item.task.task_id, item.task.megapixels, item.task.input_bytes)
+            chosen = self.strategy.choose(candidates, job)
+            if chosen.server_id not in {c.server_id for c in candidates}:
+                log.error("strategy_chose_non_candidate", strategy=getattr(self.strategy, "name", "?"),
+                          server_id=getattr(chosen, "server_id", chosen))
+                chosen = candidates[0]
+            state = self.registry.acquire(chosen.server_id)
+            hook = getattr(self.strategy, "on_dispatched", None)
+            if hook is not None:
+                hook(chosen.server_id, job)
+            worker = asyncio.create_task(self._run_job(item, state, job), name=f"job-{item.task.task_id}")
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+        for item in skipped:
+            heapq.heappush(self._heap, item)
+
+    # -- one job -------------------------------------------------------------------------
+
+    async def _run_job(self, item: _Queued, state: NodeState, job: JobView) -> None:
+        task = item.task
+        server_id = state.server_id
+        started = time.monotonic()
+        ok = False
+        try:
+            task.attempts += 1
+            await self.store.update_task(
+                task.task_id, status=TaskStatus.PROCESSING, server_id=server_id,
+                attempts=task.attempts, started_at=time.time(), error=None,
+            )
+            log.info("task_dispatched", task_id=task.task_id, server_id=server_id, attempt=task.attempts)
+            try:
+                mime, size = await self._send(task, state)
+            except JobRejected as exc:
+                await self._fail(task, str(exc))
+            except NodeFailure as exc:
+                if exc.counts:
+                    self.registry.record_dispatch_failure(server_id, str(exc))
+                log.warning("dispatch_failed", task_id=task.task_id, server_id=server_id, error=str(exc),
+                            attempt=task.attempts)
+                if task.attempts >= self.config.max_attempts:
+                    await self._fail(task, f"enhancement failed after {task.attempts} attempts; last error: {exc}")
+                else:
+                    await self.store.update_task(task.task_id, status=TaskStatus.QUEUED, server_id=None, error=str(exc))
+                    task.status = TaskStatus.QUEUED
+                    item.tried.add(server_id)
+                    self.submit(task, item.tried)
+            else:
+                ok = True
+                self.registry.record_dispatch_success(server_id)
+                await self.store.update_task(
+                    task.task_id, status=TaskStatus.COMPLETED, result_mime=mime, result_bytes=size,
+                    finished_at=time.time(), error=None,
+                )
+                log.info("task_completed", task_id=task.task_id, server_id=server_id,
+                         seconds=round(time.monotonic() - started, 3))
+                self._finished(task.task_id)
+        finally:
+            self.registry.release(state)
+            hook = getattr(self.strategy, "on_completed", None)
+            if hook is not None:
+                hook(server_id, job, time.monotonic() - started, ok)
+
+    async def _fail(self, task: TaskRecord, error: str) -> None:
+        await self.store.update_task(task.task_id, status=TaskStatus.FAILED, error=error, finished_at=time.time())
+        log.warning("task_failed", task_id=task.task_id, error=error)
+        self._finished(task.task_id)
+
+    async def _send(self, task: TaskRecord, state: NodeState) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        params = {k: str(v) for k, v in task.params.items() if k in ("scale", "format", "quality") and v is not None}
+        headers = {
+            "Content-Type": task.input_mime,
+            "Authorization": f"Bearer {state.record.node_token}",
+        }
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout, sock_connect=self.config.connect_timeout)
+        url = state.record.base_url + "/v1/enhance"
+        fh = await loop.run_in_executor(None, self.blobs.input_path(task.task_id).open, "rb")
+        writer = self.blobs.result_writer(task.task_id)
+        try:
+            async with self.session.post(
+                url, data=fh, params=params, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                if resp.status != 200:
+                    detail = await _error_text(resp)
+                    if resp.status in (401, 403):
+                        raise NodeFailure(f"node refused the gateway's credential (HTTP {resp.status}): {detail}")
+                    if resp.status in (429, 503):
+                        raise NodeFailure(f"node busy (HTTP {resp.status}): {detail}", counts=False)
+                    if 400 <= resp.status < 500:
+                        raise JobRejected(f"the GPU server could not process this image: {detail}")
+                    raise NodeFailure(f"node error HTTP {resp.status}: {detail}")
+                mime = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                if mime not in MIME.values():
+                    raise NodeFailure(f"node answered {mime or 'no content type'}, not an image")
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    await writer.write(chunk)
+            await writer.commit()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            await writer.abort()
+            name = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
+            raise NodeFailure(f"cannot reach {state.record.address}: {name}") from exc
+        except BaseException:
+            await writer.abort()
+            raise
+        finally:
+            await loop.run_in_executor(None, fh.close)
+        try:
+            # Never call a task completed with a result that is not an image.
+            await loop.run_in_executor(None, probe_image, self.blobs.result_path(task.task_id), self.max_pixels * 64)
+        except Exception as exc:
+            await loop.run_in_executor(None, self.blobs.result_path(task.task_id).unlink, True)
+            raise NodeFailure(f"node returned an unreadable image: {exc}") from exc
+        return mime, writer.size
+
+
+async def _error_text(resp: aiohttp.ClientResponse) -> str:
+    try:
+        body: Any = await resp.json(content_type=None)
+        if isinstance(body, dict) and body.get("error"):
+            return str(body["error"])[:300]
+    except Exception:
+        pass
+    try:
+        return (await resp.text(errors="replace"))[:300] or resp.reason or ""
+    except Exception:
+        return resp.reason or ""

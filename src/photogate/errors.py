@@ -1,0 +1,78 @@
+"""Domain exceptions and the one middleware that turns them into JSON errors."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("photogate.errors")
+
+
+class PhotogateError(Exception):
+    """Base of every error a client may see. ``status`` is the HTTP status code."""
+
+    status = 500
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BadRequest(PhotogateError):
+    status = 400
+
+
+class Unauthorized(PhotogateError):
+    status = 401
+
+
+class Forbidden(PhotogateError):
+    status = 403
+
+
+class NotFound(PhotogateError):
+    status = 404
+
+
+class Conflict(PhotogateError):
+    status = 409
+
+
+class PayloadTooLarge(PhotogateError):
+    status = 413
+
+
+class UnsupportedMediaType(PhotogateError):
+    status = 415
+
+
+class TooManyRequests(PhotogateError):
+    status = 429
+
+
+class ServiceUnavailable(PhotogateError):
+    status = 503
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render domain errors, aiohttp's own HTTP errors and crashes as ``{"error": ...}``."""
+    try:
+        return await handler(request)
+    except PhotogateError as exc:
+        return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in {"content-type", "content-length"}}
+        return web.json_response({"error": message}, status=exc.status, headers=headers)
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return web.json_response({"error": "internal error; see the gateway log"}, status=500)

@@ -1,0 +1,58 @@
+"""structlog set-up: JSON lines in production, a readable console in ``--dev``.
+
+The request id is bound to structlog's context variables by :func:`request_id_middleware`,
+so every log line of a request carries it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+
+import structlog
+from aiohttp import web
+
+from .errors import Handler
+
+#: Keys whose values are never written to a log line, whatever the caller passed.
+SECRET_KEYS = frozenset({"secret", "token", "node_token", "admin_token", "authorization", "password"})
+
+
+def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+    for key in SECRET_KEYS & event.keys():
+        event[key] = "***"
+    return event
+
+
+def configure_logging(*, dev: bool = False, level: str = "info") -> None:
+    """Configure structlog (and the stdlib loggers aiohttp uses) once per process."""
+    numeric = logging.getLevelName(level.upper())
+    processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    if dev:
+        processors += [structlog.dev.ConsoleRenderer()]
+    else:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id (the client's ``X-Request-ID`` if sane, else a new one) to every log line."""
+    incoming = request.headers.get("X-Request-ID", "")
+    rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    with structlog.contextvars.bound_contextvars(request_id=rid):
+        response = await handler(request)
+    response.headers["X-Request-ID"] = rid
+    return response

@@ -1,0 +1,232 @@
+"""The node registry: persisted records plus each node's live state (health, in-flight).
+
+The health monitor and the dispatcher change node state only through the narrow
+methods here (:meth:`Registry.record_check`, :meth:`Registry.record_dispatch_failure`,
+:meth:`Registry.acquire`/:meth:`Registry.release`); strategies get read-only
+:class:`~photogate.balancing.NodeView` snapshots of the nodes that can take work.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from .balancing import NodeView, node_order
+from .models import NodeRecord
+from .store import SQLiteStore
+
+log = structlog.get_logger("photogate.registry")
+
+
+@dataclass
+class NodeState:
+    record: NodeRecord
+    healthy: bool
+    failures: int = 0
+    inflight: int = 0
+    last_check: float | None = None
+    last_error: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)
+    completed: int = 0
+    failed: int = 0
+
+    @property
+    def server_id(self) -> str:
+        return self.record.server_id
+
+    @property
+    def slots(self) -> int:
+        reported = self.health.get("slots")
+        if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 1:
+            return reported
+        return max(self.record.slots, 1)
+
+    def view(self) -> NodeView:
+        return NodeView(
+            server_id=self.server_id,
+            address=self.record.address,
+            inflight=self.inflight,
+            slots=self.slots,
+            weight=self.record.weight,
+            health=dict(self.health),
+        )
+
+    def public(self) -> dict[str, Any]:
+        rec = self.record
+        return {
+            "server_id": rec.server_id,
+            "ip": rec.ip,
+            "port": rec.port,
+            "address": rec.address,
+            "healthy": self.healthy,
+            "status": "draining" if rec.draining else ("healthy" if self.healthy else "unhealthy"),
+            "draining": rec.draining,
+            "busy": self.inflight,
+            "slots": self.slots,
+            "weight": rec.weight,
+            "consecutive_failures": self.failures,
+            "last_check": self.last_check,
+            "last_error": self.last_error,
+            "registered_at": rec.registered_at,
+            "updated_at": rec.updated_at,
+            "completed": self.completed,
+            "failed": self.failed,
+            "health": self.health,
+        }
+
+
+class Registry:
+    def __init__(self, store: SQLiteStore, failure_threshold: int) -> None:
+        self._store = store
+        self.failure_threshold = failure_threshold
+        self._nodes: dict[str, NodeState] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    async def load(self) -> None:
+        """Load persisted nodes. Their health is unknown until the first check answers."""
+        for rec in await self._store.load_nodes():
+            self._nodes[rec.server_id] = NodeState(record=rec, healthy=False, last_error="not checked since start")
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs whenever capacity may have appeared (node up, slot freed, ...)."""
+        self._listeners.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    # -- membership ----------------------------------------------------------------------
+
+    async def register(
+        self, ip: str, port: int, *, node_key: str | None, slots: int, weight: int, info: dict[str, Any]
+    ) -> tuple[NodeState, bool, str | None]:
+        record, created, previous = await self._store.register_node(
+            ip, port, node_key, {"slots": slots, "weight": weight, "info": info}, secrets.token_urlsafe(32)
+        )
+        state = self._nodes.get(record.server_id)
+        if state is None:
+            state = NodeState(record=record, healthy=True)
+            self._nodes[record.server_id] = state
+        else:
+            state.record = record
+        # The node just reached us; it is up until a check says otherwise.
+        state.healthy, state.failures, state.last_error = True, 0, None
+        if previous:
+            state.health = {}
+        self._changed()
+        return state, created, previous
+
+    async def remove(self, server_id: str) -> NodeState | None:
+        state = self._nodes.pop(server_id, None)
+        if state is not None:
+            await self._store.delete_node(server_id)
+            self._changed()
+        return state
+
+    async def set_draining(self, server_id: str, draining: bool) -> NodeState | None:
+        state = self._nodes.get(server_id)
+        if state is not None:
+            await self._store.set_node_draining(server_id, draining)
+            state.record.draining = draining
+            self._changed()
+        return state
+
+    def get(self, server_id: str) -> NodeState | None:
+        return self._nodes.get(server_id)
+
+    def find(self, ip: str, port: int) -> NodeState | None:
+        for state in self.all():
+            if state.record.ip == ip and state.record.port == port:
+                return state
+        return None
+
+    def all(self) -> list[NodeState]:
+        return sorted(self._nodes.values(), key=lambda s: node_order(s.server_id))
+
+    # -- health (the monitor's narrow interface) -------------------------------------------
+
+    def record_check(self, server_id: str, ok: bool, report: dict[str, Any] | None = None, error: str | None = None) -> None:
+        state = self._nodes.get(server_id)
+        if state is None:  # unregistered while the probe was in flight
+            return
+        state.last_check = time.time()
+        if ok:
+            state.health = dict(report or {})
+            self._mark_ok(state)
+        else:
+            self._mark_failure(state, error or "health check failed")
+
+    def record_dispatch_failure(self, server_id: str, error: str) -> None:
+        """A failed dispatch counts as a failed check at once (passive health check)."""
+        state = self._nodes.get(server_id)
+        if state is not None:
+            state.failed += 1
+            self._mark_failure(state, error)
+
+    def record_dispatch_success(self, server_id: str) -> None:
+        state = self._nodes.get(server_id)
+        if state is not None:
+            state.completed += 1
+            self._mark_ok(state)
+
+    def _mark_ok(self, state: NodeState) -> None:
+        state.failures, state.last_error = 0, None
+        if not state.healthy:
+            state.healthy = True
+            log.info("node_marked_up", server_id=state.server_id, address=state.record.address)
+            self._changed()
+
+    def _mark_failure(self, state: NodeState, error: str) -> None:
+        state.failures += 1
+        state.last_error = error
+        if state.healthy and state.failures >= self.failure_threshold:
+            state.healthy = False
+            log.warning(
+                "node_marked_down", server_id=state.server_id, address=state.record.address,
+                failures=state.failures, error=error,
+            )
+
+    # -- capacity (the dispatcher's interface) ---------------------------------------------
+
+    def serving(self, multi_backend: bool) -> list[NodeState]:
+        """Healthy, non-draining nodes work may go to; only the primary when multi-backend is off."""
+        up = [s for s in self.all() if s.healthy and not s.record.draining]
+        return up if multi_backend else up[:1]
+
+    def candidates(self, multi_backend: bool, exclude: frozenset[str] = frozenset()) -> list[NodeView]:
+        """Nodes that can start a job now. ``exclude`` (nodes that failed this job) is
+        honoured only while another node could take it."""
+        serving = self.serving(multi_backend)
+        free = [s.view() for s in serving if s.inflight < s.slots]
+        preferred = [v for v in free if v.server_id not in exclude]
+        if preferred:
+            return preferred
+        if any(s.server_id not in exclude for s in serving):
+            return []  # wait for a node that has not failed this job yet
+        return free
+
+    def acquire(self, server_id: str) -> NodeState:
+        state = self._nodes[server_id]
+        state.inflight += 1
+        return state
+
+    def release(self, state: NodeState) -> None:
+        state.inflight = max(state.inflight - 1, 0)
+        self._changed()
+
+    def summary(self) -> dict[str, int]:
+        nodes = self.all()
+        healthy = sum(1 for s in nodes if s.healthy)
+        return {
+            "total": len(nodes),
+            "healthy": healthy,
+            "unhealthy": len(nodes) - healthy,
+            "draining": sum(1 for s in nodes if s.record.draining),
+            "busy": sum(s.inflight for s in nodes),
+            "slots": sum(s.slots for s in nodes if s.healthy),
+        }

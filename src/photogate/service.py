@@ -1,0 +1,146 @@
+"""The gateway's services wired together, and the settings that change at runtime.
+
+``Gateway`` owns the store, blob store, registry, dispatcher and health monitor, and
+the runtime-changeable settings (strategy, multi-backend mode, health-check interval).
+Every change is audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import structlog
+
+from .balancing import Strategy, load_strategy
+from .blobs import BlobStore
+from .config import Config, load_config
+from .dispatcher import Dispatcher
+from .health import HealthMonitor
+from .registry import Registry
+from .store import SQLiteStore
+
+log = structlog.get_logger("photogate")
+audit_log = structlog.get_logger("photogate.audit")
+
+
+def audit(action: str, *, who: str, ip: str, **details: Any) -> None:
+    """One audit event: who did what, from which address. Never pass a secret here."""
+    audit_log.info("audit", action=action, who=who, client_ip=ip, **details)
+
+
+class Gateway:
+    def __init__(self, config: Config, config_path: str | None = None, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.rng = rng or random.Random()
+        self.strategy_name = config.balancer.strategy
+        self.strategy_options: dict[str, Any] = dict(config.balancer.options)
+        self.strategy: Strategy = load_strategy(self.strategy_name, self.strategy_options, self.rng)
+        self.multi_backend = config.multi_backend.enabled
+        self.started_at = time.time()
+        # Filled by start():
+        self.store: SQLiteStore
+        self.blobs: BlobStore
+        self.registry: Registry
+        self.session: aiohttp.ClientSession
+        self.dispatcher: Dispatcher
+        self.monitor: HealthMonitor
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """Open the stores, recover queued work, run the background tasks; undo all on exit."""
+        cfg = self.config
+        data = cfg.data_path
+        self.store = await SQLiteStore.open(data / "photogate.db")
+        self.blobs = BlobStore(data / "blobs")
+        await self.blobs.sweep_partials()
+        self.registry = Registry(self.store, cfg.health_check.failure_threshold)
+        await self.registry.load()
+        # No cookie jar: a proxy must never carry one node's cookies to another.
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        self.dispatcher = Dispatcher(
+            self.store, self.blobs, self.registry, self.session, self.strategy,
+            config=cfg.dispatch, max_queue=cfg.limits.max_queue, max_pixels=cfg.limits.max_pixels,
+            multi_backend=self.multi_backend,
+        )
+        self.monitor = HealthMonitor(
+            self.registry, self.session, interval=cfg.health_check.interval, timeout=cfg.health_check.timeout
+        )
+        await self.dispatcher.recover()
+        tasks = [
+            asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+            asyncio.create_task(self.monitor.run(), name="health-monitor"),
+            asyncio.create_task(self._janitor(), name="janitor"),
+        ]
+        log.info("gateway_started", data_dir=str(data), strategy=self.strategy_name, nodes=len(self.registry.all()))
+        try:
+            yield self
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.session.close()
+            await self.store.close()
+            log.info("gateway_stopped")
+
+    # -- runtime settings ------------------------------------------------------------------
+
+    def set_strategy(self, name: str, options: Mapping[str, Any] | None, *, who: str, ip: str) -> None:
+        """Swap the strategy; jobs in flight keep running, the next placement uses the new one."""
+        strategy = load_strategy(name, options, self.rng)  # raises StrategyError before anything changes
+        old = self.strategy_name
+        self.strategy, self.strategy_name, self.strategy_options = strategy, name, dict(options or {})
+        self.dispatcher.strategy = strategy
+        self.dispatcher.wake()
+        audit("strategy_changed", who=who, ip=ip, old=old, new=name)
+
+    def set_multi_backend(self, enabled: bool, *, who: str, ip: str) -> None:
+        old = self.multi_backend
+        self.multi_backend = enabled
+        self.dispatcher.multi_backend = enabled
+        self.dispatcher.wake()
+        audit("multi_backend_changed", who=who, ip=ip, old=old, new=enabled)
+
+    def reload_config(self, *, who: str = "SIGHUP", ip: str = "local") -> None:
+        """Re-read the config file and apply what can change at runtime."""
+        if self.config_path is None:
+            log.warning("config_reload_skipped", reason="started without a config file")
+            return
+        new = load_config(self.config_path, dev=self.config.dev)
+        if (new.balancer.strategy, dict(new.balancer.options)) != (self.strategy_name, self.strategy_options):
+            self.set_strategy(new.balancer.strategy, new.balancer.options, who=who, ip=ip)
+        if new.multi_backend.enabled != self.multi_backend:
+            self.set_multi_backend(new.multi_backend.enabled, who=who, ip=ip)
+        if new.health_check.interval != self.monitor.interval or new.health_check.timeout != self.monitor.timeout:
+            self.monitor.interval, self.monitor.timeout = new.health_check.interval, new.health_check.timeout
+            audit("health_check_changed", who=who, ip=ip, interval=new.health_check.interval)
+        self.registry.failure_threshold = new.health_check.failure_threshold
+        log.info("config_reloaded", path=self.config_path)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    async def expire(self, now: float | None = None) -> int:
+        """Delete finished tasks (and their files) older than ``storage.task_ttl``."""
+        cutoff = (now or time.time()) - self.config.storage.task_ttl
+        removed = 0
+        for task_id in await self.store.expired_task_ids(cutoff):
+            await self.store.delete_task(task_id)
+            await self.blobs.delete(task_id)
+            removed += 1
+        if removed:
+            log.info("tasks_expired", count=removed)
+        return removed
+
+    async def _janitor(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.storage.janitor_interval)
+            try:
+                await self.expire()
+            except Exception:
+                log.exception("janitor_failed")

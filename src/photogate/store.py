@@ -1,0 +1,299 @@
+"""The embedded store: one SQLite file (WAL) for the node registry, its id counter and tasks.
+
+Every call runs on one dedicated thread that owns the connection, so SQLite never
+blocks the event loop and never sees two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .models import NodeRecord, TaskRecord, TaskStatus
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    server_id TEXT PRIMARY KEY,
+    ordinal INTEGER NOT NULL,
+    ip TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    node_key TEXT UNIQUE,
+    node_token TEXT NOT NULL,
+    slots INTEGER NOT NULL DEFAULT 1,
+    weight INTEGER NOT NULL DEFAULT 1,
+    draining INTEGER NOT NULL DEFAULT 0,
+    registered_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS nodes_addr ON nodes (ip, port);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    input_mime TEXT NOT NULL,
+    input_bytes INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    server_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    result_mime TEXT,
+    result_bytes INTEGER,
+    error TEXT,
+    owner TEXT,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created_at);
+CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated_at);
+"""
+
+_TASK_COLUMNS = (
+    "task_id, status, created_at, updated_at, input_mime, input_bytes, width, height, params, "
+    "server_id, attempts, result_mime, result_bytes, error, owner, started_at, finished_at"
+)
+_NODE_COLUMNS = "server_id, ip, port, node_token, node_key, slots, weight, draining, registered_at, updated_at, info"
+
+
+def _task(row: Sequence[Any]) -> TaskRecord:
+    return TaskRecord(
+        task_id=row[0],
+        status=TaskStatus(row[1]),
+        created_at=row[2],
+        updated_at=row[3],
+        input_mime=row[4],
+        input_bytes=row[5],
+        width=row[6],
+        height=row[7],
+        params=json.loads(row[8]),
+        server_id=row[9],
+        attempts=row[10],
+        result_mime=row[11],
+        result_bytes=row[12],
+        error=row[13],
+        owner=row[14],
+        started_at=row[15],
+        finished_at=row[16],
+    )
+
+
+def _node(row: Sequence[Any]) -> NodeRecord:
+    return NodeRecord(
+        server_id=row[0],
+        ip=row[1],
+        port=row[2],
+        node_token=row[3],
+        node_key=row[4],
+        slots=row[5],
+        weight=row[6],
+        draining=bool(row[7]),
+        registered_at=row[8],
+        updated_at=row[9],
+        info=json.loads(row[10]),
+    )
+
+
+class SQLiteStore:
+    """Registry and task store on one SQLite file. Create with :meth:`open`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> SQLiteStore:
+        store = cls(path)
+        await store._call(store._open_sync)
+        return store
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        assert self._conn is not None, "store is closed"
+        return self._conn
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def _register_sync(
+        self, ip: str, port: int, node_key: str | None, fields: dict[str, Any], new_token: str
+    ) -> tuple[NodeRecord, bool, str | None]:
+        """Find the node by key, then by address; update it in place or mint the next id.
+
+        Returns ``(record, created, previous_address)``.
+        """
+        conn = self.conn
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = None
+            if node_key:
+                row = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE node_key = ?", (node_key,)).fetchone()
+            if row is None:
+                row = conn.execute(
+                    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ip = ? AND port = ? ORDER BY ordinal LIMIT 1",
+                    (ip, port),
+                ).fetchone()
+            info = json.dumps(fields.get("info", {}))
+            if row is not None:
+                old = _node(row)
+                conn.execute(
+                    "UPDATE nodes SET ip = ?, port = ?, node_key = COALESCE(?, node_key), slots = ?, weight = ?,"
+                    " updated_at = ?, info = ? WHERE server_id = ?",
+                    (ip, port, node_key, fields["slots"], fields["weight"], now, info, old.server_id),
+                )
+                previous = old.address if (old.ip, old.port) != (ip, port) else None
+                created = False
+                server_id = old.server_id
+            else:
+                value = conn.execute("SELECT value FROM meta WHERE key = 'node_counter'").fetchone()
+                ordinal = (int(value[0]) if value else 0) + 1
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('node_counter', ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (str(ordinal),),
+                )
+                server_id = f"GPU-{ordinal:03d}"
+                conn.execute(
+                    f"INSERT INTO nodes (ordinal, {_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    (ordinal, server_id, ip, port, new_token, node_key, fields["slots"], fields["weight"], now, now, info),
+                )
+                previous = None
+                created = True
+            row = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE server_id = ?", (server_id,)).fetchone()
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return _node(row), created, previous
+
+    async def register_node(
+        self, ip: str, port: int, node_key: str | None, fields: dict[str, Any], new_token: str
+    ) -> tuple[NodeRecord, bool, str | None]:
+        return await self._call(self._register_sync, ip, port, node_key, fields, new_token)
+
+    def _load_nodes_sync(self) -> list[NodeRecord]:
+        rows = self.conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY ordinal").fetchall()
+        return [_node(r) for r in rows]
+
+    async def load_nodes(self) -> list[NodeRecord]:
+        return await self._call(self._load_nodes_sync)
+
+    async def delete_node(self, server_id: str) -> None:
+        await self._call(self._exec, "DELETE FROM nodes WHERE server_id = ?", (server_id,))
+
+    async def set_node_draining(self, server_id: str, draining: bool) -> None:
+        await self._call(self._exec, "UPDATE nodes SET draining = ? WHERE server_id = ?", (int(draining), server_id))
+
+    def _exec(self, sql: str, params: Sequence[Any]) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def insert_task(self, task: TaskRecord) -> None:
+        await self._call(
+            self._exec,
+            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+            (
+                task.task_id,
+                task.status.value,
+                task.created_at,
+                task.updated_at,
+                task.input_mime,
+                task.input_bytes,
+                task.width,
+                task.height,
+                json.dumps(task.params),
+                task.server_id,
+                task.attempts,
+                task.result_mime,
+                task.result_bytes,
+                task.error,
+                task.owner,
+                task.started_at,
+                task.finished_at,
+            ),
+        )
+
+    _UPDATABLE = frozenset(
+        {"status", "server_id", "attempts", "result_mime", "result_bytes", "error", "started_at", "finished_at"}
+    )
+
+    async def update_task(self, task_id: str, **changes: Any) -> None:
+        unknown = set(changes) - self._UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        changes["updated_at"] = time.time()
+        if isinstance(changes.get("status"), TaskStatus):
+            changes["status"] = changes["status"].value
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        await self._call(self._exec, f"UPDATE tasks SET {assignments} WHERE task_id = ?", (*changes.values(), task_id))
+
+    def _get_task_sync(self, task_id: str) -> TaskRecord | None:
+        row = self.conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        return _task(row) if row else None
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        return await self._call(self._get_task_sync, task_id)
+
+    def _list_tasks_sync(self, statuses: tuple[str, ...], limit: int) -> list[TaskRecord]:
+        marks = ", ".join("?" * len(statuses))
+        rows = self.conn.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status IN ({marks}) ORDER BY created_at LIMIT ?",
+            (*statuses, limit),
+        ).fetchall()
+        return [_task(r) for r in rows]
+
+    async def list_tasks(self, statuses: Sequence[TaskStatus], limit: int = 1_000_000) -> list[TaskRecord]:
+        return await self._call(self._list_tasks_sync, tuple(s.value for s in statuses), limit)
+
+    def _count_sync(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+        counts = {s.value: 0 for s in TaskStatus}
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    async def count_tasks(self) -> dict[str, int]:
+        return await self._call(self._count_sync)
+
+    def _expired_sync(self, before: float) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT task_id FROM tasks WHERE updated_at < ? AND status IN ('completed', 'failed')", (before,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    async def expired_task_ids(self, before: float) -> list[str]:
+        """Finished (completed or failed) tasks last touched before ``before``."""
+        return await self._call(self._expired_sync, before)
+
+    async def delete_task(self, task_id: str) -> None:
+        await self._call(self._exec, "DELETE FROM tasks WHERE task_id = ?", (task_id,))

@@ -1,0 +1,146 @@
+"""The webhook API the GPU servers use: register, unregister, list (shared secret)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .keys import GATEWAY
+from .netutil import client_ip, same_secret
+from .registry import NodeState
+from .service import audit
+
+log = structlog.get_logger("photogate.webhook")
+routes = web.RouteTableDef()
+
+MAX_BODY = 16 * 1024
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise BadRequest(f"request body over {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object such as {\"ip\": ..., \"port\": ..., \"secret\": ...}")
+    return body
+
+
+def _check_secret(request: web.Request, given: Any, action: str) -> None:
+    gw = request.app[GATEWAY]
+    ip = client_ip(request, gw.config.server.trusted_proxies)
+    if not isinstance(given, str) or not given:
+        audit(f"{action}_refused", who="anonymous", ip=ip, reason="missing secret")
+        raise Unauthorized("missing secret")
+    if not same_secret(given, gw.config.webhook.secret):
+        audit(f"{action}_refused", who="anonymous", ip=ip, reason="wrong secret")
+        raise Forbidden("wrong secret")
+
+
+def _ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadRequest("ip: expected an IPv4 or IPv6 address string")
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise BadRequest(f"ip: not an IP address: {value[:64]!r}") from None
+
+
+def _int(body: dict[str, Any], key: str, low: int, high: int, default: int | None = None) -> int:
+    value = body.get(key, default)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"{key}: expected an integer from {low} to {high}")
+    return value
+
+
+def _node_json(state: NodeState) -> dict[str, Any]:
+    return state.public()
+
+
+@routes.post("/webhook/register")
+async def register(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    body = await _json_body(request)
+    _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "register")
+    ip = _ip(body.get("ip"))
+    port = _int(body, "port", 1, 65535)
+    slots = _int(body, "slots", 1, 256, default=1)
+    weight = _int(body, "weight", 1, 1000, default=1)
+    node_key = body.get("node_key")
+    if node_key is not None and (not isinstance(node_key, str) or not 8 <= len(node_key) <= 128):
+        raise BadRequest("node_key: expected a string of 8 to 128 characters")
+    info = {k: body[k] for k in ("model", "scale", "provider", "version") if isinstance(body.get(k), (str, int, float))}
+    state, created, previous = await gw.registry.register(
+        ip, port, node_key=node_key, slots=slots, weight=weight, info=info
+    )
+    sid = state.server_id
+    audit(
+        "node_registered" if created else ("node_address_changed" if previous else "node_reregistered"),
+        who=sid, ip=client_ip(request, gw.config.server.trusted_proxies),
+        address=state.record.address, previous_address=previous,
+    )
+    return web.json_response({
+        "success": True,
+        "message": f"服务器 {sid} 注册成功",
+        "server_id": sid,
+        "ip": state.record.ip,
+        "port": state.record.port,
+        "node_token": state.record.node_token,
+    })
+
+
+@routes.post("/webhook/unregister")
+async def unregister(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    body = await _json_body(request)
+    _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "unregister")
+    server_id = body.get("server_id")
+    if isinstance(server_id, str) and server_id:
+        state = gw.registry.get(server_id)
+        # The earlier test client sends a server_id of its own choosing along with ip/port.
+        if state is None and "ip" in body:
+            state = gw.registry.find(_ip(body.get("ip")), _int(body, "port", 1, 65535))
+    else:
+        state = gw.registry.find(_ip(body.get("ip")), _int(body, "port", 1, 65535))
+    if state is None:
+        raise NotFound("no such server registered")
+    await gw.registry.remove(state.server_id)
+    audit("node_unregistered", who=state.server_id, ip=client_ip(request, gw.config.server.trusted_proxies),
+          address=state.record.address)
+    return web.json_response({
+        "success": True,
+        "message": f"服务器 {state.server_id} 注销成功",
+        "server_id": state.server_id,
+        "ip": state.record.ip,
+        "port": state.record.port,
+    })
+
+
+@routes.get("/webhook/servers")
+async def servers(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    _check_secret(request, request.headers.get("X-Webhook-Secret") or request.query.get("secret"), "list")
+    nodes = gw.registry.all()
+    summary = gw.registry.summary()
+    return web.json_response({
+        "success": True,
+        "data": {
+            "total_servers": summary["total"],
+            "healthy_servers": summary["healthy"],
+            "unhealthy_servers": summary["unhealthy"],
+            "health_check_running": gw.monitor.running,
+            "multi_backend": gw.multi_backend,
+            "strategy": gw.strategy_name,
+            "servers": [_node_json(s) for s in nodes],
+        },
+    })
