@@ -1,0 +1,124 @@
+"""``gpunode``: run a node. Flags override environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import NodeConfig
+from .logs import configure_logging
+from .model import ModelError
+
+ENV_HELP = """environment:
+  GATEWAY_URL        gateway base URL (--gateway)
+  SHARED_SECRET      registration secret (--secret)
+  PORT               listen port (--port)
+  GPUNODE_STATE_DIR  where the node key lives (--state-dir)
+  GPUNODE_TOKEN      standalone inference token (--token)
+  GPUNODE_MODEL      model file (--model)
+"""
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    d = NodeConfig()
+    p = argparse.ArgumentParser(
+        prog="gpunode", description="photogate GPU node: an ONNX super-resolution model behind HTTP.",
+        epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"gpunode {__version__}")
+    p.add_argument("--gateway", default=env.get("GATEWAY_URL", ""), help="gateway base URL to register with")
+    p.add_argument("--secret", default=env.get("SHARED_SECRET", ""), help="the gateway's webhook secret")
+    p.add_argument("--token", default=env.get("GPUNODE_TOKEN", ""),
+                   help="standalone mode (no --gateway): the bearer token inference requests must carry")
+    p.add_argument("--host", default=d.host, help="listen address (default %(default)s)")
+    p.add_argument("--port", type=int, default=int(env.get("PORT", d.port)),
+                   help="listen port (default $PORT or %(default)s; 0 picks a free one)")
+    p.add_argument("--advertise-ip", default=env.get("GPUNODE_ADVERTISE_IP", ""),
+                   help="IP the gateway should call (default: the local address that routes to the gateway)")
+    p.add_argument("--ip-url", default="", help="URL answering this node's public IP as text (NAT'd nodes)")
+    p.add_argument("--ip-check-interval", type=float, default=d.ip_check_interval,
+                   help="seconds between IP checks; a change re-registers (default %(default)s)")
+    p.add_argument("--gateway-check-interval", type=float, default=d.gateway_check_interval,
+                   help="seconds between asking the gateway whether it still lists us; 0 = never")
+    p.add_argument("--register-backoff-max", type=float, default=d.register_backoff_max,
+                   help="cap of the registration retry backoff in seconds (default %(default)s)")
+    p.add_argument("--state-dir", type=Path, default=env.get("GPUNODE_STATE_DIR") or None,
+                   help="state dir for the node key (default ~/.local/state/gpunode/<port>)")
+    p.add_argument("--model", type=Path, default=env.get("GPUNODE_MODEL") or None,
+                   help="ONNX model (default: the bundled waifu2x UpConv7 photo x2)")
+    p.add_argument("--tile-size", type=int, default=d.tile_size, help="tile side in input px (default %(default)s)")
+    p.add_argument("--tile-overlap", type=int, default=d.tile_overlap,
+                   help="overlap between tiles in input px, >= 8 (default %(default)s)")
+    p.add_argument("--queue-size", type=int, default=d.queue_size,
+                   help="jobs that may wait for a slot before 503 (default %(default)s)")
+    p.add_argument("--slots", type=int, default=0, help="inference workers (default: one per GPU, 1 on CPU)")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime CPU threads (default: all cores)")
+    p.add_argument("--max-input-pixels", type=int, default=d.max_input_pixels)
+    p.add_argument("--cpu", action="store_true", help="use the CPU even where CUDA is available")
+    p.add_argument("--dev", action="store_true", help="readable console logs")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    if args.tile_overlap < 8:
+        raise ValueError("--tile-overlap must be at least 8")
+    if args.tile_size < 4 * args.tile_overlap:
+        raise ValueError("--tile-size must be at least 4 x --tile-overlap")
+    if args.gateway and not args.secret:
+        raise ValueError("--gateway needs --secret (or SHARED_SECRET)")
+    if args.queue_size < 0:
+        raise ValueError("--queue-size must be >= 0")
+    return NodeConfig(
+        host=args.host, port=args.port, gateway_url=args.gateway, secret=args.secret, token=args.token,
+        advertise_ip=args.advertise_ip, ip_url=args.ip_url, ip_check_interval=args.ip_check_interval,
+        gateway_check_interval=args.gateway_check_interval, register_backoff_max=args.register_backoff_max,
+        state_dir=args.state_dir, model_path=args.model, tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap, queue_size=args.queue_size, slots=args.slots, threads=args.threads,
+        max_input_pixels=args.max_input_pixels, cpu_only=args.cpu, dev=args.dev,
+    )
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    configure_logging(dev=args.dev, level=args.log_level)
+    log = structlog.get_logger("gpunode")
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2
+    # Bind first so --port 0 knows its port before registering.
+    sock = socket.create_server((config.host, config.port), reuse_port=False)
+    port = sock.getsockname()[1]
+    if port != config.port:
+        from dataclasses import replace
+
+        config = replace(config, port=port)
+    if not config.gateway_url and not config.token:
+        log.warning("no_gateway_no_token", hint="pass --gateway URL --secret S, or --token T for standalone use; "
+                    "until then every inference request gets 401")
+    try:
+        app = create_app(config)
+        log.info("starting", host=config.host, port=port, gateway=config.gateway_url or None,
+                 model=str(config.model_file))
+        web.run_app(app, sock=sock, print=None, access_log=None)
+    except ModelError as exc:
+        log.error("model_unusable", error=str(exc))
+        return 1
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Typed application state keys."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .config import NodeConfig
+from .inference import Engine
+from .registration import IpSource, Registrar
+
+CONFIG = web.AppKey("gpunode.config", NodeConfig)
+HTTP = web.AppKey("gpunode.http", aiohttp.ClientSession)
+ENGINE = web.AppKey("gpunode.engine", Engine)
+REGISTRAR = web.AppKey("gpunode.registrar", Registrar)
+#: Where the advertised IP comes from; tests swap it to simulate an IP change.
+IP_SOURCE = web.AppKey("gpunode.ip_source", IpSource)
