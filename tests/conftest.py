@@ -1,185 +1,24 @@
-"""Shared fixtures: a real gateway on an ephemeral port, and fake GPU nodes that are real
-aiohttp apps which can be told to be slow, fail or vanish."""
+"""Fixtures: a real gateway on an ephemeral port, fake GPU nodes, a gateway process."""
 
 from __future__ import annotations
 
-import asyncio
-import io
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
-from PIL import Image
+import structlog
 
 from photogate.app import create_app
-from photogate.config import Config, load_config
-
-SECRET = "test-secret-0123456789"
-ADMIN_TOKEN = "test-admin-token-0123456789"
-REPO = Path(__file__).resolve().parent.parent
+from photogate.config import Config
+from support import FakeNode, Gateway, GatewayProcess, make_config
 
 
-def image_bytes(width: int = 64, height: int = 48, fmt: str = "PNG", color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buf, fmt)
-    return buf.getvalue()
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 10.0,
-                     what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class FakeNode:
-    """A real aiohttp GPU node speaking the node protocol; its result is a 2x PNG of the input."""
-
-    def __init__(self, *, delay: float = 0.0, slots: int = 1) -> None:
-        self.delay = delay
-        self.slots = slots
-        self.mode = "ok"  # ok | error500 | reject400 | hang | garbage
-        self.token: str | None = None
-        self.server_id: str | None = None
-        self.jobs = 0
-        self.busy = 0
-        self.max_busy = 0
-        self.seen_tokens: list[str] = []
-        self.server: TestServer | None = None
-        self.port: int | None = None
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        app.router.add_post("/v1/enhance", self._enhance)
-        return app
-
-    async def start(self) -> None:
-        self.server = TestServer(self.app(), host="127.0.0.1", port=self.port or 0)
-        await self.server.start_server()
-        self.port = self.server.port
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
-            self.server = None
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "busy": self.busy, "queued": 0, "slots": self.slots,
-                                  "model": "fake", "scale": 2, "provider": "none"})
-
-    async def _enhance(self, request: web.Request) -> web.Response:
-        auth = request.headers.get("Authorization", "")
-        self.seen_tokens.append(auth)
-        if self.token is None or auth != f"Bearer {self.token}":
-            return web.json_response({"error": "bad token"}, status=401)
-        body = await request.read()
-        self.busy += 1
-        self.max_busy = max(self.max_busy, self.busy)
-        try:
-            if self.mode == "hang":
-                await asyncio.sleep(3600)
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            if self.mode == "error500":
-                return web.json_response({"error": "CUDA out of memory"}, status=500)
-            if self.mode == "reject400":
-                return web.json_response({"error": "cannot decode image"}, status=400)
-            if self.mode == "garbage":
-                return web.Response(body=b"\x89PNG\r\n\x1a\n not really", content_type="image/png")
-            with Image.open(io.BytesIO(body)) as im:
-                out = im.convert("RGB").resize((im.width * 2, im.height * 2))
-            buf = io.BytesIO()
-            out.save(buf, "PNG")
-            self.jobs += 1
-            return web.Response(body=buf.getvalue(), content_type="image/png", headers={"X-Node-Port": str(self.port)})
-        finally:
-            self.busy -= 1
-
-
-def make_config(tmp_path: Path, **overrides: Any) -> Config:
-    base = {
-        "webhook.secret": SECRET,
-        "admin.token": ADMIN_TOKEN,
-        "storage.data_dir": str(tmp_path / "data"),
-        "health_check.interval": 0.2,
-        "health_check.timeout": 1.0,
-        "dispatch.timeout": 10.0,
-    }
-    base.update(overrides)
-    return load_config(None, overrides=base, env={})
-
-
-class Gateway:
-    """A test handle on a running gateway: its client plus helpers to drive it."""
-
-    def __init__(self, client: TestClient) -> None:
-        self.client = client
-
-    @property
-    def app(self) -> web.Application:
-        return self.client.server.app  # type: ignore[return-value]
-
-    async def register(self, node: FakeNode, **extra: Any) -> dict[str, Any]:
-        resp = await self.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": node.port,
-                                                                  "secret": SECRET, **extra})
-        body = await resp.json()
-        assert resp.status == 200, body
-        node.token, node.server_id = body["node_token"], body["server_id"]
-        return body
-
-    async def submit(self, data: bytes | None = None, **fields: str) -> str:
-        from aiohttp import FormData
-
-        form = FormData()
-        form.add_field("file", data or image_bytes(), filename="photo.png", content_type="image/png")
-        for key, value in fields.items():
-            form.add_field(key, value)
-        resp = await self.client.post("/api/v1/enhance", data=form)
-        body = await resp.json()
-        assert resp.status == 200, body
-        assert body["status"] == "queued"
-        return body["task_id"]
-
-    async def status(self, task_id: str) -> dict[str, Any]:
-        resp = await self.client.get(f"/api/v1/status/{task_id}")
-        assert resp.status == 200
-        return await resp.json()
-
-    async def wait_done(self, task_id: str, timeout: float = 15.0) -> dict[str, Any]:
-        final: dict[str, Any] = {}
-
-        async def done() -> bool:
-            final.update(await self.status(task_id))
-            return final["status"] in ("completed", "failed")
-
-        await wait_until(done, timeout, f"task {task_id} to finish")
-        return final
-
-    def admin_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A test that runs a CLI ``main()`` configures structlog; undo it for the next test."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -213,56 +52,6 @@ async def nodes() -> AsyncIterator[Callable[..., Awaitable[FakeNode]]]:
     yield make
     for node in started:
         await node.stop()
-
-
-class GatewayProcess:
-    """The gateway as a real process (``python -m photogate``), for kill/restart and memory tests."""
-
-    def __init__(self, tmp_path: Path, config_text: str) -> None:
-        self.port = free_port()
-        self.config_file = tmp_path / "gateway.yaml"
-        self.config_file.write_text(config_text)
-        self.data_dir = tmp_path / "gwdata"
-        self.log = tmp_path / "gateway.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {**os.environ, "WEBHOOK_SECRET": SECRET, "PHOTOGATE_ADMIN_TOKEN": ADMIN_TOKEN}
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "photogate", "--config", str(self.config_file), "--port", str(self.port),
-                 "--data-dir", str(self.data_dir)],
-                stdout=log, stderr=subprocess.STDOUT, env=env,
-            )
-
-    async def wait_ready(self, session: Any, timeout: float = 20.0) -> None:
-        async def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                async with session.get(self.url + "/api/v1/health") as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        await wait_until(up, timeout, "the gateway process to answer")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import structlog
 
 from photogate.keys import GATEWAY
 
-from conftest import SECRET, FakeNode, Gateway, wait_until
+from support import SECRET, FakeNode, Gateway, wait_until
 
 
 async def test_three_nodes_get_sequential_ids_and_keep_them(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]

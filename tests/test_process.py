@@ -1,0 +1,140 @@
+"""The gateway as a real process: kill and restart mid-run, memory under a large upload."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from support import SECRET, FakeNode, image_bytes, wait_until
+
+CONFIG = """
+health_check:
+  interval: 0.3
+  timeout: 1
+dispatch:
+  timeout: 10
+"""
+
+
+async def _submit(session: aiohttp.ClientSession, url: str) -> str:
+    form = aiohttp.FormData()
+    form.add_field("file", image_bytes(32, 24), filename="p.png", content_type="image/png")
+    async with session.post(url + "/api/v1/enhance", data=form) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+        return body["task_id"]
+
+
+async def test_kill_and_restart_mid_run_loses_nothing(gateway_process, nodes) -> None:  # type: ignore[no-untyped-def]
+    fleet: list[FakeNode] = [await nodes(delay=0.15) for _ in range(2)]
+    gw = gateway_process(CONFIG)
+    gw.start()
+    async with aiohttp.ClientSession() as session:
+        await gw.wait_ready(session)
+        ids = []
+        for node in fleet:
+            async with session.post(gw.url + "/webhook/register",
+                                    json={"ip": "127.0.0.1", "port": node.port, "secret": SECRET}) as resp:
+                body = await resp.json()
+                node.token, node.server_id = body["node_token"], body["server_id"]
+        ids = [await _submit(session, gw.url) for _ in range(20)]
+        await wait_until(lambda: sum(n.jobs for n in fleet) >= 3, 10, "some tasks to finish")
+        gw.kill()  # SIGKILL: no cleanup at all
+        done_before = sum(n.jobs for n in fleet)
+        assert done_before < 20, "the run finished before the kill; make the nodes slower"
+
+        gw.start()
+        await gw.wait_ready(session)
+        finals = {}
+
+        async def all_done() -> bool:
+            for task_id in ids:
+                async with session.get(f"{gw.url}/api/v1/status/{task_id}") as resp:
+                    assert resp.status == 200, f"task {task_id} lost across the restart"
+                    finals[task_id] = await resp.json()
+            return all(f["status"] in ("completed", "failed") for f in finals.values())
+
+        await wait_until(all_done, 30, "every task to finish after the restart")
+        assert [f["status"] for f in finals.values()] == ["completed"] * 20
+        for task_id in ids:
+            async with session.get(f"{gw.url}/api/v1/download/{task_id}") as resp:
+                assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
+        async with session.get(f"{gw.url}/webhook/servers", headers={"X-Webhook-Secret": SECRET}) as resp:
+            servers = (await resp.json())["data"]["servers"]
+        assert [(s["server_id"], s["port"]) for s in servers] == [("GPU-001", fleet[0].port), ("GPU-002", fleet[1].port)]
+        # The counter survived too: the next node is GPU-003.
+        extra = await nodes()
+        async with session.post(gw.url + "/webhook/register",
+                                json={"ip": "127.0.0.1", "port": extra.port, "secret": SECRET}) as resp:
+            assert (await resp.json())["server_id"] == "GPU-003"
+
+
+def _peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+async def test_50mb_upload_refused_without_buffering(gateway_process, nodes) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_process(CONFIG)
+    gw.start()
+    node = await nodes()
+    async with aiohttp.ClientSession() as session:
+        await gw.wait_ready(session)
+        async with session.post(gw.url + "/webhook/register",
+                                json={"ip": "127.0.0.1", "port": node.port, "secret": SECRET}) as resp:
+            node.token = (await resp.json())["node_token"]
+        assert gw.proc is not None
+        before = _peak_rss_kib(gw.proc.pid)
+        size = 50 * 1024 * 1024
+
+        async def body():  # type: ignore[no-untyped-def]
+            # Chunked, with no Content-Length: the gateway must count as it streams.
+            yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jpg\"\r\n" \
+                  b"Content-Type: image/jpeg\r\n\r\n\xff\xd8\xff"
+            chunk = b"\0" * (1024 * 1024)
+            for _ in range(size // len(chunk)):
+                yield chunk
+            yield b"\r\n--b--\r\n"
+
+        status = None
+        try:
+            async with session.post(gw.url + "/api/v1/enhance", data=body(),
+                                    headers={"Content-Type": "multipart/form-data; boundary=b"}) as resp:
+                status = resp.status
+                error = (await resp.json())["error"]
+        except aiohttp.ClientError:
+            # The gateway may close the connection as soon as it has answered 413.
+            status = None
+        if status is not None:
+            assert status == 413 and "limit" in error
+        grown_mib = (_peak_rss_kib(gw.proc.pid) - before) / 1024
+        print(f"chunked 50 MiB upload: status {status}, peak RSS growth {grown_mib:.2f} MiB")
+        assert grown_mib < 15, f"gateway memory grew by {grown_mib:.1f} MiB for a 50 MiB upload"
+        # With a Content-Length the answer is immediate and certain.
+        async with session.post(gw.url + "/api/v1/enhance", data=io.BytesIO(b"x" * size),
+                                headers={"Content-Type": "multipart/form-data; boundary=b"}) as resp:
+            assert resp.status == 413
+        assert (_peak_rss_kib(gw.proc.pid) - before) / 1024 < 15 + 1
+        # Nothing of it was kept on disk.
+        assert not any(p.is_file() for p in (gw.data_dir / "blobs" / "inputs").iterdir())
+        assert gw.proc.poll() is None  # still serving
+
+
+async def test_sigterm_stops_cleanly(gateway_process) -> None:  # type: ignore[no-untyped-def]
+    gw = gateway_process(CONFIG)
+    gw.start()
+    async with aiohttp.ClientSession() as session:
+        await gw.wait_ready(session)
+    assert gw.proc is not None
+    os.kill(gw.proc.pid, signal.SIGTERM)
+    assert await asyncio.get_running_loop().run_in_executor(None, gw.proc.wait, 10) == 0
+    log = gw.log.read_text()
+    assert '"event": "gateway_stopped"' in log
+    assert SECRET not in log

@@ -1,0 +1,286 @@
+"""The public task API end to end: upload checks, dispatch, retries, status and download."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import time
+import zlib
+
+from aiohttp import FormData
+from PIL import Image
+
+from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, wait_until
+from photogate.keys import GATEWAY
+
+
+async def _post_file(gateway: Gateway, data: bytes, filename: str = "photo.jpg", content_type: str = "image/jpeg"):  # type: ignore[no-untyped-def]
+    form = FormData()
+    form.add_field("file", data, filename=filename, content_type=content_type)
+    return await gateway.client.post("/api/v1/enhance", data=form)
+
+
+async def test_photo_enhanced_end_to_end(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    node = await nodes()
+    await gateway.register(node)
+    task_id = await gateway.submit(image_bytes(40, 30))
+    assert len(task_id) == 32 and int(task_id, 16) >= 0
+    final = await gateway.wait_done(task_id)
+    assert final["status"] == "completed", final
+    assert final["progress"] == 1.0 and final["server_id"] == "GPU-001" and final["error"] is None
+    assert final["result_url"] == f"/api/v1/download/{task_id}"
+    resp = await gateway.client.get(final["result_url"])
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "image/png"
+    assert resp.headers["Content-Disposition"] == f'attachment; filename="enhanced_{task_id}.png"'
+    with Image.open(io.BytesIO(await resp.read())) as im:
+        assert im.size == (80, 60)
+    assert node.seen_tokens == [f"Bearer {node.token}"]
+
+
+async def test_unknown_and_unready_tasks(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    for path in ("/api/v1/status/" + "0" * 32, "/api/v1/download/" + "0" * 32, "/api/v1/status/..%2F..%2Fetc"):
+        resp = await gateway.client.get(path)
+        assert resp.status == 404
+        assert "unknown task" in (await resp.json())["error"]
+    node = await nodes(delay=0.5)
+    await gateway.register(node)
+    task_id = await gateway.submit()
+    resp = await gateway.client.get(f"/api/v1/download/{task_id}")
+    assert resp.status == 409
+    assert "not ready" in (await resp.json())["error"]
+    await gateway.wait_done(task_id)
+
+
+async def test_upload_checks(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_gateway(**{"limits.max_upload_bytes": 200_000, "limits.max_pixels": 1_000_000})
+    await gateway.register(await nodes())
+
+    resp = await _post_file(gateway, b"hello, I am a text file\n" * 10, "notes.jpg")
+    assert resp.status == 415 and "not a supported image" in (await resp.json())["error"]
+
+    # A tiny PNG whose header claims 50 000 x 50 000 pixels: refused from the header alone.
+    bomb = _png_claiming(50_000, 50_000)
+    resp = await _post_file(gateway, bomb, "bomb.png", "image/png")
+    assert resp.status == 413 and "megapixel" in (await resp.json())["error"]
+
+    jpeg = image_bytes(300, 200, "JPEG")
+    resp = await _post_file(gateway, jpeg[: len(jpeg) // 2], "cut.jpg")
+    assert resp.status == 400 and "truncated or corrupt" in (await resp.json())["error"]
+
+    png = image_bytes(300, 200, "PNG")
+    resp = await _post_file(gateway, png[:-20], "cut.png", "image/png")
+    assert resp.status == 400 and "truncated or corrupt" in (await resp.json())["error"]
+
+    resp = await _post_file(gateway, b"")
+    assert resp.status == 400 and "empty" in (await resp.json())["error"]
+
+    resp = await _post_file(gateway, b"\xff\xd8\xff" + b"\0" * 300_000)
+    assert resp.status == 413 and "limit" in (await resp.json())["error"]
+
+    form = FormData()
+    form.add_field("photo", image_bytes(), filename="x.png", content_type="image/png")
+    resp = await gateway.client.post("/api/v1/enhance", data=form)
+    assert resp.status == 400 and "'file'" in (await resp.json())["error"]
+
+    resp = await gateway.client.post("/api/v1/enhance", json={"file": "x"})
+    assert resp.status == 400 and "multipart" in (await resp.json())["error"]
+
+    form = FormData()
+    form.add_field("file", image_bytes(), filename="x.png", content_type="image/png")
+    form.add_field("scale", "banana")
+    resp = await gateway.client.post("/api/v1/enhance", data=form)
+    assert resp.status == 400 and "scale" in (await resp.json())["error"]
+
+    # Nothing refused was kept.
+    store = gateway.app[GATEWAY].store
+    assert sum((await store.count_tasks()).values()) == 0
+    blobs = gateway.app[GATEWAY].blobs
+    assert list(blobs.inputs.iterdir()) == []
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+async def test_old_client_fields_are_accepted(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    await gateway.register(await nodes())
+    task_id = await gateway.submit(image_bytes(), tile_size="400", quality_level="high", format="jpeg")
+    assert (await gateway.wait_done(task_id))["status"] == "completed"
+
+
+async def test_round_robin_sequential_30_tasks_split_10_10_10(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    fleet = [await nodes() for _ in range(3)]
+    for node in fleet:
+        await gateway.register(node)
+    served = []
+    for _ in range(30):
+        final = await gateway.wait_done(await gateway.submit())
+        assert final["status"] == "completed"
+        served.append(final["server_id"])
+    assert served[:4] == ["GPU-001", "GPU-002", "GPU-003", "GPU-001"]
+    assert [n.jobs for n in fleet] == [10, 10, 10]
+
+
+async def test_30_at_once_all_complete_and_respect_slots(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    fleet = [await nodes(delay=0.05) for _ in range(3)]
+    for node in fleet:
+        await gateway.register(node)
+    ids = await asyncio.gather(*(gateway.submit() for _ in range(30)))
+    finals = await asyncio.gather(*(gateway.wait_done(t, 30) for t in ids))
+    assert [f["status"] for f in finals] == ["completed"] * 30
+    assert sum(n.jobs for n in fleet) == 30
+    assert all(n.max_busy == 1 for n in fleet)  # one slot each: never two jobs at once on a node
+
+
+async def test_killed_node_loses_no_task_and_comes_back(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_gateway(**{"health_check.interval": 0.3})
+    fleet = [await nodes(delay=0.05) for _ in range(3)]
+    for node in fleet:
+        await gateway.register(node)
+    ids = await asyncio.gather(*(gateway.submit() for _ in range(30)))
+    await fleet[1].stop()  # killed while work is queued for it
+    finals = await asyncio.gather(*(gateway.wait_done(t, 30) for t in ids))
+    assert [f["status"] for f in finals] == ["completed"] * 30
+    assert fleet[0].jobs + fleet[2].jobs + fleet[1].jobs == 30
+    registry = gateway.app[GATEWAY].registry
+    await wait_until(lambda: not registry.get("GPU-002").healthy, 5, "GPU-002 marked unhealthy")
+    assert registry.get("GPU-002").failures >= 3
+    await fleet[1].start()
+    await wait_until(lambda: registry.get("GPU-002").healthy, 5, "GPU-002 healthy again")
+    # It takes work again.
+    for _ in range(3):
+        await gateway.wait_done(await gateway.submit())
+    assert fleet[1].jobs >= 1
+
+
+async def test_node_5xx_retries_elsewhere_and_4xx_fails_at_once(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    bad, good = await nodes(), await nodes()
+    await gateway.register(bad)
+    await gateway.register(good)
+    bad.mode = "error500"
+    for _ in range(4):
+        final = await gateway.wait_done(await gateway.submit())
+        assert final["status"] == "completed" and final["server_id"] == "GPU-002"
+
+    bad.mode = good.mode = "reject400"
+    final = await gateway.wait_done(await gateway.submit())
+    assert final["status"] == "failed" and final["attempts"] == 1
+    assert "could not process this image: cannot decode image" in final["error"]
+    resp = await gateway.client.get(f"/api/v1/download/{final['task_id']}")
+    assert resp.status == 409
+
+
+async def test_bounded_attempts_then_failed_with_reason(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_gateway(**{"dispatch.max_attempts": 2, "health_check.failure_threshold": 100})
+    node = await nodes()
+    await gateway.register(node)
+    node.mode = "garbage"  # answers 200 with something that is not an image
+    final = await gateway.wait_done(await gateway.submit())
+    assert final["status"] == "failed" and final["attempts"] == 2
+    assert "failed after 2 attempts" in final["error"] and "unreadable image" in final["error"]
+
+
+async def test_hanging_node_times_out_and_task_moves_on(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_gateway(**{"dispatch.timeout": 0.5})
+    hang, good = await nodes(), await nodes()
+    hang.mode = "hang"
+    await gateway.register(hang)
+    await gateway.register(good)
+    finals = [await gateway.wait_done(await gateway.submit()) for _ in range(2)]
+    assert all(f["status"] == "completed" and f["server_id"] == "GPU-002" for f in finals)
+
+
+async def test_no_healthy_node_503_with_retry_after_then_resumes(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_gateway(**{"limits.retry_after": 7})
+    form = FormData()
+    form.add_field("file", image_bytes(), filename="x.png", content_type="image/png")
+    resp = await gateway.client.post("/api/v1/enhance", data=form)
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "7"
+    assert (await resp.json()) == {"error": "服务暂时不可用，请稍后重试"}
+    health = await (await gateway.client.get("/api/v1/health")).json()
+    assert health["status"] == "degraded" and health["fleet"]["total"] == 0
+
+    node = await nodes()
+    await gateway.register(node)
+    final = await gateway.wait_done(await gateway.submit())
+    assert final["status"] == "completed"
+    health = await (await gateway.client.get("/api/v1/health")).json()
+    assert health["status"] == "healthy" and health["fleet"]["healthy"] == 1
+
+
+async def test_multi_backend_off_sends_everything_to_the_primary(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    fleet = [await nodes() for _ in range(2)]
+    for node in fleet:
+        await gateway.register(node)
+    resp = await gateway.client.post("/api/v1/config/multi-backend", json={"enabled": False})
+    assert resp.status == 401
+    resp = await gateway.client.post("/api/v1/config/multi-backend", json={"enabled": False},
+                                     headers={"Authorization": "Bearer wrong"})
+    assert resp.status == 403
+    resp = await gateway.client.post("/api/v1/config/multi-backend", json={"enabled": False},
+                                     headers=gateway.admin_headers())
+    assert resp.status == 200 and (await resp.json())["multi_backend"] is False
+    for _ in range(4):
+        await gateway.wait_done(await gateway.submit())
+    assert [n.jobs for n in fleet] == [4, 0]
+    # The primary goes away: the next node takes over.
+    await gateway.client.post("/webhook/unregister", json={"server_id": "GPU-001", "secret": SECRET})
+    await gateway.wait_done(await gateway.submit())
+    assert fleet[1].jobs == 1
+    config = await (await gateway.client.get("/api/v1/config")).json()
+    assert config["multi_backend"] == {"enabled": False}
+    assert config["webhook"]["secret"] == "***" and ADMIN_TOKEN not in repr(config)
+
+
+async def test_wait_query_answers_with_the_final_status(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    await gateway.register(await nodes(delay=0.1))
+    form = FormData()
+    form.add_field("file", image_bytes(), filename="x.png", content_type="image/png")
+    resp = await gateway.client.post("/api/v1/enhance?wait=10", data=form)
+    body = await resp.json()
+    assert resp.status == 200 and body["status"] == "completed" and body["result_url"]
+
+
+async def test_request_id_and_cors(gateway: Gateway) -> None:
+    resp = await gateway.client.get("/api/v1/health", headers={"X-Request-ID": "abc123", "Origin": "http://x.example"})
+    assert resp.headers["X-Request-ID"] == "abc123"
+    assert resp.headers["Access-Control-Allow-Origin"] in ("*", "http://x.example")
+    resp = await gateway.client.options("/api/v1/enhance", headers={
+        "Origin": "http://x.example", "Access-Control-Request-Method": "POST"})
+    assert resp.status == 200
+    info = await (await gateway.client.get("/api/v1/info")).json()
+    assert "POST /api/v1/enhance" in info["endpoints"] and info["strategy"] == "round_robin"
+
+
+async def test_finished_tasks_expire_with_their_files(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    await gateway.register(await nodes())
+    task_id = await gateway.submit()
+    await gateway.wait_done(task_id)
+    gw = gateway.app[GATEWAY]
+    assert await gw.expire() == 0  # younger than task_ttl: kept
+    assert await gw.expire(now=time.time() + gw.config.storage.task_ttl + 1) == 1
+    resp = await gateway.client.get(f"/api/v1/status/{task_id}")
+    assert resp.status == 404
+    assert not gw.blobs.input_path(task_id).exists() and not gw.blobs.result_path(task_id).exists()
+
+
+async def test_client_ip_from_trusted_proxy_only(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    import structlog
+
+    gateway = await make_gateway(**{"server.trusted_proxies": ["127.0.0.1"]})
+    with structlog.testing.capture_logs() as logs:
+        await gateway.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": 1, "secret": "x"},
+                                  headers={"X-Forwarded-For": "203.0.113.9, 127.0.0.1"})
+    assert [e["client_ip"] for e in logs if e.get("event") == "audit"] == ["203.0.113.9"]
+    untrusting = await make_gateway(**{"storage.data_dir": str(gateway.app[GATEWAY].config.data_path) + "2"})
+    with structlog.testing.capture_logs() as logs:
+        await untrusting.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": 1, "secret": "x"},
+                                     headers={"X-Forwarded-For": "203.0.113.9"})
+    assert [e["client_ip"] for e in logs if e.get("event") == "audit"] == ["127.0.0.1"]
