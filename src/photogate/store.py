@@ -137,6 +137,10 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the store's own thread (for modules with their own tables)."""
+        return await self._call(lambda: fn(self.conn))
+
     @property
     def conn(self) -> sqlite3.Connection:
         assert self._conn is not None, "store is closed"
