@@ -1,0 +1,140 @@
+"""Helpers for the gpunode tests: polling, images, free sockets, a fake gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from PIL import Image
+
+
+HERE = Path(__file__).parent
+IMAGES = HERE / "images"
+SHARED = HERE.parents[2] / "shared"  # ../shared next to the checkout; absent in user clones
+REFERENCE_MODEL = SHARED / "reference-models" / "waifu2x-upconv7-photo-x2.onnx"
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(name: str = "astronaut_crop.png") -> Image.Image:
+    return Image.open(IMAGES / name).convert("RGB")
+
+
+def free_socket() -> socket.socket:
+    """A TCP socket bound to an ephemeral loopback port, not yet listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class FakeGateway:
+    """A real aiohttp app speaking the gateway's webhook API, with knobs for tests."""
+
+    secret: str = "test-secret"
+    ip: str = "127.0.0.1"  # what /myip answers
+    servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_key: dict[str, str] = field(default_factory=dict)
+    counter: int = 0
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    runner: web.AppRunner | None = None
+    sock: socket.socket = field(default_factory=free_socket)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def registrations(self) -> list[dict[str, Any]]:
+        return [p for kind, p in self.events if kind == "register"]
+
+    def unregistrations(self) -> list[dict[str, Any]]:
+        return [p for kind, p in self.events if kind == "unregister"]
+
+    def lose_store(self) -> None:
+        self.servers.clear()
+        self.by_key.clear()
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("secret") != self.secret:
+            return web.json_response({"error": "invalid secret"}, status=401)
+        self.events.append(("register", body))
+        key = body.get("node_key") or f"{body['ip']}:{body['port']}"
+        sid = self.by_key.get(key)
+        if sid is None:
+            self.counter += 1
+            sid = f"GPU-{self.counter:03d}"
+            self.by_key[key] = sid
+        token = secrets.token_urlsafe(16)
+        self.servers[sid] = {"server_id": sid, "ip": body["ip"], "port": body["port"], "token": token}
+        return web.json_response({"success": True, "message": f"服务器 {sid} 注册成功", "server_id": sid,
+                                  "ip": body["ip"], "port": body["port"], "node_token": token})
+
+    async def unregister(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("secret") != self.secret:
+            return web.json_response({"error": "invalid secret"}, status=401)
+        self.events.append(("unregister", body))
+        if self.servers.pop(body.get("server_id", ""), None) is None:
+            return web.json_response({"error": "unknown server"}, status=404)
+        return web.json_response({"success": True, "message": "注销成功"})
+
+    async def list_servers(self, request: web.Request) -> web.Response:
+        if request.headers.get("X-Webhook-Secret") != self.secret:
+            return web.json_response({"error": "invalid secret"}, status=401)
+        servers = [{k: v for k, v in s.items() if k != "token"} for s in self.servers.values()]
+        return web.json_response({"success": True, "data": {"servers": servers}})
+
+    async def myip(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.ip + "\n")
+
+    def token_of(self, server_id: str) -> str:
+        return str(self.servers[server_id]["token"])
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/webhook/register", self.register)
+        app.router.add_post("/webhook/unregister", self.unregister)
+        app.router.add_get("/webhook/servers", self.list_servers)
+        app.router.add_get("/myip", self.myip)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.SockSite(self.runner, self.sock).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.sock.close()
+
+
+
+def mean_abs(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
