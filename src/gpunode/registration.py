@@ -108,6 +108,7 @@ class Registrar:
         self.ip: str | None = None
         self._token: str | None = None
         self.registrations = 0
+        self.attempts = 0
         self.registered = asyncio.Event()
 
     @property
@@ -122,6 +123,7 @@ class Registrar:
             return None
 
     async def register_once(self, ip: str) -> bool:
+        self.attempts += 1
         payload = {"ip": ip, "port": self.port, "secret": self._secret, "node_key": self.node_key,
                    "slots": self.slots, "model": self.model, "scale": self.scale}
         try:
