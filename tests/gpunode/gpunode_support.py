@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 from aiohttp import web
 from PIL import Image
 
@@ -138,3 +140,20 @@ class FakeGateway:
 
 def mean_abs(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
+
+
+def tiny_model(path, *, fixed: int | None = None, multiple: int = 1) -> None:  # type: ignore[no-untyped-def]
+    """A x2 nearest-neighbour 'model'; ``multiple`` > 1 adds a SpaceToDepth that needs it."""
+    dims = [1, 3, fixed, fixed] if fixed else ["N", 3, "H", "W"]
+    nodes = []
+    src = "input"
+    if multiple > 1:
+        nodes += [helper.make_node("SpaceToDepth", ["input"], ["s2d"], blocksize=multiple),
+                  helper.make_node("DepthToSpace", ["s2d"], ["d2s"], blocksize=multiple, mode="DCR")]
+        src = "d2s"
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    nodes.append(helper.make_node("Resize", [src, "", "scales"], ["output"], mode="nearest"))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+                              initializer=[scales])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 from PIL import Image
 
 from gpunode import tiling
 from gpunode.model import SRModel
-from gpunode_support import mean_abs, photo
+from gpunode_support import mean_abs, photo, tiny_model
 
 
 def test_tiled_result_matches_untiled(sr_model) -> None:  # type: ignore[no-untyped-def]
@@ -34,25 +32,8 @@ def test_blend_weights_partition_unity() -> None:
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
 
 
-def _tiny_model(path, *, fixed: int | None = None, multiple: int = 1) -> None:  # type: ignore[no-untyped-def]
-    """A x2 nearest-neighbour 'model'; ``multiple`` > 1 adds a SpaceToDepth that needs it."""
-    dims = [1, 3, fixed, fixed] if fixed else ["N", 3, "H", "W"]
-    nodes = []
-    src = "input"
-    if multiple > 1:
-        nodes += [helper.make_node("SpaceToDepth", ["input"], ["s2d"], blocksize=multiple),
-                  helper.make_node("DepthToSpace", ["s2d"], ["d2s"], blocksize=multiple, mode="DCR")]
-        src = "d2s"
-    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
-    nodes.append(helper.make_node("Resize", [src, "", "scales"], ["output"], mode="nearest"))
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-                              initializer=[scales])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
 def test_fixed_size_model_is_tiled_at_exactly_its_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _tiny_model(tmp_path / "fixed.onnx", fixed=32)
+    tiny_model(tmp_path / "fixed.onnx", fixed=32)
     model = SRModel(tmp_path / "fixed.onnx", cpu_only=True)
     assert model.scale == 2 and model.info.fixed_size == (32, 32)
     seen = []
@@ -67,7 +48,7 @@ def test_fixed_size_model_is_tiled_at_exactly_its_size(tmp_path) -> None:  # typ
 
 
 def test_model_needing_a_multiple_is_padded(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    _tiny_model(tmp_path / "m4.onnx", multiple=4)
+    tiny_model(tmp_path / "m4.onnx", multiple=4)
     model = SRModel(tmp_path / "m4.onnx", cpu_only=True)
     assert model.scale == 2 and model.multiple == 4
     img = photo().resize((37, 23))
