@@ -138,3 +138,34 @@ async def test_sigterm_stops_cleanly(gateway_process) -> None:  # type: ignore[n
     log = gw.log.read_text()
     assert '"event": "gateway_stopped"' in log
     assert SECRET not in log
+
+
+async def test_serves_https_with_configured_certificate(gateway_process, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+    import ssl
+    import subprocess
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    gw = gateway_process(CONFIG + f"server:\n  tls:\n    cert: {cert}\n    key: {key}\n")
+    gw.start()
+    context = ssl.create_default_context(cafile=str(cert))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session:
+        https = gw.url.replace("http://", "https://")
+
+        async def up() -> bool:
+            try:
+                async with session.get(https + "/api/v1/health") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectorError:
+                return False
+
+        await wait_until(up, 20, "the gateway to answer over HTTPS")
+        async with session.get(https + "/api/v1/info") as resp:
+            assert (await resp.json())["name"] == "photogate"
