@@ -12,6 +12,7 @@ import structlog
 from aiohttp import BodyPartReader, web
 
 from . import __version__
+from .access import access_policy
 from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
 from .imagecheck import EXTENSION, probe_image
 from .keys import GATEWAY
@@ -73,6 +74,8 @@ def _parse_params(fields: dict[str, str]) -> dict[str, Any]:
 async def enhance(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     cfg = gw.config
+    access = access_policy(request.app)
+    owner = await access.admit(request)
     limit = cfg.limits.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"upload is {request.content_length} bytes; the limit is {limit} bytes")
@@ -118,13 +121,14 @@ async def enhance(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     try:
         info = await loop.run_in_executor(None, probe_image, writer.final, cfg.limits.max_pixels)
+        await access.charge(owner, task_id)
     except BaseException:
         await gw.blobs.delete(task_id)
         raise
     now = time.time()
     task = TaskRecord(
         task_id=task_id, status=TaskStatus.QUEUED, created_at=now, updated_at=now, input_mime=info.mime,
-        input_bytes=writer.size, width=info.width, height=info.height, params=params,
+        input_bytes=writer.size, width=info.width, height=info.height, params=params, owner=owner,
     )
     await gw.store.insert_task(task)
     gw.dispatcher.submit(task)
@@ -163,9 +167,11 @@ def _status_body(task: TaskRecord) -> dict[str, Any]:
 
 
 async def _task_or_404(request: web.Request) -> TaskRecord:
+    access = access_policy(request.app)
+    owner = await access.admit(request)
     task_id = request.match_info["task_id"]
     task = await request.app[GATEWAY].store.get_task(task_id) if TASK_ID.match(task_id) else None
-    if task is None:
+    if task is None or not access.can_view(owner, task):
         raise NotFound("unknown task id (tasks expire after a while)")
     return task
 

@@ -26,6 +26,15 @@ ENV_OVERRIDES: dict[str, str] = {
     "WEBHOOK_SECRET": "webhook.secret",
     "PHOTOGATE_ADMIN_TOKEN": "admin.token",
     "PHOTOGATE_DATA_DIR": "storage.data_dir",
+    # WeChat (issue 7): the secrets, and the merchant settings that come with them.
+    "WECHAT_APP_ID": "wechat.appid",
+    "WECHAT_APP_SECRET": "wechat.secret",
+    "WECHAT_MCH_ID": "wechat.mchid",
+    "WECHAT_MCH_SERIAL": "wechat.merchant_serial",
+    "WECHAT_MCH_PRIVATE_KEY": "wechat.merchant_private_key",
+    "WECHAT_MCH_APIV3_KEY": "wechat.apiv3_key",
+    "WECHAT_PAY_PUBLIC_KEY": "wechat.pay_public_key",
+    "WECHAT_PAY_PUBLIC_KEY_ID": "wechat.pay_public_key_id",
 }
 
 
@@ -108,6 +117,91 @@ class LoggingConfig:
     level: str = "info"
 
 
+# -- wechat (issue 7) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WechatProduct:
+    """A credit pack the mini program can buy: the client names it, never its price."""
+
+    description: str = ""
+    price_fen: int = 0
+    credits: int = 0
+
+
+@dataclass(frozen=True)
+class WechatConfig:
+    """Mini-program login and WeChat Pay API v3 (``photogate.wechat``); off while ``appid`` is empty."""
+
+    appid: str = ""
+    secret: str = ""
+    #: /api/v1/enhance needs a WeChat session; tasks are visible to their owner only.
+    login_enabled: bool = False
+    #: Each enhancement costs ``credits_per_enhancement`` credits, bought with WeChat Pay.
+    billing_enabled: bool = False
+    credits_per_enhancement: int = 1
+    session_ttl: float = 30 * 86400.0
+    api_base: str = "https://api.weixin.qq.com"
+    pay_base: str = "https://api.mch.weixin.qq.com"
+    timeout: float = 10.0
+    mchid: str = ""
+    merchant_serial: str = ""
+    merchant_private_key: str = ""  # path of apiclient_key.pem
+    apiv3_key: str = ""
+    pay_public_key: str = ""  # path of the WeChat Pay public key (pub_key.pem)
+    pay_public_key_id: str = ""  # PUB_KEY_ID_...
+    platform_certs: tuple[str, ...] = ()  # paths of WeChat Pay platform certificates (PEM)
+    notify_url: str = ""
+    order_ttl: float = 1800.0
+    reconcile_interval: float = 300.0
+    products: Mapping[str, WechatProduct] = field(default_factory=dict)
+
+
+def _validate_wechat(wx: WechatConfig) -> None:
+    if not wx.appid:
+        if wx.login_enabled or wx.billing_enabled:
+            raise ConfigError("wechat.appid: required when wechat.login_enabled or wechat.billing_enabled is true")
+        return
+    checks: list[tuple[bool, str]] = [
+        (bool(wx.secret), "wechat.secret: empty; set it in the config file or WECHAT_APP_SECRET"),
+        (wx.api_base.startswith(("http://", "https://")), "wechat.api_base: must be an http(s) URL"),
+        (wx.pay_base.startswith(("http://", "https://")), "wechat.pay_base: must be an http(s) URL"),
+        (wx.session_ttl > 0, "wechat.session_ttl: must be > 0"),
+        (wx.timeout > 0, "wechat.timeout: must be > 0"),
+        (wx.credits_per_enhancement >= 1, "wechat.credits_per_enhancement: must be >= 1"),
+        (wx.order_ttl >= 60, "wechat.order_ttl: must be >= 60 (WeChat needs a minute at least)"),
+        (wx.reconcile_interval > 0, "wechat.reconcile_interval: must be > 0"),
+        (bool(wx.pay_public_key) == bool(wx.pay_public_key_id),
+         "wechat.pay_public_key: set both pay_public_key and pay_public_key_id, or neither"),
+    ]
+    if wx.billing_enabled:
+        checks += [
+            (wx.login_enabled, "wechat.billing_enabled: needs wechat.login_enabled (credits belong to a user)"),
+            (bool(wx.mchid), "wechat.mchid: required for billing (or WECHAT_MCH_ID)"),
+            (bool(wx.merchant_serial), "wechat.merchant_serial: required for billing (or WECHAT_MCH_SERIAL)"),
+            (bool(wx.merchant_private_key),
+             "wechat.merchant_private_key: required for billing: the path of apiclient_key.pem"),
+            (len(wx.apiv3_key.encode()) == 32, "wechat.apiv3_key: must be the 32-character APIv3 key"),
+            (bool(wx.pay_public_key or wx.platform_certs),
+             "wechat.pay_public_key: set it (and pay_public_key_id) or wechat.platform_certs to verify WeChat Pay"),
+            (wx.notify_url.startswith(("http://", "https://")), "wechat.notify_url: must be an http(s) URL"),
+            (bool(wx.products), "wechat.products: billing needs at least one product"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for name, product in wx.products.items():
+        if not (1 <= len(name) <= 32 and name.replace("_", "").replace("-", "").isalnum() and name.isascii()):
+            raise ConfigError(f"wechat.products.{name}: ids are 1-32 letters, digits, '-' or '_'")
+        if product.price_fen < 1:
+            raise ConfigError(f"wechat.products.{name}.price_fen: must be >= 1 (in fen: 100 = 1 yuan)")
+        if product.credits < 1:
+            raise ConfigError(f"wechat.products.{name}.credits: must be >= 1")
+        if not 1 <= len(product.description) <= 127:
+            raise ConfigError(f"wechat.products.{name}.description: 1 to 127 characters")
+
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -121,6 +215,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    wechat: WechatConfig = field(default_factory=WechatConfig)
     dev: bool = False
 
     @property
@@ -133,6 +228,8 @@ class Config:
         data["webhook"]["secret"] = "***" if self.webhook.secret else ""
         data["admin"]["token"] = "***" if self.admin.token else ""
         data["server"]["tls"] = {"enabled": bool(self.server.tls.cert)}
+        data["wechat"]["secret"] = "***" if self.wechat.secret else ""
+        data["wechat"]["apiv3_key"] = "***" if self.wechat.apiv3_key else ""
         return _jsonable(data)
 
 
@@ -182,6 +279,9 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return {}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        args = typing.get_args(typ)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
         return dict(value)
     raise ConfigError(f"{key}: unsupported type {typ!r}")  # pragma: no cover
 
@@ -239,6 +339,7 @@ def _validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_wechat(cfg.wechat)
     for i, net in enumerate(cfg.server.trusted_proxies):
         try:
             ipaddress.ip_network(net, strict=False)

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from .access import OPEN_ACCESS, AccessPolicy
 from .balancing import JobView, Strategy
 from .blobs import BlobStore
 from .config import DispatchConfig
@@ -82,6 +83,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        #: Refunds a failed task's charge; photogate.wechat installs its policy at start.
+        self.access: AccessPolicy = OPEN_ACCESS
         registry.subscribe(self.wake)
 
     # -- queue ---------------------------------------------------------------------------
@@ -228,6 +231,10 @@ class Dispatcher:
     async def _fail(self, task: TaskRecord, error: str) -> None:
         await self.store.update_task(task.task_id, status=TaskStatus.FAILED, error=error, finished_at=time.time())
         log.warning("task_failed", task_id=task.task_id, error=error)
+        try:
+            await self.access.refund(task.owner, task.task_id)
+        except Exception:
+            log.exception("task_refund_failed", task_id=task.task_id)
         self._finished(task.task_id)
 
     async def _send(self, task: TaskRecord, state: NodeState) -> tuple[str, int]:
