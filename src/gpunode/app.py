@@ -13,7 +13,7 @@ from aiohttp import web
 from . import views
 from .config import NodeConfig
 from .inference import Engine
-from .keys import CONFIG, ENGINE, HTTP, IP_SOURCE, REGISTRAR
+from .keys import CONFIG, ENGINE, HTTP, IP_SOURCE, REGISTRAR, REGISTRATION_TASK
 from .model import SRModel, count_gpus
 from .registration import Registrar, fixed_ip, load_node_key, route_ip, url_ip
 
@@ -72,12 +72,24 @@ async def _registration_ctx(app: web.Application) -> AsyncIterator[None]:
         backoff_initial=config.register_backoff_initial, backoff_max=config.register_backoff_max,
     )
     app[REGISTRAR] = registrar
-    task = asyncio.create_task(registrar.run(), name="gpunode-registration")
+    app[REGISTRATION_TASK] = asyncio.create_task(registrar.run(), name="gpunode-registration")
     yield
+    await _leave_fleet(app)
+
+
+async def _leave_fleet(app: web.Application) -> None:
+    """Stop the registration loop and unregister. Runs at shutdown, before in-flight
+    requests are awaited, so the gateway stops sending work first; again at cleanup
+    (a no-op by then)."""
+    task = app.get(REGISTRATION_TASK)
+    registrar = app.get(REGISTRAR)
+    if task is None or registrar is None:
+        return
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await registrar.unregister()
+    if registrar.token is not None:
+        await registrar.unregister()
 
 
 def create_app(config: NodeConfig, *, models: list[SRModel] | None = None,
@@ -91,6 +103,7 @@ def create_app(config: NodeConfig, *, models: list[SRModel] | None = None,
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_engine_ctx(models))
     app.cleanup_ctx.append(_registration_ctx)
+    app.on_shutdown.append(_leave_fleet)
     app.router.add_post("/v1/enhance", views.enhance)
     app.router.add_get("/health", views.health)
     app.router.add_get("/info", views.info)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -15,3 +17,4 @@ ENGINE = web.AppKey("gpunode.engine", Engine)
 REGISTRAR = web.AppKey("gpunode.registrar", Registrar)
 #: Where the advertised IP comes from; tests swap it to simulate an IP change.
 IP_SOURCE = web.AppKey("gpunode.ip_source", IpSource)
+REGISTRATION_TASK = web.AppKey("gpunode.registration_task", asyncio.Task)
