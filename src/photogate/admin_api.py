@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -10,10 +11,11 @@ from aiohttp import web
 from .balancing import StrategyError
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
-from .models import TaskStatus
+from .models import TaskRecord, TaskStatus
 from .netutil import bearer, client_ip, same_secret
 from .service import audit
-from .api import _status_body
+from .api import TASK_ID, _status_body
+from .store import _TASK_COLUMNS, _task
 
 routes = web.RouteTableDef()
 
@@ -130,3 +132,71 @@ async def tasks(request: web.Request) -> web.Response:
         raise BadRequest("limit: an integer from 1 to 10000")
     found = await request.app[GATEWAY].store.list_tasks(statuses, int(limit))
     return web.json_response({"success": True, "tasks": [_status_body(t) for t in found]})
+
+
+# -- added for bin/photogate-admin ------------------------------------------------------------
+
+
+def _recent_tasks_sync(conn: sqlite3.Connection, statuses: tuple[str, ...], limit: int) -> list[TaskRecord]:
+    marks = ", ".join("?" * len(statuses))
+    rows = conn.execute(
+        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status IN ({marks}) ORDER BY created_at DESC LIMIT ?",
+        (*statuses, limit),
+    ).fetchall()
+    return [_task(r) for r in rows]
+
+
+@routes.get("/api/v1/admin/tasks/recent")
+async def recent_tasks(request: web.Request) -> web.Response:
+    """The task listing newest first (``GET /api/v1/admin/tasks`` is oldest first, queue order)."""
+    _admin(request)
+    wanted = request.query.get("status")
+    try:
+        statuses = tuple(s.value for s in ([TaskStatus(wanted)] if wanted else list(TaskStatus)))
+    except ValueError:
+        raise BadRequest(f"status: one of {', '.join(s.value for s in TaskStatus)}") from None
+    limit = request.query.get("limit", "100")
+    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
+        raise BadRequest("limit: an integer from 1 to 10000")
+    store = request.app[GATEWAY].store
+    found = await store.run(lambda conn: _recent_tasks_sync(conn, statuses, int(limit)))
+    return web.json_response({"success": True, "tasks": [_status_body(t) for t in found]})
+
+
+def _seconds(start: float | None, end: float | None) -> float | None:
+    return round(end - start, 3) if start is not None and end is not None else None
+
+
+@routes.get("/api/v1/admin/tasks/{task_id}")
+async def task_detail(request: web.Request) -> web.Response:
+    """One task's full record: parameters, node, attempts, last error, timings."""
+    _admin(request)
+    gw = request.app[GATEWAY]
+    task_id = request.match_info["task_id"]
+    task = await gw.store.get_task(task_id) if TASK_ID.match(task_id) else None
+    if task is None:
+        raise NotFound(f"no task {task_id[:64]} (tasks expire after storage.task_ttl)")
+    node = gw.registry.get(task.server_id) if task.server_id else None
+    body = _status_body(task)
+    body.update({
+        "last_error": task.error,
+        "params": task.params,
+        "input_mime": task.input_mime,
+        "input_bytes": task.input_bytes,
+        "megapixels": round(task.megapixels, 3),
+        "result_mime": task.result_mime,
+        "result_bytes": task.result_bytes,
+        "owner": task.owner,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "timings": {
+            "queued_s": _seconds(task.created_at, task.started_at),
+            "processing_s": _seconds(task.started_at, task.finished_at),
+            "total_s": _seconds(task.created_at, task.finished_at),
+        },
+        "node": None if node is None else {
+            "server_id": node.server_id, "address": node.record.address,
+            "status": node.public()["status"],
+        },
+    })
+    return web.json_response({"success": True, "task": body})
