@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from photogate.admincli import run
+from photogate.admincli import _masked, run, server_id
 from photogate.keys import GATEWAY
 from support import ADMIN_TOKEN, REPO, SECRET, FakeNode, Gateway, free_port, image_bytes, wait_until
 
@@ -89,7 +89,7 @@ async def test_seed_flags_register_list_unregister(gateway: Gateway, nodes) -> N
     header, row, *rest = out.splitlines()
     assert header.split() == ["ID", "ADDRESS", "HEALTH", "BUSY", "WEIGHT", "LAST", "CHECK", "FAILURES"]
     assert row.split()[:5] == ["GPU-001", f"127.0.0.1:{port}", "healthy", "0/1", "1"]
-    assert rest[-1].startswith("1 servers: 1 healthy, 0 unhealthy; strategy round_robin, multi-backend on")
+    assert rest[-1].startswith("1 server: 1 healthy, 0 unhealthy; strategy round_robin, multi-backend on")
     # Global options before the command work too.
     code, out2, _ = await cli(None, "--gateway", gw_url, "--secret", SECRET, "list", **seed)
     assert code == 0 and "GPU-001" in out2
@@ -183,7 +183,7 @@ async def test_human_output(gateway: Gateway, nodes, tmp_path: Path) -> None:  #
     code, out, _ = await cli(gateway, "status")
     assert code == 0
     assert out.splitlines()[0].startswith(f"gateway   {url(gateway)}  healthy  (photogate ")
-    assert "fleet     1 servers: 1 healthy, 0 unhealthy, 0 draining; 0/1 slots busy" in out
+    assert "fleet     1 server: 1 healthy, 0 unhealthy, 0 draining; 0/1 slots busy" in out
     assert "tasks     0 queued, 0 processing, 1 completed, 0 failed" in out
     code, out, _ = await cli(gateway, "info")
     assert "  POST /api/v1/enhance" in out.splitlines()
@@ -211,10 +211,19 @@ async def test_human_output(gateway: Gateway, nodes, tmp_path: Path) -> None:  #
     assert out == "GPU-001 takes new work again (healthy)\n"
 
 
+def test_credentials_are_masked_and_ids_normalised() -> None:
+    config = {"wechat": {"secret": "s3", "apiv3_key": "k", "merchant_private_key": "/etc/key.pem", "appid": "wx1"},
+              "webhook": {"secret": "***"}, "admin": {"token": ""}, "node_token": "t"}
+    assert _masked(config) == {"wechat": {"secret": "***", "apiv3_key": "***", "merchant_private_key": "***",
+                                          "appid": "wx1"},
+                               "webhook": {"secret": "***"}, "admin": {"token": ""}, "node_token": "***"}
+    assert [server_id(v) for v in ("GPU-003", "gpu-3", "3", " 12 ")] == ["GPU-003", "GPU-003", "GPU-003", "GPU-012"]
+
+
 # -- exit codes -------------------------------------------------------------------------------
 
 
-async def test_exit_1_the_gateway_said_no(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+async def test_exit_1_the_gateway_said_no(gateway: Gateway, tmp_path: Path) -> None:
     code, out, err = await cli(gateway, "drain", "GPU-001", "--admin-token", "wrong-token")
     assert (code, out, err) == (1, "", "photogate-admin: wrong admin token\n")
     code, out, err = await cli(gateway, "--json", "drain", "GPU-001", "--admin-token", "wrong-token")
@@ -234,7 +243,9 @@ async def test_exit_1_the_gateway_said_no(gateway: Gateway, nodes) -> None:  # t
     code, _, err = await cli(gateway, "register", "--ip", "not-an-ip", "--port", "8000")
     assert (code, err) == (1, "photogate-admin: ip: not an IP address: 'not-an-ip'\n")
     # No node up: the public API says 503, and that is the gateway saying no.
-    code, _, err = await cli(gateway, "enhance", str(REPO / "tests" / "gpunode" / "images" / "rocket.jpg"))
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes())
+    code, _, err = await cli(gateway, "enhance", str(photo))
     assert code == 1 and "服务暂时不可用" in err
 
 
@@ -455,12 +466,14 @@ async def test_bin_script_against_a_gateway_process(gateway_process, nodes) -> N
     code, out, err = await _run_process(*script, "--json", "status", env={**env, "GATEWAY_URL": gw.url})
     assert code == 0 and json.loads(out)["fleet"]["total"] == 1, err
 
-    console = Path(sys.executable).parent / "photogate-admin"
-    if console.exists():  # the installed console script (setup.cfg entry point)
-        code, out, err = await _run_process(str(console), "unregister", *seed, env=env)
-        assert (code, out.split()[:2]) == (0, ["unregistered", "GPU-001"]), err
     code, out, err = await _run_process(*script, "--json", "drain", "GPU-001",
                                         env={**env, "GATEWAY_URL": gw.url, "PHOTOGATE_ADMIN_TOKEN": ADMIN_TOKEN})
-    assert code == (1 if console.exists() else 0), err
+    assert code == 0 and json.loads(out)["server"]["status"] == "draining", err
+    console = Path(sys.executable).parent / "photogate-admin"
+    unregister = [str(console)] if console.exists() else script  # the console script from setup.cfg
+    code, out, err = await _run_process(*unregister, "unregister", *seed, env=env)
+    assert (code, out.split()[:2]) == (0, ["unregistered", "GPU-001"]), err
+    code, out, err = await _run_process(*script, "list", "--gateway", gw.url, "--secret", "wrong", env=env)
+    assert (code, err) == (1, "photogate-admin: wrong secret\n")
     code, out, err = await _run_process(*script, "status", "--gateway", f"http://127.0.0.1:{free_port()}", env=env)
     assert code == 3 and "cannot reach the gateway" in err and "Traceback" not in err

@@ -427,6 +427,10 @@ def duration(seconds: float | None) -> str:
     return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def on_off(value: Any) -> str:
     return "on" if value else "off"
 
@@ -446,9 +450,18 @@ def _scalar(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _redacted(data: dict[str, Any]) -> dict[str, Any]:
-    """The register answer holds the node's inference token: never print it."""
-    return {k: ("***" if k == "node_token" and v else v) for k, v in data.items()}
+SECRET_WORDS = ("secret", "token", "password", "private_key", "apiv3_key")
+
+
+def _masked(data: Any, key: str = "") -> Any:
+    """Belt and braces over the gateway's own masking: a credential is never printed."""
+    if isinstance(data, Mapping):
+        return {k: _masked(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_masked(v, key) for v in data]
+    if data and isinstance(data, str) and any(word in key.lower() for word in SECRET_WORDS):
+        return "***"
+    return data
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -459,7 +472,7 @@ async def cmd_register(ctx: Context, args: argparse.Namespace) -> None:
     for key in ("slots", "weight"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
-    data = _redacted(await ctx.client.call("POST", "/webhook/register", json=body))
+    data = _masked(await ctx.client.call("POST", "/webhook/register", json=body))  # node_token
     ctx.emit(data, f"registered {data.get('server_id')} at {data.get('ip')}:{data.get('port')} "
                    f"({data.get('message', '')})")
 
@@ -500,7 +513,7 @@ async def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
         "no GPU servers registered"]
     lines += [f"{s.get('server_id')}: last error: {s['last_error']}" for s in servers if s.get("last_error")]
     lines.append(
-        f"{fleet.get('total_servers', len(servers))} servers: {fleet.get('healthy_servers', 0)} healthy, "
+        f"{plural(fleet.get('total_servers', len(servers)), 'server')}: {fleet.get('healthy_servers', 0)} healthy, "
         f"{fleet.get('unhealthy_servers', 0)} unhealthy; strategy {fleet.get('strategy', '?')}, "
         f"multi-backend {on_off(fleet.get('multi_backend'))}, "
         f"health checks {'running' if fleet.get('health_check_running') else 'stopped'}"
@@ -515,7 +528,7 @@ async def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
     lines = [
         f"gateway   {ctx.config.gateway}  {data.get('status')}  "
         f"(photogate {data.get('version')}, up {duration(data.get('uptime'))})",
-        f"fleet     {fleet.get('total', 0)} servers: {fleet.get('healthy', 0)} healthy, "
+        f"fleet     {plural(fleet.get('total', 0), 'server')}: {fleet.get('healthy', 0)} healthy, "
         f"{fleet.get('unhealthy', 0)} unhealthy, {fleet.get('draining', 0)} draining; "
         f"{fleet.get('busy', 0)}/{fleet.get('slots', 0)} slots busy",
         f"balancing {fleet.get('strategy')}, multi-backend {on_off(fleet.get('multi_backend'))}",
@@ -534,7 +547,7 @@ async def cmd_info(ctx: Context, args: argparse.Namespace) -> None:
         f"{data.get('name')} {data.get('version')}: {data.get('description')}",
         f"gateway   {ctx.config.gateway}",
         f"strategy  {data.get('strategy')}, multi-backend {on_off(fleet.get('multi_backend'))}",
-        f"fleet     {fleet.get('total', 0)} servers, {fleet.get('healthy', 0)} healthy",
+        f"fleet     {plural(fleet.get('total', 0), 'server')}, {fleet.get('healthy', 0)} healthy",
         "endpoints",
         *(f"  {e}" for e in data.get("endpoints") or []),
     ]
@@ -542,7 +555,7 @@ async def cmd_info(ctx: Context, args: argparse.Namespace) -> None:
 
 
 async def cmd_config_show(ctx: Context, args: argparse.Namespace) -> None:
-    data = await ctx.client.call("GET", "/api/v1/config")
+    data = _masked(await ctx.client.call("GET", "/api/v1/config"))
     key = getattr(args, "key", None)
     items = flatten(data)
     if key:
@@ -630,8 +643,7 @@ async def _set_multi_backend(ctx: Context, enabled: bool) -> None:
 async def cmd_drain(ctx: Context, args: argparse.Namespace) -> None:
     data = await ctx.client.call("POST", f"/api/v1/admin/servers/{args.server_id}/drain", auth="admin")
     busy = (data.get("server") or {}).get("busy", 0)
-    ctx.emit(data, f"{args.server_id} is draining: it gets no new work; "
-                   f"{busy} task{'s' if busy != 1 else ''} in flight will finish")
+    ctx.emit(data, f"{args.server_id} is draining: it gets no new work; {plural(busy, 'task')} in flight will finish")
 
 
 async def cmd_undrain(ctx: Context, args: argparse.Namespace) -> None:
