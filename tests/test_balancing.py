@@ -126,7 +126,7 @@ async def test_swapping_strategy_while_tasks_run_loses_none(gateway: Gateway, no
         return await gateway.submit()
 
     first = await asyncio.gather(*(submit() for _ in range(15)))
-    for name in ("least_busy", "test_balancing:PickLast", "weighted"):
+    for name in ("least_busy", "fastest", "test_balancing:PickLast", "weighted"):
         resp = await gateway.client.post("/api/v1/config/strategy", json={"strategy": name},
                                          headers=gateway.admin_headers())
         assert resp.status == 200, await resp.json()

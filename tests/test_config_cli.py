@@ -63,6 +63,6 @@ def test_photogate_help_and_config_errors(tmp_path: Path, capsys: pytest.Capture
     bad.write_text("webhook:\n  secret: abcdefgh123\nbalancer:\n  strategy: quickest\n")
     assert main(["--config", str(bad), "--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
-    assert "unknown strategy 'quickest'; known: least_busy, round_robin, weighted" in err
+    assert "unknown strategy 'quickest'; known: fastest, least_busy, round_robin, weighted" in err
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read config file" in capsys.readouterr().err

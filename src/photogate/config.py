@@ -90,6 +90,9 @@ class DispatchConfig:
     max_attempts: int = 3
     timeout: float = 300.0
     connect_timeout: float = 5.0
+    #: Jobs a node may hold beyond its slots, for strategies that ask for it (``fastest``):
+    #: the next photo's upload then overlaps the current inference.
+    prefetch: int = 1
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,7 @@ def _validate(cfg: Config) -> None:
         (cfg.dispatch.max_attempts >= 1, "dispatch.max_attempts: must be >= 1"),
         (cfg.dispatch.timeout > 0, "dispatch.timeout: must be > 0"),
         (cfg.dispatch.connect_timeout > 0, "dispatch.connect_timeout: must be > 0"),
+        (0 <= cfg.dispatch.prefetch <= 16, "dispatch.prefetch: must be 0..16"),
         (cfg.storage.task_ttl > 0, "storage.task_ttl: must be > 0"),
         (cfg.storage.janitor_interval > 0, "storage.janitor_interval: must be > 0"),
         (bool(cfg.storage.data_dir), "storage.data_dir: must not be empty"),

@@ -157,12 +157,14 @@ class Dispatcher:
     def _place_ready(self) -> None:
         skipped: list[_Queued] = []
         scanned = 0
+        # Nodes may hold jobs beyond their slots only for strategies that weigh queues.
+        prefetch = self.config.prefetch if getattr(self.strategy, "accepts_queued", False) else 0
         while self._heap and scanned < SCAN_LIMIT:
-            if not self.registry.candidates(self.multi_backend):
-                break  # no free slot anywhere: wait for a release or a node
+            if not self.registry.candidates(self.multi_backend, prefetch=prefetch):
+                break  # no room anywhere: wait for a release or a node
             item = heapq.heappop(self._heap)
             scanned += 1
-            candidates = self.registry.candidates(self.multi_backend, exclude=frozenset(item.tried))
+            candidates = self.registry.candidates(self.multi_backend, exclude=frozenset(item.tried), prefetch=prefetch)
             if not candidates:
                 skipped.append(item)
                 continue

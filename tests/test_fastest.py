@@ -1,0 +1,101 @@
+"""The ``fastest`` strategy, synchronously with a fake clock and a seeded RNG."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from photogate.balancing import JobView, NodeView, load_strategy
+from strategies.fastest import Fastest
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def node(sid: str, inflight: int = 0, slots: int = 1, throughput: float | None = None) -> NodeView:
+    health = {"throughput": throughput} if throughput is not None else {}
+    return NodeView(sid, "127.0.0.1:1", inflight, slots, 1, health)
+
+
+def job(task_id: str, mp: float) -> JobView:
+    return JobView(task_id, mp, int(mp * 300_000))
+
+
+def run(strategy: Fastest, clock: Clock, sid: str, j: JobView, seconds: float) -> None:
+    strategy.on_dispatched(sid, j)
+    clock.now += seconds
+    strategy.on_completed(sid, j, seconds, True)
+
+
+def test_learns_speed_from_finished_jobs_over_the_reported_prior() -> None:
+    clock = Clock()
+    strategy = Fastest({}, random.Random(1), clock=clock)
+    fast = node("GPU-001", throughput=1.0)  # the node under-reports itself
+    assert strategy.speed(fast) == 1.0
+    run(strategy, clock, "GPU-001", job("a", 4.0), 1.0)
+    assert strategy.speed(fast) == 4.0
+    run(strategy, clock, "GPU-001", job("b", 2.0), 1.0)
+    assert abs(strategy.speed(fast) - (0.3 * 2.0 + 0.7 * 4.0)) < 1e-9
+
+
+def test_large_photo_goes_to_the_fast_node_even_when_a_slow_node_is_idle() -> None:
+    clock = Clock()
+    strategy = Fastest({}, random.Random(1), clock=clock)
+    slow, fast = node("GPU-001", throughput=1.0), node("GPU-002", throughput=4.0)
+    # The fast node is busy with a 2 MP photo that started now (0.5 s left).
+    strategy.choose([slow, fast], job("busy", 2.0))
+    strategy.on_dispatched("GPU-002", job("busy", 2.0))
+    fast_busy = node("GPU-002", inflight=1, throughput=4.0)
+    big = job("big", 12.0)
+    # Slow: 12 s. Fast: 0.5 s backlog + 3 s.
+    assert strategy.expected_finish(slow, big, clock.now) == 12.0
+    assert strategy.expected_finish(fast_busy, big, clock.now) == 3.5
+    assert strategy.choose([slow, fast_busy], big).server_id == "GPU-002"
+
+
+def test_small_photo_goes_to_the_idle_slow_node_when_the_fast_queue_is_long() -> None:
+    clock = Clock()
+    strategy = Fastest({}, random.Random(1), clock=clock)
+    slow, fast = node("GPU-001", throughput=1.0), node("GPU-002", throughput=4.0)
+    strategy.choose([slow, fast], job("x", 1.0))
+    for i in range(2):  # 2 x 8 MP ahead on the fast node: 4 s of work
+        strategy.on_dispatched("GPU-002", job(f"q{i}", 8.0))
+    small = job("small", 0.5)
+    assert strategy.choose([slow, node("GPU-002", inflight=2, throughput=4.0)], small).server_id == "GPU-001"
+    # Time passes: the fast node's backlog shrinks until it wins again.
+    clock.now += 3.9
+    assert strategy.choose([slow, node("GPU-002", inflight=2, throughput=4.0)], small).server_id == "GPU-002"
+
+
+def test_falls_back_to_least_busy_without_history_and_shares_equal_nodes() -> None:
+    strategy = Fastest({}, random.Random(3), clock=Clock())
+    unknown = [node("GPU-001", inflight=1, slots=2), node("GPU-002"), node("GPU-003", inflight=2)]
+    assert strategy.choose(unknown, job("j", 1.0)).server_id == "GPU-002"
+    equal = [node("GPU-001", throughput=2.0), node("GPU-002", throughput=2.0)]
+    counts = Counter(strategy.choose(equal, job(str(i), 1.0)).server_id for i in range(1000))
+    assert set(counts) == {"GPU-001", "GPU-002"} and abs(counts["GPU-001"] - 500) < 80
+
+
+def test_loads_by_name_and_asks_for_queued_capacity() -> None:
+    strategy = load_strategy("fastest", {"alpha": 0.5})
+    assert type(strategy).__name__ == "Fastest" and getattr(strategy, "accepts_queued") is True
+
+
+async def test_fastest_in_the_gateway_prefetches_one_job_and_loses_none(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    gateway = await make_gateway(**{"balancer.strategy": "fastest", "dispatch.prefetch": 1})
+    fleet = [await nodes(delay=0.05) for _ in range(2)]
+    for n in fleet:
+        await gateway.register(n)
+    ids = await asyncio.gather(*(gateway.submit() for _ in range(20)))
+    finals = await asyncio.gather(*(gateway.wait_done(t, 30) for t in ids))
+    assert [f["status"] for f in finals] == ["completed"] * 20
+    assert sum(n.jobs for n in fleet) == 20
+    # One slot each plus one held in advance: never more than two at a node.
+    assert max(n.max_busy for n in fleet) == 2
