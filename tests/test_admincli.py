@@ -269,6 +269,8 @@ async def test_exit_2_usage(gateway: Gateway, tmp_path: Path) -> None:
     assert code == 2 and "expected a port number from 1 to 65535" in err
     code, _, err = await cli(gateway, "unregister")
     assert (code, err) == (2, "photogate-admin: unregister: give --ip and --port, or --server-id\n")
+    code, _, err = await cli(gateway, "task", "../servers/GPU-001")
+    assert code == 2 and "expected a 32-character task id" in err
     code, _, err = await cli(gateway, "drain", "node-a")
     assert code == 2 and "expected a server id such as GPU-003" in err
     code, out, err = await cli(gateway, "config", "set", "health_check.interval", "5", "--json")
@@ -298,6 +300,11 @@ async def test_exit_3_unreachable(aiohttp_server) -> None:  # type: ignore[no-un
     assert err == f"photogate-admin: cannot reach the gateway at {closed}: Connection refused\n"
     code, out, _ = await cli(None, "list", "--json", "--gateway", closed)
     assert code == 3 and json.loads(out)["gateway"] == closed
+
+    # https:// to a plain-HTTP port: the TLS handshake fails, said as such.
+    plain = await aiohttp_server(web.Application())
+    code, _, err = await cli(None, "status", "--gateway", f"https://127.0.0.1:{plain.port}")
+    assert code == 3 and f"cannot reach the gateway at https://127.0.0.1:{plain.port}: TLS handshake failed" in err
 
     # A gateway that accepts the connection and never answers: --timeout.
     hang = asyncio.Event()

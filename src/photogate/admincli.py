@@ -137,6 +137,13 @@ def server_id(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected a server id such as GPU-003, got {value!r}")
 
 
+def task_id(value: str) -> str:
+    text = value.strip().lower()
+    if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected a 32-character task id, got {value[:40]!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Global options live in a parent parser added to every subparser, with SUPPRESS
     # defaults, so they work before and after the command (`list --gateway URL` as the
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--limit", type=_limit, default=20, help="how many (default 20)")
 
     cmd = add(commands, "task", cmd_task, "one task's full record: parameters, node, attempts, error, timings")
-    cmd.add_argument("task_id", metavar="TASK_ID")
+    cmd.add_argument("task_id", type=task_id, metavar="TASK_ID", help="the 32-character id enhance answered with")
 
     cmd = add(commands, "enhance", cmd_enhance, "submit a photo through the public API; --wait saves the result")
     cmd.add_argument("file", type=Path, metavar="FILE")
@@ -262,15 +269,21 @@ class Client:
         self.session = session
         self.config = config
 
+    def secret(self) -> str:
+        if not self.config.secret:
+            raise UsageError("this command needs the webhook secret: --secret, $WEBHOOK_SECRET or $SHARED_SECRET")
+        return self.config.secret
+
+    def admin_token(self) -> str:
+        if not self.config.admin_token:
+            raise UsageError("this command needs the admin token: --admin-token, or $PHOTOGATE_ADMIN_TOKEN")
+        return self.config.admin_token
+
     def _headers(self, auth: str | None) -> dict[str, str]:
         if auth == "secret":
-            if not self.config.secret:
-                raise UsageError("this command needs the webhook secret: --secret, or $WEBHOOK_SECRET")
-            return {"X-Webhook-Secret": self.config.secret}
+            return {"X-Webhook-Secret": self.secret()}
         if auth == "admin":
-            if not self.config.admin_token:
-                raise UsageError("this command needs the admin token: --admin-token, or $PHOTOGATE_ADMIN_TOKEN")
-            return {"Authorization": f"Bearer {self.config.admin_token}"}
+            return {"Authorization": f"Bearer {self.admin_token()}"}
         return {}
 
     async def call(self, method: str, path: str, *, auth: str | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -300,8 +313,16 @@ class Client:
 
     def _unreachable(self, exc: BaseException) -> Unreachable:
         url = self.config.gateway
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            reason = f"its TLS certificate was not accepted: {exc.certificate_error}"
+            return Unreachable(f"cannot reach the gateway at {url}: {reason}", gateway=url, reason=reason)
+        if isinstance(exc, aiohttp.ClientSSLError):
+            reason = f"TLS handshake failed: {exc.os_error}"
+            return Unreachable(f"cannot reach the gateway at {url}: {reason}", gateway=url, reason=reason)
         if isinstance(exc, aiohttp.ClientConnectorError):
             err = exc.os_error
+            # errno gives "Connection refused" where strerror says "Connect call failed (...)";
+            # DNS errors have negative codes and a good strerror.
             reason = os.strerror(err.errno) if err.errno and err.errno > 0 else (err.strerror or str(exc))
             return Unreachable(f"cannot reach the gateway at {url}: {reason}", gateway=url, reason=reason)
         reason = str(exc) or type(exc).__name__
@@ -468,7 +489,7 @@ def _masked(data: Any, key: str = "") -> Any:
 
 
 async def cmd_register(ctx: Context, args: argparse.Namespace) -> None:
-    body: dict[str, Any] = {"ip": args.ip, "port": args.port, "secret": _need_secret(ctx)}
+    body: dict[str, Any] = {"ip": args.ip, "port": args.port, "secret": ctx.client.secret()}
     for key in ("slots", "weight"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
@@ -478,7 +499,7 @@ async def cmd_register(ctx: Context, args: argparse.Namespace) -> None:
 
 
 async def cmd_unregister(ctx: Context, args: argparse.Namespace) -> None:
-    body: dict[str, Any] = {"secret": _need_secret(ctx)}
+    body: dict[str, Any] = {"secret": ctx.client.secret()}
     if args.server_id:
         body["server_id"] = args.server_id
     if args.ip is not None or args.port is not None:
@@ -490,12 +511,6 @@ async def cmd_unregister(ctx: Context, args: argparse.Namespace) -> None:
     data = await ctx.client.call("POST", "/webhook/unregister", json=body)
     ctx.emit(data, f"unregistered {data.get('server_id')} at {data.get('ip')}:{data.get('port')} "
                    f"({data.get('message', '')})")
-
-
-def _need_secret(ctx: Context) -> str:
-    if not ctx.config.secret:
-        raise UsageError("this command needs the webhook secret: --secret, or $WEBHOOK_SECRET")
-    return ctx.config.secret
 
 
 async def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
