@@ -17,10 +17,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from PIL import Image
 
-from photogate.admincli import _masked, run, server_id
+from photogate.admincli import _masked, parse_server_id, run
 from photogate.keys import GATEWAY
 from support import ADMIN_TOKEN, REPO, SECRET, FakeNode, Gateway, free_port, image_bytes, wait_until
 
@@ -217,7 +216,8 @@ def test_credentials_are_masked_and_ids_normalised() -> None:
     assert _masked(config) == {"wechat": {"secret": "***", "apiv3_key": "***", "merchant_private_key": "***",
                                           "appid": "wx1"},
                                "webhook": {"secret": "***"}, "admin": {"token": ""}, "node_token": "***"}
-    assert [server_id(v) for v in ("GPU-003", "gpu-3", "3", " 12 ")] == ["GPU-003", "GPU-003", "GPU-003", "GPU-012"]
+    ids = [parse_server_id(v) for v in ("GPU-003", "gpu-3", "3", " 12 ")]
+    assert ids == ["GPU-003", "GPU-003", "GPU-003", "GPU-012"]
 
 
 # -- exit codes -------------------------------------------------------------------------------
@@ -287,6 +287,9 @@ async def test_exit_2_usage(gateway: Gateway, tmp_path: Path) -> None:
     assert code == 0
     code, _, err = await cli(gateway, "enhance", str(tmp_path / "missing.jpg"))
     assert code == 2 and "no such file" in err
+    (tmp_path / "p.png").write_bytes(image_bytes())
+    code, _, err = await cli(gateway, "enhance", str(tmp_path / "p.png"), "--out", str(tmp_path / "no" / "x.png"))
+    assert code == 2 and "no such directory" in err
     code, _, err = await cli(gateway, "status", "--gateway", "ftp://example.org")
     assert code == 2 and "expected an http:// or https:// URL" in err
     code, out, _ = await cli(gateway, "drain", "--help")
@@ -384,7 +387,8 @@ async def test_drain_lets_in_flight_finish_and_sends_new_work_elsewhere(gateway:
 # -- 4. enhance --wait: progress, saved result ------------------------------------------------
 
 
-async def test_enhance_wait_saves_the_result_with_a_progress_bar_on_a_tty(gateway: Gateway, nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_enhance_wait_saves_the_result_with_a_progress_bar_on_a_tty(  # type: ignore[no-untyped-def]
+        gateway: Gateway, nodes, tmp_path: Path) -> None:
     await gateway.register(await nodes())
     photo = tmp_path / "photo.png"
     photo.write_bytes(image_bytes(32, 24))

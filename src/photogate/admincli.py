@@ -128,7 +128,7 @@ def _json_or_text(raw: str) -> Any:
         return raw
 
 
-def server_id(value: str) -> str:
+def parse_server_id(value: str) -> str:
     """``GPU-003``, ``gpu-3`` and ``3`` all name GPU-003."""
     text = value.strip().upper()
     number = text[4:] if text.startswith("GPU-") else text
@@ -137,7 +137,7 @@ def server_id(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected a server id such as GPU-003, got {value!r}")
 
 
-def task_id(value: str) -> str:
+def parse_task_id(value: str) -> str:
     text = value.strip().lower()
     if len(text) == 32 and all(c in "0123456789abcdef" for c in text):
         return text
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd = add(commands, "unregister", cmd_unregister, "unregister a GPU server by address or id")
     cmd.add_argument("--ip", help="the GPU server's registered address")
     cmd.add_argument("--port", type=_port, help="the GPU server's registered port")
-    cmd.add_argument("--server-id", type=server_id, help="or its id, e.g. GPU-003")
+    cmd.add_argument("--server-id", type=parse_server_id, help="or its id, e.g. GPU-003")
 
     add(commands, "list", cmd_list, "list the GPU servers: health, load, last check")
     add(commands, "status", cmd_status, "gateway health and a fleet summary")
@@ -214,14 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", cmd_remove, "remove a server from the registry"),
     ):
         cmd = add(commands, name, func, text)
-        cmd.add_argument("server_id", type=server_id, metavar="SERVER_ID", help="e.g. GPU-003")
+        cmd.add_argument("server_id", type=parse_server_id, metavar="SERVER_ID", help="e.g. GPU-003")
 
     cmd = add(commands, "tasks", cmd_tasks, "recent tasks, newest first")
     cmd.add_argument("--status", choices=TASK_STATUSES, help="only tasks in this state")
     cmd.add_argument("--limit", type=_limit, default=20, help="how many (default 20)")
 
     cmd = add(commands, "task", cmd_task, "one task's full record: parameters, node, attempts, error, timings")
-    cmd.add_argument("task_id", type=task_id, metavar="TASK_ID", help="the 32-character id enhance answered with")
+    cmd.add_argument("task_id", type=parse_task_id, metavar="TASK_ID", help="the 32-character id enhance answered with")
 
     cmd = add(commands, "enhance", cmd_enhance, "submit a photo through the public API; --wait saves the result")
     cmd.add_argument("file", type=Path, metavar="FILE")
@@ -410,7 +410,7 @@ class Context:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["—" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 def ago(timestamp: float | None, now: float | None = None) -> str:
@@ -591,7 +591,8 @@ async def cmd_config_set(ctx: Context, args: argparse.Namespace) -> None:
     elif key == "balancer.options":
         options = _json_or_text(value)
         if not isinstance(options, dict):
-            raise UsageError('config set balancer.options: expected a JSON object such as \'{"weights": {"GPU-001": 3}}\'')
+            raise UsageError("config set balancer.options: expected a JSON object such as "
+                             "'{\"weights\": {\"GPU-001\": 3}}'")
         current = await ctx.client.call("GET", "/api/v1/config")
         await _set_strategy(ctx, (current.get("balancer") or {}).get("strategy") or "round_robin", options)
     elif key == "multi_backend.enabled":
@@ -762,12 +763,18 @@ async def cmd_enhance(ctx: Context, args: argparse.Namespace) -> None:
     path: Path = args.file
     if not path.is_file():
         raise UsageError(f"enhance: no such file: {path}")
+    if args.out is not None and not args.out.is_dir() and not args.out.parent.is_dir():
+        raise UsageError(f"enhance: --out {args.out}: no such directory: {args.out.parent}")
     form = aiohttp.FormData()
     for key in ("scale", "format", "quality"):
         if getattr(args, key):
             form.add_field(key, str(getattr(args, key)))
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    with path.open("rb") as handle:  # aiohttp streams it; the gateway checks the real format
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"enhance: cannot read {path}: {exc.strerror}") from None
+    with handle:  # aiohttp streams it; the gateway checks the real format
         form.add_field("file", handle, filename=path.name, content_type=content_type)
         submitted = await ctx.client.call("POST", "/api/v1/enhance", data=form)
     task_id = str(submitted.get("task_id"))
@@ -811,7 +818,10 @@ async def _download(ctx: Context, task_id: str, source: Path, out: Path | None) 
             name = f"{source.stem}_enhanced.{EXTENSIONS.get(mime, 'bin')}"
             out = (out or source.parent) / name
         partial = out.with_name(out.name + ".part")
-        handle = await loop.run_in_executor(None, partial.open, "wb")
+        try:
+            handle = await loop.run_in_executor(None, partial.open, "wb")
+        except OSError as exc:
+            raise UsageError(f"enhance: cannot write {partial}: {exc.strerror}", task_id=task_id) from None
         nbytes, complete = 0, False
         try:
             async for chunk in resp.content.iter_chunked(256 * 1024):
