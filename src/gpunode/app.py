@@ -15,6 +15,7 @@ from .config import NodeConfig
 from .inference import Engine
 from .keys import CONFIG, ENGINE, HTTP, IP_SOURCE, REGISTRAR, REGISTRATION_TASK
 from .model import SRModel, count_gpus
+from .simulate import SimEngine
 from .registration import Registrar, fixed_ip, load_node_key, route_ip, url_ip
 
 log = structlog.get_logger("gpunode.app")
@@ -37,6 +38,11 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
 def _engine_ctx(models: list[SRModel] | None):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
+        if config.simulate_speed > 0:
+            app[ENGINE] = SimEngine(speed=config.simulate_speed, slots=config.slots or 1,  # type: ignore[assignment]
+                                    queue_size=config.queue_size, jitter=config.simulate_jitter)
+            yield
+            return
         loaded = models
         if loaded is None:
             loaded = await asyncio.get_running_loop().run_in_executor(None, load_models, config)

@@ -63,6 +63,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="onnxruntime CPU threads (default: all cores)")
     p.add_argument("--max-input-pixels", type=int, default=d.max_input_pixels)
     p.add_argument("--cpu", action="store_true", help="use the CPU even where CUDA is available")
+    p.add_argument("--simulate", action="store_true",
+                   help="no model: each job waits megapixels / --speed seconds and answers its input "
+                        "(benchmarks and tests of many or mixed nodes)")
+    p.add_argument("--speed", type=float, default=1.0, help="with --simulate: MP/s per slot (default %(default)s)")
+    p.add_argument("--jitter", type=float, default=0.0,
+                   help="with --simulate: each job's time varies by up to this fraction (default %(default)s)")
     p.add_argument("--dev", action="store_true", help="readable console logs")
     p.add_argument("--log-level", default="info")
     return p
@@ -77,6 +83,10 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         raise ValueError("--gateway needs --secret (or SHARED_SECRET)")
     if args.queue_size < 0:
         raise ValueError("--queue-size must be >= 0")
+    if args.simulate and args.speed <= 0:
+        raise ValueError("--speed must be > 0 megapixels per second")
+    if not 0 <= args.jitter < 1:
+        raise ValueError("--jitter must be in [0, 1)")
     return NodeConfig(
         host=args.host, port=args.port, gateway_url=args.gateway, secret=args.secret, token=args.token,
         advertise_ip=args.advertise_ip, ip_url=args.ip_url, ip_check_interval=args.ip_check_interval,
@@ -84,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         state_dir=args.state_dir, model_path=args.model, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap, queue_size=args.queue_size, slots=args.slots, threads=args.threads,
         max_input_pixels=args.max_input_pixels, cpu_only=args.cpu, dev=args.dev,
+        simulate_speed=args.speed if args.simulate else 0.0, simulate_jitter=args.jitter,
     )
 
 

@@ -52,6 +52,10 @@ class NodeConfig:
     max_output_pixels: int = 200_000_000
     cpu_only: bool = False
     dev: bool = False
+    #: ``--simulate``: MP/s per slot of a simulated node (0: run the real model).
+    simulate_speed: float = 0.0
+    #: ``--jitter``: each simulated job takes its time times 1 +/- up to this fraction.
+    simulate_jitter: float = 0.0
 
     @property
     def model_file(self) -> Path:

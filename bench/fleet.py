@@ -1,0 +1,149 @@
+"""Process helpers shared by the benchmarks: ports, a photogate process, simulated nodes,
+nginx and HAProxy in front of them. Loopback only; every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+
+SECRET = "bench-secret-0123456789"
+NODE_TOKEN = "bench-node-token-0123456789"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await check():
+                return
+        except (aiohttp.ClientError, OSError, KeyError):
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class Procs:
+    """Processes started for one run; all stopped (TERM, then KILL) on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self.procs.clear()
+
+
+def gateway_argv(config: Path, port: int, data_dir: Path) -> list[str]:
+    return [PY, "-m", "photogate", "--config", str(config), "--port", str(port), "--data-dir", str(data_dir)]
+
+
+def sim_node_argv(port: int, speed: float, slots: int, *, gateway: str | None, state_dir: Path,
+                  jitter: float = 0.0) -> list[str]:
+    argv = [PY, "-m", "gpunode", "--simulate", "--speed", str(speed), "--slots", str(slots), "--jitter", str(jitter),
+            "--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state_dir), "--queue-size", "64"]
+    if gateway:
+        argv += ["--gateway", gateway, "--secret", SECRET, "--advertise-ip", "127.0.0.1"]
+    else:
+        argv += ["--token", NODE_TOKEN]
+    return argv
+
+
+def ensure_binary(name: str, package: str) -> str | None:
+    """The path of ``name``; installs the Debian package when missing and running as root."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path:
+        return path
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, timeout=600)
+        return shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    return None
+
+
+def nginx_conf(workdir: Path, port: int, node_ports: list[int]) -> Path:
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in node_ports)
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {workdir}/nginx-body;
+    proxy_temp_path {workdir}/nginx-proxy;
+    upstream nodes {{
+        least_conn;
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 64m;
+        location / {{
+            proxy_pass http://nodes;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout 600s;
+            proxy_send_timeout 600s;
+        }}
+    }}
+}}
+""")
+    return conf
+
+
+def haproxy_conf(workdir: Path, port: int, node_ports: list[int], maxconn: int | None) -> Path:
+    limit = f" maxconn {maxconn}" if maxconn else ""
+    servers = "\n".join(f"    server n{i} 127.0.0.1:{p}{limit}" for i, p in enumerate(node_ports))
+    conf = workdir / f"haproxy-{maxconn or 'nolimit'}.cfg"
+    conf.write_text(f"""
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 600s
+    timeout server 600s
+    timeout queue 600s
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend nodes
+backend nodes
+    balance leastconn
+{servers}
+""")
+    return conf
