@@ -29,7 +29,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import (  # noqa: E402
-    NODE_TOKEN, SECRET, Procs, ensure_binary, free_port, gateway_argv, haproxy_conf, nginx_conf, sim_node_argv,
+    NODE_TOKEN,
+    SECRET,
+    Procs,
+    ensure_binary,
+    free_port,
+    gateway_argv,
+    haproxy_conf,
+    nginx_conf,
+    sim_node_argv,
     wait_for,
 )
 

@@ -15,8 +15,8 @@ from .config import NodeConfig
 from .inference import Engine
 from .keys import CONFIG, ENGINE, HTTP, IP_SOURCE, REGISTRAR, REGISTRATION_TASK
 from .model import SRModel, count_gpus
-from .simulate import SimEngine
 from .registration import Registrar, fixed_ip, load_node_key, route_ip, url_ip
+from .simulate import SimEngine
 
 log = structlog.get_logger("gpunode.app")
 
