@@ -14,6 +14,7 @@ from .errors import error_middleware
 from .keys import GATEWAY
 from .logsetup import request_id_middleware
 from .service import Gateway
+from .wechat import setup_wechat
 
 
 def create_app(config: Config, *, config_path: str | None = None, rng: random.Random | None = None) -> web.Application:
@@ -31,6 +32,7 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     app.add_routes(api.routes)
     app.add_routes(webhook.routes)
     app.add_routes(admin_api.routes)
+    setup_wechat(app, gateway)  # /api/wechat/ and its access policy, when wechat.appid is set
     _setup_cors(app, config)
     return app
 

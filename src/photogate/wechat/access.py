@@ -1,0 +1,61 @@
+"""The WeChat access policy: sessions from ``/api/wechat/login``, credits, owner-only tasks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..access import PaymentRequired
+from ..config import WechatConfig
+from ..errors import Unauthorized
+from ..models import TaskRecord
+from ..netutil import bearer
+from .service import WechatService
+
+LOGIN_HINT = "log in with WeChat first: POST /api/wechat/login {code}, then send Authorization: Bearer <token>"
+
+
+class WechatAccess:
+    """:class:`photogate.access.AccessPolicy` backed by WeChat sessions and credits."""
+
+    def __init__(self, service: WechatService, cfg: WechatConfig) -> None:
+        self.service = service
+        self.cfg = cfg
+
+    async def session(self, request: web.Request) -> str | None:
+        """The openid of the request's valid session, if any."""
+        token = bearer(request)
+        return await self.service.session_openid(token) if token else None
+
+    async def require(self, request: web.Request) -> str:
+        openid = await self.session(request)
+        if openid is None:
+            expired = bearer(request) is not None
+            raise Unauthorized("your session has expired; log in again" if expired else LOGIN_HINT,
+                               headers={"WWW-Authenticate": "Bearer"})
+        return openid
+
+    async def admit(self, request: web.Request) -> str | None:
+        if self.cfg.login_enabled:
+            return await self.require(request)
+        # Login optional: a logged-in user still owns the tasks (they appear in /api/wechat/user).
+        return await self.session(request)
+
+    async def charge(self, owner: str | None, task_id: str) -> None:
+        if not self.cfg.billing_enabled:
+            return
+        if owner is None:
+            raise Unauthorized(LOGIN_HINT, headers={"WWW-Authenticate": "Bearer"})
+        if not await self.service.charge(owner, task_id):
+            raise PaymentRequired(
+                f"not enough credits: an enhancement costs {self.cfg.credits_per_enhancement}; "
+                "buy a pack with POST /api/wechat/pay/create {product}"
+            )
+
+    async def refund(self, owner: str | None, task_id: str) -> None:
+        if owner is not None:
+            await self.service.refund_task(task_id)
+
+    def can_view(self, owner: str | None, task: TaskRecord) -> bool:
+        if not self.cfg.login_enabled:
+            return True
+        return task.owner is not None and task.owner == owner

@@ -1,0 +1,280 @@
+"""WeChat users, sessions, orders and credit charges: tables in the gateway's SQLite file.
+
+Every function here is synchronous and takes the connection: call it through
+``SQLiteStore.run`` (the store's own thread), never on the event loop. Credit changes are
+single statements or ``BEGIN IMMEDIATE`` transactions, so a credit is never granted or
+spent twice, whatever arrives concurrently.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS wx_users (
+    openid TEXT PRIMARY KEY,
+    unionid TEXT,
+    credits INTEGER NOT NULL DEFAULT 0 CHECK (credits >= 0),
+    created_at REAL NOT NULL,
+    last_login_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS wx_sessions (
+    token_hash TEXT PRIMARY KEY,
+    openid TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS wx_sessions_expiry ON wx_sessions (expires_at);
+CREATE TABLE IF NOT EXISTS wx_orders (
+    out_trade_no TEXT PRIMARY KEY,
+    openid TEXT NOT NULL,
+    product TEXT NOT NULL,
+    description TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    currency TEXT NOT NULL DEFAULT 'CNY',
+    credits INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    prepay_id TEXT,
+    transaction_id TEXT,
+    error TEXT,
+    out_refund_no TEXT,
+    refund_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    paid_at REAL
+);
+CREATE INDEX IF NOT EXISTS wx_orders_user ON wx_orders (openid, created_at);
+CREATE INDEX IF NOT EXISTS wx_orders_state ON wx_orders (state, created_at);
+CREATE TABLE IF NOT EXISTS wx_charges (
+    task_id TEXT PRIMARY KEY,
+    openid TEXT NOT NULL,
+    credits INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, created_at);
+"""
+
+#: Order states. ``created`` is written before WeChat is called, so a notification or a
+#: query always finds the order; ``failed``: WeChat refused to create it.
+CREATED, FAILED, PAID, CLOSED, REFUNDING, REFUNDED = "created", "failed", "paid", "closed", "refunding", "refunded"
+
+_ORDER_COLUMNS = (
+    "out_trade_no, openid, product, description, amount, currency, credits, state, prepay_id, transaction_id,"
+    " error, out_refund_no, refund_id, created_at, updated_at, paid_at"
+)
+
+
+@dataclass
+class Order:
+    out_trade_no: str
+    openid: str
+    product: str
+    description: str
+    amount: int
+    currency: str
+    credits: int
+    state: str
+    prepay_id: str | None = None
+    transaction_id: str | None = None
+    error: str | None = None
+    out_refund_no: str | None = None
+    refund_id: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    paid_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        """What the mini program sees (no prepay_id: it is only good for paying this order)."""
+        data = asdict(self)
+        del data["prepay_id"], data["openid"], data["error"]
+        return data
+
+
+def _order(row: Any) -> Order:
+    return Order(*row)
+
+
+def _transaction(conn: sqlite3.Connection) -> Any:
+    class _Tx:
+        def __enter__(self) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    return _Tx()
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+
+
+# -- users and sessions -------------------------------------------------------------------------
+
+
+def login(conn: sqlite3.Connection, openid: str, unionid: str | None, token_hash: str, ttl: float) -> None:
+    now = time.time()
+    with _transaction(conn):
+        conn.execute(
+            "INSERT INTO wx_users (openid, unionid, credits, created_at, last_login_at) VALUES (?, ?, 0, ?, ?)"
+            " ON CONFLICT(openid) DO UPDATE SET last_login_at = excluded.last_login_at,"
+            " unionid = COALESCE(excluded.unionid, wx_users.unionid)",
+            (openid, unionid, now, now),
+        )
+        conn.execute("INSERT INTO wx_sessions (token_hash, openid, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                     (token_hash, openid, now, now + ttl))
+
+
+def session_openid(conn: sqlite3.Connection, token_hash: str) -> str | None:
+    row = conn.execute("SELECT openid FROM wx_sessions WHERE token_hash = ? AND expires_at > ?",
+                       (token_hash, time.time())).fetchone()
+    return row[0] if row else None
+
+
+def purge_sessions(conn: sqlite3.Connection) -> int:
+    return conn.execute("DELETE FROM wx_sessions WHERE expires_at <= ?", (time.time(),)).rowcount
+
+
+def credits(conn: sqlite3.Connection, openid: str) -> int:
+    row = conn.execute("SELECT credits FROM wx_users WHERE openid = ?", (openid,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+# -- orders -------------------------------------------------------------------------------------
+
+
+def insert_order(conn: sqlite3.Connection, order: Order) -> None:
+    values = asdict(order)
+    conn.execute(f"INSERT INTO wx_orders ({_ORDER_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                 tuple(values.values()))
+
+
+def update_order(conn: sqlite3.Connection, out_trade_no: str, **changes: Any) -> None:
+    changes["updated_at"] = time.time()
+    assignments = ", ".join(f"{k} = ?" for k in changes)
+    conn.execute(f"UPDATE wx_orders SET {assignments} WHERE out_trade_no = ?", (*changes.values(), out_trade_no))
+
+
+def get_order(conn: sqlite3.Connection, out_trade_no: str) -> Order | None:
+    row = conn.execute(f"SELECT {_ORDER_COLUMNS} FROM wx_orders WHERE out_trade_no = ?", (out_trade_no,)).fetchone()
+    return _order(row) if row else None
+
+
+def user_orders(conn: sqlite3.Connection, openid: str, limit: int = 20) -> list[Order]:
+    rows = conn.execute(f"SELECT {_ORDER_COLUMNS} FROM wx_orders WHERE openid = ? ORDER BY created_at DESC LIMIT ?",
+                        (openid, limit)).fetchall()
+    return [_order(r) for r in rows]
+
+
+def stale_orders(conn: sqlite3.Connection, before: float, limit: int = 100) -> list[Order]:
+    rows = conn.execute(
+        f"SELECT {_ORDER_COLUMNS} FROM wx_orders WHERE state = ? AND created_at < ? ORDER BY created_at LIMIT ?",
+        (CREATED, before, limit)).fetchall()
+    return [_order(r) for r in rows]
+
+
+def mark_paid(conn: sqlite3.Connection, out_trade_no: str, transaction_id: str) -> bool:
+    """Mark the order paid and grant its credits, once: ``True`` only for the call that did it.
+
+    A ``closed`` order may still be paid (WeChat took the money before our close): credit it.
+    """
+    now = time.time()
+    with _transaction(conn):
+        changed = conn.execute(
+            "UPDATE wx_orders SET state = ?, transaction_id = ?, paid_at = ?, updated_at = ?, error = NULL"
+            " WHERE out_trade_no = ? AND state IN (?, ?, ?)",
+            (PAID, transaction_id, now, now, out_trade_no, CREATED, CLOSED, FAILED),
+        ).rowcount
+        if changed:
+            conn.execute(
+                "UPDATE wx_users SET credits = credits + (SELECT credits FROM wx_orders WHERE out_trade_no = ?)"
+                " WHERE openid = (SELECT openid FROM wx_orders WHERE out_trade_no = ?)",
+                (out_trade_no, out_trade_no),
+            )
+    return bool(changed)
+
+
+def mark_closed(conn: sqlite3.Connection, out_trade_no: str) -> bool:
+    now = time.time()
+    return bool(conn.execute("UPDATE wx_orders SET state = ?, updated_at = ? WHERE out_trade_no = ? AND state = ?",
+                             (CLOSED, now, out_trade_no, CREATED)).rowcount)
+
+
+def begin_refund(conn: sqlite3.Connection, out_trade_no: str, out_refund_no: str, force: bool) -> str:
+    """Take the order's credits back and mark it ``refunding``. Returns ``ok``, ``state`` (not
+    paid) or ``spent`` (the user has fewer credits left than the order granted, and not ``force``)."""
+    now = time.time()
+    with _transaction(conn):
+        order = get_order(conn, out_trade_no)
+        if order is None or order.state != PAID:
+            return "state"
+        taken = conn.execute("UPDATE wx_users SET credits = credits - ? WHERE openid = ? AND credits >= ?",
+                             (order.credits, order.openid, order.credits)).rowcount
+        if not taken:
+            if not force:
+                return "spent"
+            conn.execute("UPDATE wx_users SET credits = 0 WHERE openid = ?", (order.openid,))
+        conn.execute("UPDATE wx_orders SET state = ?, out_refund_no = ?, updated_at = ? WHERE out_trade_no = ?",
+                     (REFUNDING, out_refund_no, now, out_trade_no))
+    return "ok"
+
+
+def undo_refund(conn: sqlite3.Connection, out_trade_no: str, error: str) -> None:
+    """WeChat refused the refund: the order is paid again and its credits come back."""
+    now = time.time()
+    with _transaction(conn):
+        changed = conn.execute(
+            "UPDATE wx_orders SET state = ?, out_refund_no = NULL, error = ?, updated_at = ?"
+            " WHERE out_trade_no = ? AND state = ?", (PAID, error, now, out_trade_no, REFUNDING)).rowcount
+        if changed:
+            conn.execute(
+                "UPDATE wx_users SET credits = credits + (SELECT credits FROM wx_orders WHERE out_trade_no = ?)"
+                " WHERE openid = (SELECT openid FROM wx_orders WHERE out_trade_no = ?)", (out_trade_no, out_trade_no))
+
+
+# -- credits for tasks --------------------------------------------------------------------------
+
+
+def charge(conn: sqlite3.Connection, openid: str, task_id: str, amount: int) -> bool:
+    """Spend ``amount`` credits on ``task_id``; ``False`` (nothing changed) if the user has too few."""
+    now = time.time()
+    with _transaction(conn):
+        if not conn.execute("UPDATE wx_users SET credits = credits - ? WHERE openid = ? AND credits >= ?",
+                            (amount, openid, amount)).rowcount:
+            return False
+        conn.execute("INSERT INTO wx_charges (task_id, openid, credits, state, created_at, updated_at)"
+                     " VALUES (?, ?, ?, 'charged', ?, ?)", (task_id, openid, amount, now, now))
+    return True
+
+
+def refund_charge(conn: sqlite3.Connection, task_id: str) -> int:
+    """Give a task's credits back, once; returns the credits given back (0 if already done or none)."""
+    now = time.time()
+    with _transaction(conn):
+        row = conn.execute("SELECT openid, credits FROM wx_charges WHERE task_id = ? AND state = 'charged'",
+                           (task_id,)).fetchone()
+        if row is None:
+            return 0
+        conn.execute("UPDATE wx_charges SET state = 'refunded', updated_at = ? WHERE task_id = ?", (now, task_id))
+        conn.execute("UPDATE wx_users SET credits = credits + ? WHERE openid = ?", (row[1], row[0]))
+    return int(row[1])
+
+
+def failed_charged_tasks(conn: sqlite3.Connection) -> list[str]:
+    """Tasks that failed while their charge stands (a crash between the two): to refund."""
+    rows = conn.execute("SELECT c.task_id FROM wx_charges c JOIN tasks t ON t.task_id = c.task_id"
+                        " WHERE c.state = 'charged' AND t.status = 'failed'").fetchall()
+    return [r[0] for r in rows]
+
+
+def user_tasks(conn: sqlite3.Connection, openid: str, limit: int = 20) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT task_id, status, created_at, error FROM tasks WHERE owner = ?"
+                        " ORDER BY created_at DESC LIMIT ?", (openid, limit)).fetchall()
+    return [{"task_id": r[0], "status": r[1], "created_at": r[2],
+             "result_url": f"/api/v1/download/{r[0]}" if r[1] == "completed" else None,
+             "error": r[3] if r[1] == "failed" else None} for r in rows]

@@ -1,0 +1,41 @@
+"""WeChat fixtures: keys generated once per session, a fake WeChat server, gateways wired to it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Gateway
+from wechat_fake import FakeWechat, WxKeys, make_keys
+from wechat_support import wechat_config
+
+from photogate.app import create_app
+
+
+@pytest.fixture(scope="session")
+def wx_keys(tmp_path_factory: pytest.TempPathFactory) -> WxKeys:
+    return make_keys(tmp_path_factory.mktemp("wechat-keys"))
+
+
+@pytest.fixture
+async def fake_wechat(wx_keys: WxKeys) -> AsyncIterator[FakeWechat]:
+    fake = FakeWechat(wx_keys)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def make_wx_gateway(aiohttp_client: Any, tmp_path: Path,
+                          fake_wechat: FakeWechat) -> Callable[..., Awaitable[Gateway]]:
+    async def make(**overrides: Any) -> Gateway:
+        return Gateway(await aiohttp_client(create_app(wechat_config(tmp_path, fake_wechat, **overrides))))
+
+    return make
+
+
+@pytest.fixture
+async def wx_gateway(make_wx_gateway: Callable[..., Awaitable[Gateway]]) -> Gateway:
+    return await make_wx_gateway()
