@@ -212,7 +212,8 @@ def _convolution(g: _GraphBuilder, layer: Layer, rd: _WeightReader, src: str, ds
     if bias_term:
         inputs.append(g.const(f"{layer.name}_B", rd.raw(num_output)))
     pre = g.uid(f"{layer.name}_pre")
-    attrs: dict[str, object] = dict(kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw], pads=pads, group=group)
+    attrs: dict[str, object] = {"kernel_shape": [kh, kw], "strides": [sh, sw], "dilations": [dh, dw], "pads": pads,
+                                 "group": group}
     if deconv:
         if layer.int(18, 0) or layer.int(19, 0) or layer.int(20, 0) or layer.int(21, 0):
             raise ConvertError(f"{layer.name}: deconvolution output padding/size not supported")

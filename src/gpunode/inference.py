@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import structlog
+from PIL import Image
 
 from . import imaging, tiling
 from .errors import BadImage, QueueFull
@@ -96,7 +97,7 @@ class Engine:
                            f"this node produces at most {self.max_output_pixels}")
         return scale
 
-    def _infer(self, slot: int, decoded: imaging.Decoded, scale: float) -> tuple:
+    def _infer(self, slot: int, decoded: imaging.Decoded, scale: float) -> tuple[Image.Image, float]:
         model = self.models[slot]
         t0 = time.perf_counter()
         rgb = tiling.enhance_rgb(model, decoded.rgb, scale, tile=self.tile_size, overlap=self.tile_overlap,

@@ -118,7 +118,7 @@ class Registrar:
     async def _current_ip(self) -> str | None:
         try:
             return await self.ip_source()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("ip_lookup_failed", error=str(exc))
             return None
 
@@ -134,7 +134,7 @@ class Registrar:
                     err = body.get("error") or body.get("message") if isinstance(body, dict) else None
                     log.warning("register_refused", status=resp.status, error=err, gateway=self.gateway_url)
                     return False
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             log.warning("register_failed", error=str(exc) or type(exc).__name__, gateway=self.gateway_url)
             return False
         server_id = body.get("server_id")
@@ -170,7 +170,7 @@ class Registrar:
                 if resp.status != 200:
                     return None
                 body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
         data = body.get("data", body) if isinstance(body, dict) else None
         servers = data.get("servers") if isinstance(data, dict) else None
@@ -215,7 +215,7 @@ class Registrar:
                 ok = resp.status == 200
                 log.info("unregistered" if ok else "unregister_refused", server_id=self.server_id,
                          status=resp.status)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("unregister_failed", server_id=self.server_id, error=str(exc) or type(exc).__name__)
             ok = False
         self._token = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import math
 import platform
 
 import numpy as np
@@ -39,8 +40,8 @@ def _parse_request(request: web.Request) -> EnhanceRequest:
         scale = float(q["scale"]) if q.get("scale") else None
     except ValueError:
         raise BadImage(f"scale must be a number, got {q['scale']!r}") from None
-    if scale is not None and scale != scale:  # NaN
-        raise BadImage("scale must be a number")
+    if scale is not None and not math.isfinite(scale):
+        raise BadImage("scale must be a finite number")
     try:
         quality = int(q.get("quality", "95"))
     except ValueError:

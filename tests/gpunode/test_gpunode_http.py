@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 
 import numpy as np
+from gpunode_support import mean_abs, photo, png_bytes, wait_for
 from PIL import Image
 
-from gpunode_support import mean_abs, photo, png_bytes, wait_for
+from gpunode import tiling
+from gpunode.keys import ENGINE
 
 AUTH = {"Authorization": "Bearer tok"}
 
@@ -43,7 +46,7 @@ async def test_refuses_inference_without_the_right_token(start_node, http) -> No
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "tok"}):
         status, _, raw = await post(http, node, body, headers=headers)
         assert status == 401
-        assert "token" in __import__("json").loads(raw)["error"]
+        assert "token" in json.loads(raw)["error"]
     # No gateway, no token: a node that has no credential refuses everything.
     bare = await start_node()
     status, _, raw = await post(http, bare, body, headers={"Authorization": "Bearer "})
@@ -66,20 +69,18 @@ async def test_bad_images_get_4xx_with_a_reason(start_node, http) -> None:  # ty
         status, headers, raw = await post(http, node, body, query)
         assert status == want, (query, raw)
         assert headers["Content-Type"].startswith("application/json")
-        assert __import__("json").loads(raw)["error"]
+        assert json.loads(raw)["error"]
 
 
 async def test_scale_4_runs_two_passes_and_other_scales_resize(start_node, http) -> None:  # type: ignore[no-untyped-def]
     node = await start_node(token="tok")
     src = photo().resize((24, 20))
     for query, size in (("?scale=4", (96, 80)), ("?scale=3", (72, 60)), ("?scale=1.5", (36, 30)), ("", (48, 40))):
-        status, headers, body = await post(http, node, png_bytes(src), query)
+        status, _, body = await post(http, node, png_bytes(src), query)
         assert status == 200, body
         assert Image.open(io.BytesIO(body)).size == size, query
     # x4 on a x2 model is two model passes: compare with running the model twice.
-    from gpunode import tiling
-
-    model = node.app[__import__("gpunode.keys", fromlist=["ENGINE"]).ENGINE].model
+    model = node.app[ENGINE].model
     twice = tiling.upscale(model, tiling.upscale(model, src))
     _, _, body = await post(http, node, png_bytes(src), "?scale=4&format=png")
     assert mean_abs(Image.open(io.BytesIO(body)), twice) < 0.01
@@ -92,7 +93,7 @@ async def test_alpha_gray_palette_16bit_and_exif(start_node, http) -> None:  # t
     rgba = base.convert("RGBA")
     alpha = Image.linear_gradient("L").resize((20, 16))
     rgba.putalpha(alpha)
-    status, headers, body = await post(http, node, png_bytes(rgba))
+    status, _, body = await post(http, node, png_bytes(rgba))
     out = Image.open(io.BytesIO(body))
     assert status == 200 and out.mode == "RGBA" and out.size == (40, 32)
     assert abs(float(np.asarray(out.getchannel("A"), np.float32).mean()) - float(np.asarray(alpha).mean())) < 3

@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from gpunode_support import (
+    FakeGateway,
+    free_socket,
+    photo,
+    png_bytes,
+    tiny_model,
+    wait_for,
+)
 from PIL import Image
-
-from gpunode_support import FakeGateway, free_socket, photo, png_bytes, tiny_model, wait_for
 
 SLOW = os.environ.get("GPUNODE_SLOW_TESTS") == "1"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
-
 from gpunode_support import IMAGES, png_bytes
+from PIL import Image
 
 PHOTOS = ["astronaut_crop.png", "coffee_crop.png", "chelsea_crop.png", "rocket.jpg"]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gpunode_support import mean_abs, photo, tiny_model
 from PIL import Image
 
 from gpunode import tiling
 from gpunode.model import SRModel
-from gpunode_support import mean_abs, photo, tiny_model
 
 
 def test_tiled_result_matches_untiled(sr_model) -> None:  # type: ignore[no-untyped-def]
