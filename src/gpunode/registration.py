@@ -118,7 +118,7 @@ class Registrar:
     async def _current_ip(self) -> str | None:
         try:
             return await self.ip_source()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:  # noqa: UP041 - not TimeoutError on 3.10
             log.warning("ip_lookup_failed", error=str(exc))
             return None
 
@@ -134,7 +134,7 @@ class Registrar:
                     err = body.get("error") or body.get("message") if isinstance(body, dict) else None
                     log.warning("register_refused", status=resp.status, error=err, gateway=self.gateway_url)
                     return False
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:  # noqa: UP041
             log.warning("register_failed", error=str(exc) or type(exc).__name__, gateway=self.gateway_url)
             return False
         server_id = body.get("server_id")
@@ -170,7 +170,7 @@ class Registrar:
                 if resp.status != 200:
                     return None
                 body = await resp.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+        except (asyncio.TimeoutError, aiohttp.ClientError, ValueError):  # noqa: UP041
             return None
         data = body.get("data", body) if isinstance(body, dict) else None
         servers = data.get("servers") if isinstance(data, dict) else None
@@ -215,7 +215,7 @@ class Registrar:
                 ok = resp.status == 200
                 log.info("unregistered" if ok else "unregister_refused", server_id=self.server_id,
                          status=resp.status)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:  # noqa: UP041
             log.warning("unregister_failed", server_id=self.server_id, error=str(exc) or type(exc).__name__)
             ok = False
         self._token = None
