@@ -11,7 +11,14 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives import serialization
 from support import ADMIN_TOKEN, Gateway, image_bytes
-from wechat_fake import APIV3_KEY, APP_SECRET, APPID, SESSION_KEY, FakeWechat, rsa_verify
+from wechat_fake import (
+    APIV3_KEY,
+    APP_SECRET,
+    APPID,
+    SESSION_KEY,
+    FakeWechat,
+    rsa_verify,
+)
 from wechat_support import bearer, buy, create_order, login, notify_url, user
 
 from photogate.wechat import WECHAT

@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from support import Gateway, make_config
-from wechat_fake import APIV3_KEY, APP_SECRET, APPID, MCHID, MERCHANT_SERIAL, PUB_KEY_ID, FakeWechat
+from wechat_fake import (
+    APIV3_KEY,
+    APP_SECRET,
+    APPID,
+    MCHID,
+    MERCHANT_SERIAL,
+    PUB_KEY_ID,
+    FakeWechat,
+)
 
 from photogate.config import Config
 

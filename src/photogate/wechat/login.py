@@ -16,7 +16,13 @@ import aiohttp
 import structlog
 
 from ..config import WechatConfig
-from ..errors import BadRequest, Forbidden, PhotogateError, ServiceUnavailable, TooManyRequests
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    PhotogateError,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 
 log = structlog.get_logger("photogate.wechat.login")
 
@@ -73,7 +79,7 @@ class WechatApi:
                 if resp.status != 200:
                     return {"errcode": -1, "errmsg": f"HTTP {resp.status}"}
                 data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             return {"errcode": -1, "errmsg": type(exc).__name__}
         return data if isinstance(data, dict) else {"errcode": -1, "errmsg": "malformed answer"}
 

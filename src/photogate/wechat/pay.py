@@ -10,7 +10,6 @@ All crypto is ``cryptography``'s: RSA-SHA256 PKCS#1 v1.5 and AES-GCM.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -18,7 +17,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +61,14 @@ class PayUnavailable(Exception):
 def load_private_key(path: str | Path) -> rsa.RSAPrivateKey:
     key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("not an RSA private key")
+        raise TypeError("not an RSA private key")
     return key
 
 
 def load_public_key(path: str | Path) -> rsa.RSAPublicKey:
     key = serialization.load_pem_public_key(Path(path).read_bytes())
     if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError("not an RSA public key")
+        raise TypeError("not an RSA public key")
     return key
 
 
@@ -115,7 +114,7 @@ class KeyRing:
         ring = cls()
         if public_key:
             ring.add(public_key_id, load_public_key(public_key))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for path in certs:
             cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
             if cert.not_valid_after_utc < now:
@@ -123,7 +122,7 @@ class KeyRing:
                 continue
             key = cert.public_key()
             if not isinstance(key, rsa.RSAPublicKey):
-                raise ValueError(f"{path}: not an RSA certificate")
+                raise TypeError(f"{path}: not an RSA certificate")
             ring.add(certificate_serial(cert), key)
         return ring
 
@@ -236,7 +235,7 @@ class PayClient:
                                             allow_redirects=False) as resp:
                 answer = await resp.read()
                 status, resp_headers = resp.status, resp.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise PayUnavailable(f"WeChat Pay unreachable: {type(exc).__name__}") from None
         try:
             self.keyring.check_headers(resp_headers, answer)

@@ -25,8 +25,17 @@ from ..store import SQLiteStore
 from . import store as db
 from .login import Identity, UpstreamError, WechatApi
 from .pay import (
-    PROBE_PREFIX, KeyRing, Merchant, PayClient, PayError, PayUnavailable, SignatureError, decrypt_resource,
-    load_private_key, request_payment_params, rfc3339,
+    PROBE_PREFIX,
+    KeyRing,
+    Merchant,
+    PayClient,
+    PayError,
+    PayUnavailable,
+    SignatureError,
+    decrypt_resource,
+    load_private_key,
+    request_payment_params,
+    rfc3339,
 )
 
 log = structlog.get_logger("photogate.wechat")
@@ -176,7 +185,8 @@ class WechatService:
                 amount={"total": order.amount, "currency": order.currency}, payer={"openid": openid},
             )
         except (PayError, PayUnavailable) as exc:
-            await self.store.run(lambda c: db.update_order(c, order.out_trade_no, state=db.FAILED, error=str(exc)))
+            error = str(exc)
+            await self.store.run(lambda c: db.update_order(c, order.out_trade_no, state=db.FAILED, error=error))
             log.error("wechatpay_order_failed", out_trade_no=order.out_trade_no, error=str(exc))
             if isinstance(exc, PayError):
                 raise UpstreamError(f"WeChat Pay refused the order ({exc.code}); try again later") from None
@@ -299,7 +309,7 @@ class WechatService:
                 elif state in ("NOTPAY", "CLOSED", "REVOKED", "PAYERROR"):
                     if state == "NOTPAY":
                         await self.pay.close(no)
-                    await self.store.run(lambda c: db.mark_closed(c, no))
+                    await self.store.run(lambda c, no=no: db.mark_closed(c, no))
                     log.info("wechatpay_order_closed", out_trade_no=no, trade_state=state)
                     counts["closed"] += 1
                 else:
@@ -339,7 +349,8 @@ class WechatService:
                 **({"reason": reason[:80]} if reason else {}),
             )
         except PayError as exc:
-            await self.store.run(lambda c: db.undo_refund(c, out_trade_no, str(exc)))
+            error = str(exc)
+            await self.store.run(lambda c: db.undo_refund(c, out_trade_no, error))
             raise UpstreamError(f"WeChat Pay refused the refund ({exc.code}: {exc.message})") from None
         except PayUnavailable:
             raise ServiceUnavailable("WeChat Pay did not answer; the refund may or may not have been made: "

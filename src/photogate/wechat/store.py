@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,15 +101,15 @@ def _order(row: Any) -> Order:
     return Order(*row)
 
 
-def _transaction(conn: sqlite3.Connection) -> Any:
-    class _Tx:
-        def __enter__(self) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-
-        def __exit__(self, exc_type: Any, *_: Any) -> None:
-            conn.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    return _Tx()
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
