@@ -19,7 +19,7 @@ from wechat_fake import (
     FakeWechat,
     rsa_verify,
 )
-from wechat_support import bearer, buy, create_order, login, notify_url, user
+from wechat_support import bearer, buy, create_order, login, notify_url, user, wait_task
 
 from photogate.wechat import WECHAT
 
@@ -147,6 +147,7 @@ async def test_no_secret_in_any_response_or_log(wx_gateway: Gateway, fake_wechat
             assert resp.status == 200, path
             texts.append(await resp.text())
         texts.append(await (await _enhance(gateway, token)).text())
+        await wait_task(gateway, token, json.loads(texts[-1])["task_id"])
         await gateway.app[WECHAT].api.call("/wxa/msg_sec_check", {"content": "hello"})
         fake.sign_mode = "forged"
         resp = await gateway.client.post("/api/wechat/pay/create", json={"product": "credits10"}, headers=bearer(token))
@@ -190,6 +191,7 @@ async def test_tasks_visible_to_their_owner_only(wx_gateway: Gateway, fake_wecha
     resp = await gateway.client.get(f"/api/v1/status/{task_id}", headers=bearer(alice))
     assert resp.status == 200 and (await resp.json())["task_id"] == task_id
     assert (await user(gateway, bob))["tasks"] == []
+    await wait_task(gateway, alice, task_id)
 
 
 async def test_failed_task_gives_the_credit_back(wx_gateway: Gateway, fake_wechat: FakeWechat, nodes) -> None:  # type: ignore[no-untyped-def]
@@ -299,7 +301,9 @@ async def test_admin_refund(wx_gateway: Gateway, fake_wechat: FakeWechat, nodes)
     # Credits already spent: refused unless forced.
     await gateway.register(await nodes())
     no2 = await buy(gateway, fake, token)
-    assert (await _enhance(gateway, token)).status == 200
+    resp = await _enhance(gateway, token)
+    assert resp.status == 200
+    await wait_task(gateway, token, (await resp.json())["task_id"])
     resp = await gateway.client.post("/api/wechat/admin/refunds", json={"out_trade_no": no2}, headers=admin)
     assert resp.status == 409 and "already spent" in (await resp.json())["error"]
     assert (await user(gateway, token))["credits"] == 9
@@ -307,3 +311,69 @@ async def test_admin_refund(wx_gateway: Gateway, fake_wechat: FakeWechat, nodes)
                                      headers=admin)
     assert resp.status == 200
     assert (await user(gateway, token))["credits"] == 0
+
+
+async def test_concurrent_uploads_never_overspend(make_wx_gateway, fake_wechat: FakeWechat, nodes) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_wx_gateway(**{"wechat.credits_per_enhancement": 4})
+    await gateway.register(await nodes())
+    token, _ = await login(gateway, "ivan")
+    await buy(gateway, fake_wechat, token)  # 10 credits: two enhancements at 4
+    responses = await asyncio.gather(*(_enhance(gateway, token) for _ in range(5)))
+    assert sorted(r.status for r in responses) == [200, 200, 402, 402, 402]
+    for resp in responses:
+        if resp.status == 200:
+            await wait_task(gateway, token, (await resp.json())["task_id"])
+    assert (await user(gateway, token))["credits"] == 2
+
+
+async def test_login_optional_keeps_the_open_api(make_wx_gateway, fake_wechat: FakeWechat, nodes) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_wx_gateway(**{"wechat.login_enabled": False, "wechat.billing_enabled": False})
+    await gateway.register(await nodes())
+    anonymous = await gateway.submit()
+    assert (await gateway.wait_done(anonymous))["status"] == "completed"  # old clients: no token, no charge
+    token, _ = await login(gateway, "judy")
+    resp = await _enhance(gateway, token)
+    task_id = (await resp.json())["task_id"]
+    assert [t["task_id"] for t in (await user(gateway, token))["tasks"]] == [task_id]  # owned all the same
+    assert (await gateway.status(task_id))["task_id"] == task_id  # visible by id, as before
+    await wait_task(gateway, None, task_id)
+    resp = await gateway.client.post("/api/wechat/pay/create", json={"product": "credits10"}, headers=bearer(token))
+    assert resp.status == 404 and "not enabled" in (await resp.json())["error"]
+
+
+async def test_charges_of_tasks_failed_while_unhooked_are_refunded(wx_gateway: Gateway, fake_wechat: FakeWechat) -> None:
+    """A crash between a task failing and its refund: the sweep (start-up, reconcile) gives it back."""
+    from photogate.keys import GATEWAY
+    from photogate.models import TaskRecord, TaskStatus
+
+    gateway = wx_gateway
+    token, openid = await login(gateway, "kate")
+    await buy(gateway, fake_wechat, token)
+    service, store = gateway.app[WECHAT], gateway.app[GATEWAY].store
+    now = time.time()
+    task = TaskRecord(task_id="f" * 32, status=TaskStatus.FAILED, created_at=now, updated_at=now,
+                      input_mime="image/png", input_bytes=1, width=1, height=1, owner=openid)
+    await store.insert_task(task)
+    assert await service.charge(openid, task.task_id)
+    assert (await user(gateway, token))["credits"] == 9
+    await service.reconcile()
+    assert (await user(gateway, token))["credits"] == 10
+    await service.reconcile()
+    assert (await user(gateway, token))["credits"] == 10
+
+
+async def test_refund_completes_on_its_notification(wx_gateway: Gateway, fake_wechat: FakeWechat) -> None:
+    gateway, fake = wx_gateway, fake_wechat
+    token, _ = await login(gateway, "leo")
+    no = await buy(gateway, fake, token)
+    fake.refund_status = "PROCESSING"
+    resp = await gateway.client.post("/api/wechat/admin/refunds", json={"out_trade_no": no},
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert (await resp.json())["order"]["state"] == "refunding"
+    refund = {"mchid": "1900000109", "out_trade_no": no, "transaction_id": fake.orders[no]["transaction_id"],
+              "out_refund_no": fake.refunds[0]["out_refund_no"], "refund_id": "50000000001", "refund_status": "SUCCESS",
+              "amount": {"total": 100, "refund": 100, "payer_total": 100, "payer_refund": 100}}
+    status, _ = await fake.post(notify_url(gateway), *fake.notification(refund, event_type="REFUND.SUCCESS"))
+    assert status == 204
+    me = await user(gateway, token)
+    assert me["orders"][0]["state"] == "refunded" and me["credits"] == 0

@@ -97,6 +97,7 @@ class FakeWechat:
         self.orders: dict[str, dict[str, Any]] = {}
         self.closed: list[str] = []
         self.refunds: list[dict[str, Any]] = []
+        self.refund_status = "SUCCESS"
         self.pay_requests: list[tuple[str, str]] = []
         self.auth_failures: list[str] = []
         self.server: TestServer | None = None
@@ -246,7 +247,7 @@ class FakeWechat:
             return self._answer(400, {"code": "INVALID_REQUEST", "message": "cannot refund"})
         self.refunds.append(body)
         return self._answer(200, {"refund_id": "50" + secrets.token_hex(8), "out_refund_no": body["out_refund_no"],
-                                  "status": "SUCCESS", "amount": body["amount"]})
+                                  "status": self.refund_status, "amount": body["amount"]})
 
     # -- test controls ------------------------------------------------------------------------------
 

@@ -77,3 +77,18 @@ async def user(gateway: Gateway, token: str) -> dict[str, Any]:
     body = await resp.json()
     assert resp.status == 200, body
     return body
+
+
+async def wait_task(gateway: Gateway, token: str | None, task_id: str) -> dict[str, Any]:
+    """Poll the task (as its owner) until it completes or fails; tests never end with work in flight."""
+    from support import wait_until
+
+    final: dict[str, Any] = {}
+
+    async def done() -> bool:
+        resp = await gateway.client.get(f"/api/v1/status/{task_id}", headers=bearer(token) if token else {})
+        final.update(await resp.json())
+        return final.get("status") in ("completed", "failed")
+
+    await wait_until(done, 15, f"task {task_id} to finish")
+    return final
