@@ -118,3 +118,12 @@ def _failures(gateway: Gateway) -> int:
     state = gateway.app[GATEWAY].registry.get("GPU-001")
     assert state is not None
     return state.failures
+
+
+async def test_reregistering_without_slots_or_weight_keeps_them(gateway: Gateway) -> None:
+    body = {"ip": "127.0.0.5", "port": 9000, "secret": SECRET}
+    await gateway.client.post("/webhook/register", json={**body, "slots": 4, "weight": 3})
+    await gateway.client.post("/webhook/register", json=body)  # the seed's plain form
+    resp = await gateway.client.get(f"/webhook/servers?secret={SECRET}")
+    server = (await resp.json())["data"]["servers"][0]
+    assert (server["slots"], server["weight"]) == (4, 3)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from aiohttp import web
 
+from .api import TASK_ID, _status_body
 from .balancing import StrategyError
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
-from .models import TaskRecord, TaskStatus
+from .models import TaskStatus
 from .netutil import bearer, client_ip, same_secret
 from .service import audit
-from .api import TASK_ID, _status_body
-from .store import _TASK_COLUMNS, _task
 
 routes = web.RouteTableDef()
 
@@ -119,8 +117,7 @@ async def remove(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "server_id": state.server_id})
 
 
-@routes.get("/api/v1/admin/tasks")
-async def tasks(request: web.Request) -> web.Response:
+async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Response:
     _admin(request)
     wanted = request.query.get("status")
     try:
@@ -130,37 +127,20 @@ async def tasks(request: web.Request) -> web.Response:
     limit = request.query.get("limit", "100")
     if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
         raise BadRequest("limit: an integer from 1 to 10000")
-    found = await request.app[GATEWAY].store.list_tasks(statuses, int(limit))
+    found = await request.app[GATEWAY].store.list_tasks(statuses, int(limit), newest_first=newest_first)
     return web.json_response({"success": True, "tasks": [_status_body(t) for t in found]})
 
 
-# -- added for bin/photogate-admin ------------------------------------------------------------
-
-
-def _recent_tasks_sync(conn: sqlite3.Connection, statuses: tuple[str, ...], limit: int) -> list[TaskRecord]:
-    marks = ", ".join("?" * len(statuses))
-    rows = conn.execute(
-        f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status IN ({marks}) ORDER BY created_at DESC LIMIT ?",
-        (*statuses, limit),
-    ).fetchall()
-    return [_task(r) for r in rows]
+@routes.get("/api/v1/admin/tasks")
+async def tasks(request: web.Request) -> web.Response:
+    """Tasks oldest first (queue order)."""
+    return await _task_listing(request, newest_first=False)
 
 
 @routes.get("/api/v1/admin/tasks/recent")
 async def recent_tasks(request: web.Request) -> web.Response:
-    """The task listing newest first (``GET /api/v1/admin/tasks`` is oldest first, queue order)."""
-    _admin(request)
-    wanted = request.query.get("status")
-    try:
-        statuses = tuple(s.value for s in ([TaskStatus(wanted)] if wanted else list(TaskStatus)))
-    except ValueError:
-        raise BadRequest(f"status: one of {', '.join(s.value for s in TaskStatus)}") from None
-    limit = request.query.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
-        raise BadRequest("limit: an integer from 1 to 10000")
-    store = request.app[GATEWAY].store
-    found = await store.run(lambda conn: _recent_tasks_sync(conn, statuses, int(limit)))
-    return web.json_response({"success": True, "tasks": [_status_body(t) for t in found]})
+    """Tasks newest first (what an operator looking into a complaint wants)."""
+    return await _task_listing(request, newest_first=True)
 
 
 def _seconds(start: float | None, end: float | None) -> float | None:

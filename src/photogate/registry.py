@@ -103,7 +103,8 @@ class Registry:
     # -- membership ----------------------------------------------------------------------
 
     async def register(
-        self, ip: str, port: int, *, node_key: str | None, slots: int, weight: int, info: dict[str, Any]
+        self, ip: str, port: int, *, node_key: str | None, slots: int | None, weight: int | None,
+        info: dict[str, Any],
     ) -> tuple[NodeState, bool, str | None]:
         record, created, previous = await self._store.register_node(
             ip, port, node_key, {"slots": slots, "weight": weight, "info": info}, secrets.token_urlsafe(32)

@@ -171,7 +171,8 @@ class SQLiteStore:
             if row is not None:
                 old = _node(row)
                 conn.execute(
-                    "UPDATE nodes SET ip = ?, port = ?, node_key = COALESCE(?, node_key), slots = ?, weight = ?,"
+                    "UPDATE nodes SET ip = ?, port = ?, node_key = COALESCE(?, node_key), slots = COALESCE(?, slots),"
+                    " weight = COALESCE(?, weight),"
                     " updated_at = ?, info = ? WHERE server_id = ?",
                     (ip, port, node_key, fields["slots"], fields["weight"], now, info, old.server_id),
                 )
@@ -189,7 +190,8 @@ class SQLiteStore:
                 server_id = f"GPU-{ordinal:03d}"
                 conn.execute(
                     f"INSERT INTO nodes (ordinal, {_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                    (ordinal, server_id, ip, port, new_token, node_key, fields["slots"], fields["weight"], now, now, info),
+                    (ordinal, server_id, ip, port, new_token, node_key, fields["slots"] or 1, fields["weight"] or 1,
+                     now, now, info),
                 )
                 previous = None
                 created = True
@@ -269,16 +271,19 @@ class SQLiteStore:
     async def get_task(self, task_id: str) -> TaskRecord | None:
         return await self._call(self._get_task_sync, task_id)
 
-    def _list_tasks_sync(self, statuses: tuple[str, ...], limit: int) -> list[TaskRecord]:
+    def _list_tasks_sync(self, statuses: tuple[str, ...], limit: int, newest_first: bool) -> list[TaskRecord]:
         marks = ", ".join("?" * len(statuses))
+        order = "DESC" if newest_first else "ASC"
         rows = self.conn.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status IN ({marks}) ORDER BY created_at LIMIT ?",
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status IN ({marks}) ORDER BY created_at {order} LIMIT ?",
             (*statuses, limit),
         ).fetchall()
         return [_task(r) for r in rows]
 
-    async def list_tasks(self, statuses: Sequence[TaskStatus], limit: int = 1_000_000) -> list[TaskRecord]:
-        return await self._call(self._list_tasks_sync, tuple(s.value for s in statuses), limit)
+    async def list_tasks(
+        self, statuses: Sequence[TaskStatus], limit: int = 1_000_000, *, newest_first: bool = False
+    ) -> list[TaskRecord]:
+        return await self._call(self._list_tasks_sync, tuple(s.value for s in statuses), limit, newest_first)
 
     def _count_sync(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()

@@ -74,8 +74,9 @@ async def register(request: web.Request) -> web.Response:
     _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "register")
     ip = _ip(body.get("ip"))
     port = _int(body, "port", 1, 65535)
-    slots = _int(body, "slots", 1, 256, default=1)
-    weight = _int(body, "weight", 1, 1000, default=1)
+    # Absent: keep what the node registered with before (1 for a new node).
+    slots = _int(body, "slots", 1, 256) if "slots" in body else None
+    weight = _int(body, "weight", 1, 1000) if "weight" in body else None
     node_key = body.get("node_key")
     if node_key is not None and (not isinstance(node_key, str) or not 8 <= len(node_key) <= 128):
         raise BadRequest("node_key: expected a string of 8 to 128 characters")
