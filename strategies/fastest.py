@@ -54,6 +54,7 @@ class Fastest:
         self._outstanding: dict[str, dict[str, _Outstanding]] = {}
         self._last_done: dict[str, float] = {}
         self._slots: dict[str, int] = {}
+        self._prior: dict[str, float] = {}
 
     # -- what the strategy knows ------------------------------------------------------------
 
@@ -64,6 +65,7 @@ class Fastest:
             return learned
         reported = node.health.get("throughput")
         if isinstance(reported, (int, float)) and not isinstance(reported, bool) and reported > 0:
+            self._prior[node.server_id] = float(reported)
             return float(reported)
         return None
 
@@ -118,7 +120,8 @@ class Fastest:
         self._last_done[server_id] = now
         if ok and busy > 0 and job.megapixels > 0:
             sample = job.megapixels / busy
-            old = self._speed.get(server_id)
+            # The node's own report is the prior the first sample is blended with.
+            old = self._speed.get(server_id, self._prior.get(server_id))
             self._speed[server_id] = sample if old is None else self.alpha * sample + (1 - self.alpha) * old
 
 
