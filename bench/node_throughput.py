@@ -35,7 +35,7 @@ from PIL import Image
 
 from gpunode import tiling
 from gpunode.config import bundled_model_path
-from gpunode.model import SRModel
+from gpunode.model import SRModel, auto_tile_size
 
 IMAGES = Path(__file__).resolve().parents[1] / "tests" / "gpunode" / "images"
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="640x480", help="input image WxH (default %(default)s)")
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per path (default %(default)s)")
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: bundled)")
-    ap.add_argument("--tile-size", type=int, default=256)
+    ap.add_argument("--tile-size", type=int, default=0, help="default: the node's automatic size")
     ap.add_argument("--tile-overlap", type=int, default=16)
     ap.add_argument("--format", default="jpeg", help="output format asked of the node (default %(default)s)")
     ap.add_argument("--cpu", action="store_true", help="force the CPU provider")
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     mp = width * height / 1e6
 
     model = SRModel(model_path, cpu_only=args.cpu)
+    args.tile_size = args.tile_size or auto_tile_size(model.provider)
     tiles = tile_inputs(model, img, args.tile_size, args.tile_overlap)
     port = free_port()
     url = f"http://127.0.0.1:{port}"

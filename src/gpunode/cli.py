@@ -54,7 +54,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
                    help="state dir for the node key (default ~/.local/state/gpunode/<port>)")
     p.add_argument("--model", type=Path, default=env.get("GPUNODE_MODEL") or None,
                    help="ONNX model (default: the bundled waifu2x UpConv7 photo x2)")
-    p.add_argument("--tile-size", type=int, default=d.tile_size, help="tile side in input px (default %(default)s)")
+    p.add_argument("--tile-size", type=int, default=d.tile_size,
+                   help="tile side in input px; memory is bounded by it (default: 192 on CPU, 512 on CUDA)")
     p.add_argument("--tile-overlap", type=int, default=d.tile_overlap,
                    help="overlap between tiles in input px, >= 8 (default %(default)s)")
     p.add_argument("--queue-size", type=int, default=d.queue_size,
@@ -77,7 +78,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.tile_overlap < 8:
         raise ValueError("--tile-overlap must be at least 8")
-    if args.tile_size < 4 * args.tile_overlap:
+    if args.tile_size and args.tile_size < 4 * args.tile_overlap:
         raise ValueError("--tile-size must be at least 4 x --tile-overlap")
     if args.gateway and not args.secret:
         raise ValueError("--gateway needs --secret (or SHARED_SECRET)")

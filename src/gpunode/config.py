@@ -40,7 +40,8 @@ class NodeConfig:
     register_backoff_max: float = 60.0
     state_dir: Path | None = None
     model_path: Path | None = None
-    tile_size: int = 256
+    #: Tile side in input px; 0 = automatic (model.auto_tile_size: 192 on CPU, 512 on CUDA).
+    tile_size: int = 0
     tile_overlap: int = 16
     queue_size: int = 8
     #: Inference workers; 0 = one per GPU (1 on CPU).

@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import imaging, tiling
 from .errors import BadImage, QueueFull
-from .model import SRModel
+from .model import SRModel, auto_tile_size
 
 log = structlog.get_logger("gpunode.inference")
 
@@ -54,7 +54,7 @@ class Engine:
         self.models = models
         self.model = models[0]
         self.slots = len(models)
-        self.tile_size = tile_size
+        self.tile_size = tile_size or auto_tile_size(self.model.provider)
         self.tile_overlap = tile_overlap
         self.queue_size = queue_size
         self.max_input_pixels = max_input_pixels

@@ -17,6 +17,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+#: Output rows converted to uint8 and written per step.
+_ROWS_PER_WRITE = 64
 #: Resampling for the "other targets" resize and for alpha channels.
 RESAMPLE = Image.Resampling.LANCZOS
 
@@ -117,12 +119,13 @@ def upscale(
                 on_tile()
         next_y = ys[i + 1] if i + 1 < len(ys) else height
         done = (next_y - y0) * s
-        rows = acc[:done] / np.maximum(wsum[:done], 1e-8)[:, :, None]
-        rows *= 255.0
-        rows += 0.5
-        np.clip(rows, 0.0, 255.0, out=rows)
-        out.paste(Image.fromarray(rows.astype(np.uint8), "RGB"), (0, y0 * s))
-        del rows
+        for r0 in range(0, done, _ROWS_PER_WRITE):  # small chunks keep temporaries small
+            r1 = min(done, r0 + _ROWS_PER_WRITE)
+            rows = acc[r0:r1] / np.maximum(wsum[r0:r1], 1e-8)[:, :, None]
+            rows *= 255.0
+            rows += 0.5
+            np.clip(rows, 0.0, 255.0, out=rows)
+            out.paste(Image.fromarray(rows.astype(np.uint8), "RGB"), (0, y0 * s + r0))
         keep = band_h - done
         if keep > 0:
             acc[:keep] = acc[done : done + keep].copy()

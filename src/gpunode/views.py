@@ -106,7 +106,7 @@ async def info(request: web.Request) -> web.Response:
         "providers": engine.model.session.get_providers(),
         "device": m.device,
         "slots": engine.slots,
-        "tile_size": config.tile_size,
+        "tile_size": engine.tile_size,
         "tile_overlap": config.tile_overlap,
         "queue_size": config.queue_size,
         "formats": ["jpeg", "png", "webp"],
