@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StrategyError as exc:
         sys.stderr.write(f"photogate: config error: balancer.strategy: {exc}\n")
         return 2
+    except ConfigError as exc:
+        sys.stderr.write(f"photogate: config error: {exc}\n")
+        return 2
 
     ssl_context = None
     if config.server.tls.cert:

@@ -13,7 +13,8 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import aiohttp
 import structlog
@@ -248,7 +249,7 @@ class Dispatcher:
         }
         timeout = aiohttp.ClientTimeout(total=self.config.timeout, sock_connect=self.config.connect_timeout)
         url = state.record.base_url + "/v1/enhance"
-        fh = await loop.run_in_executor(None, self.blobs.input_path(task.task_id).open, "rb")
+        fh = await _open_for_read(self.blobs.input_path(task.task_id))
         writer = self.blobs.result_writer(task.task_id)
         try:
             async with self.session.post(
@@ -285,6 +286,16 @@ class Dispatcher:
             await loop.run_in_executor(None, self.blobs.result_path(task.task_id).unlink, True)
             raise NodeFailure(f"node returned an unreadable image: {exc}") from exc
         return mime, writer.size
+
+
+async def _open_for_read(path: Path) -> BinaryIO:
+    """Open ``path`` in the executor; if the caller is cancelled meanwhile, close it when it opens."""
+    opening = asyncio.get_running_loop().run_in_executor(None, path.open, "rb")
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().close())
+        raise
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:

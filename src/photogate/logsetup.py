@@ -16,7 +16,10 @@ from aiohttp import web
 from .errors import Handler
 
 #: Keys whose values are never written to a log line, whatever the caller passed.
-SECRET_KEYS = frozenset({"secret", "token", "node_token", "admin_token", "authorization", "password"})
+SECRET_KEYS = frozenset({
+    "secret", "token", "node_token", "admin_token", "authorization", "password",
+    "session_key", "apiv3_key", "access_token", "secret_key", "private_key",
+})
 
 
 def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
