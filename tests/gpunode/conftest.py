@@ -44,13 +44,20 @@ class RunningNode:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.config.port}"
 
+    stopped: bool = False
+
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
 
 
 @pytest.fixture
-async def start_node(tmp_path: Path, sr_model: SRModel) -> AsyncIterator[Callable[..., Awaitable[RunningNode]]]:
-    """Start a real gpunode app on an ephemeral port: ``await start_node(token="t", ...)``."""
+async def start_node(tmp_path: Path, sr_model: SRModel,
+                     fake_gateway: FakeGateway) -> AsyncIterator[Callable[..., Awaitable[RunningNode]]]:
+    """Start a real gpunode app on an ephemeral port: ``await start_node(token="t", ...)``.
+
+    Depends on ``fake_gateway`` so that nodes stop (and unregister) before it goes away."""
     started: list[RunningNode] = []
 
     async def start(*, ip_source: Any = None, models: list[Any] | None = None, **overrides: Any) -> RunningNode:
@@ -69,7 +76,7 @@ async def start_node(tmp_path: Path, sr_model: SRModel) -> AsyncIterator[Callabl
 
     yield start
     for node in started:
-        await node.runner.cleanup()
+        await node.stop()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ async def test_photo_enhanced_through_the_gateway(tmp_path: Path, start_node, ht
     await runner.setup()
     await web.SockSite(runner, sock).start()
     gw = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    node = None
     try:
         node = await start_node(gateway_url=gw, secret=SECRET, advertise_ip="127.0.0.1")
         await wait_for(lambda: node.app[REGISTRAR].server_id, timeout=30)
@@ -51,6 +52,12 @@ async def test_photo_enhanced_through_the_gateway(tmp_path: Path, start_node, ht
             assert resp.status == 200
             out = Image.open(io.BytesIO(await resp.read()))
         assert out.size == (128, 96)
+        await node.stop()  # unregisters from the real gateway
+        async with http.get(f"{gw}/webhook/servers", headers={"X-Webhook-Secret": SECRET}) as resp:
+            listed = [s["server_id"] for s in (await resp.json())["data"]["servers"]]
+        assert node.app[REGISTRAR].server_id not in listed
     finally:
+        if node is not None:
+            await node.stop()
         await runner.cleanup()
         sock.close()
