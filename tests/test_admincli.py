@@ -412,8 +412,11 @@ async def test_enhance_wait_prints_plain_lines_when_not_a_tty(gateway: Gateway, 
         await gateway.register(node)
         photo = tmp_path / "photo.jpg"
         photo.write_bytes(image_bytes(30, 20, fmt="JPEG"))
-        run_cli = asyncio.create_task(cli(gateway, "enhance", str(photo), "--wait", "--scale", "2"))
+        live = io.StringIO()
+        run_cli = asyncio.create_task(cli(gateway, "enhance", str(photo), "--wait", "--scale", "2", stdout=live))
         await wait_until(lambda: node.busy == 1, 10, "the task to reach the node")
+        # Open the gate only once the CLI has seen (and printed) the processing state.
+        await wait_until(lambda: "processing on GPU-001" in live.getvalue(), 10, "the CLI to report processing")
         node.gate.set()
         code, out, err = await run_cli
     finally:

@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (a faster event loop; Linux and macOS), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {"server.host": args.host, "server.port": args.port, "storage.data_dir": args.data_dir}
@@ -77,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("listening", url=f"{scheme}://{config.server.host}:{config.server.port}", dev=config.dev)
     web.run_app(
         app, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
-        print=None, access_log=None, handle_signals=True,
+        print=None, access_log=None, handle_signals=True, loop=_new_loop(),
     )
     return 0
 

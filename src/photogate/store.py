@@ -7,9 +7,11 @@ blocks the event loop and never sees two threads at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,10 +109,14 @@ def _node(row: Sequence[Any]) -> NodeRecord:
 class SQLiteStore:
     """Registry and task store on one SQLite file. Create with :meth:`open`."""
 
+    #: Recently used tasks kept in memory (write-through).
+    CACHE_SIZE = 20_000
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._cache: OrderedDict[str, TaskRecord] = OrderedDict()
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteStore:
@@ -225,6 +231,12 @@ class SQLiteStore:
 
     # -- tasks ---------------------------------------------------------------------------
 
+    def _remember(self, task: TaskRecord) -> None:
+        self._cache[task.task_id] = dataclasses.replace(task)
+        self._cache.move_to_end(task.task_id)
+        while len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+
     async def insert_task(self, task: TaskRecord) -> None:
         await self._call(
             self._exec,
@@ -249,6 +261,7 @@ class SQLiteStore:
                 task.finished_at,
             ),
         )
+        self._remember(task)
 
     _UPDATABLE = frozenset(
         {"status", "server_id", "attempts", "result_mime", "result_bytes", "error", "started_at", "finished_at"}
@@ -263,13 +276,27 @@ class SQLiteStore:
             changes["status"] = changes["status"].value
         assignments = ", ".join(f"{k} = ?" for k in changes)
         await self._call(self._exec, f"UPDATE tasks SET {assignments} WHERE task_id = ?", (*changes.values(), task_id))
+        cached = self._cache.get(task_id)
+        if cached is not None:
+            if "status" in changes:
+                changes["status"] = TaskStatus(changes["status"])
+            for key, value in changes.items():
+                setattr(cached, key, value)
 
     def _get_task_sync(self, task_id: str) -> TaskRecord | None:
         row = self.conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return _task(row) if row else None
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        return await self._call(self._get_task_sync, task_id)
+        # Every write goes through this object, so the cache is never stale; status polls
+        # (the busiest request a gateway gets) are answered without a thread hop.
+        cached = self._cache.get(task_id)
+        if cached is not None:
+            return dataclasses.replace(cached)
+        task = await self._call(self._get_task_sync, task_id)
+        if task is not None:
+            self._remember(task)
+        return task
 
     def _list_tasks_sync(self, statuses: tuple[str, ...], limit: int, newest_first: bool) -> list[TaskRecord]:
         marks = ", ".join("?" * len(statuses))
@@ -305,4 +332,5 @@ class SQLiteStore:
         return await self._call(self._expired_sync, before)
 
     async def delete_task(self, task_id: str) -> None:
+        self._cache.pop(task_id, None)
         await self._call(self._exec, "DELETE FROM tasks WHERE task_id = ?", (task_id,))
