@@ -12,7 +12,7 @@ import PIL
 from aiohttp import web
 
 from . import __version__
-from .errors import BadImage, NodeError, Unauthorized
+from .errors import BadImage, NodeError, QueueFull, Unauthorized
 from .inference import EnhanceRequest
 from .keys import CONFIG, ENGINE, REGISTRAR
 
@@ -53,6 +53,9 @@ async def enhance(request: web.Request) -> web.Response:
     _check_auth(request)
     req = _parse_request(request)
     engine = request.app[ENGINE]
+    if engine.busy + engine.queued >= engine.slots + engine.queue_size:
+        # Say so before the upload is read: the gateway can send it elsewhere at once.
+        raise QueueFull(f"node busy: {engine.busy} running, {engine.queued} queued; try another node")
     data = await request.read()
     result = await engine.enhance(data, req)
     return web.Response(
