@@ -10,42 +10,62 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+T = TypeVar("T")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class BlobWriter:
-    """An incremental writer; :meth:`commit` publishes the file, :meth:`abort` removes it."""
+    """An incremental writer; :meth:`commit` publishes the file, :meth:`abort` removes it.
+
+    Chunks are gathered up to :attr:`BUFFER` bytes before each trip to the executor, so a
+    small photo costs one thread hop (open, write, fsync, rename at once), and a large one
+    never holds more than the buffer in memory.
+    """
+
+    BUFFER = 256 * 1024
 
     def __init__(self, final: Path) -> None:
         self.final = final
         self.partial = final.with_name(final.name + ".part")
         self.size = 0
+        self._buf = bytearray()
         self._fh: IO[bytes] | None = None
 
-    async def write(self, chunk: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        if self._fh is None:
-            self._fh = await loop.run_in_executor(None, self.partial.open, "wb")
-        await loop.run_in_executor(None, self._fh.write, chunk)
-        self.size += len(chunk)
-
-    def _commit_sync(self) -> None:
+    def _flush_sync(self) -> None:
         if self._fh is None:
             self._fh = self.partial.open("wb")
+        self._fh.write(self._buf)
+        self._buf.clear()
+
+    async def write(self, chunk: bytes) -> None:
+        self._buf += chunk
+        self.size += len(chunk)
+        if len(self._buf) >= self.BUFFER:
+            await asyncio.get_running_loop().run_in_executor(None, self._flush_sync)
+
+    def _commit_sync(self, then: Callable[[Path], T] | None) -> T | None:
+        self._flush_sync()
+        assert self._fh is not None
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.partial, self.final)
+        return then(self.final) if then is not None else None
 
-    async def commit(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._commit_sync)
+    async def commit(self, then: Callable[[Path], T] | None = None) -> T | None:
+        """Publish the file; ``then(path)``, if given, runs in the same executor call
+        (e.g. checking the image) and its result is returned."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._commit_sync, then)
 
     def _abort_sync(self) -> None:
         if self._fh is not None:
             self._fh.close()
+        self._buf.clear()
         self.partial.unlink(missing_ok=True)
 
     async def abort(self) -> None:
