@@ -132,6 +132,7 @@ async def enhance(request: web.Request) -> web.Response:
     )
     await gw.store.insert_task(task)
     gw.dispatcher.submit(task)
+    gw.metrics.task_accepted()
     log.info("task_accepted", task_id=task_id, bytes=writer.size, width=info.width, height=info.height)
     body = {"task_id": task_id, "status": task.status.value, "message": "任务已提交，正在排队处理"}
 

@@ -13,6 +13,7 @@ from .config import Config
 from .errors import error_middleware
 from .keys import GATEWAY
 from .logsetup import request_id_middleware
+from .metrics import setup_metrics
 from .service import Gateway
 from .wechat import setup_wechat
 
@@ -33,6 +34,7 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     app.add_routes(webhook.routes)
     app.add_routes(admin_api.routes)
     setup_wechat(app, gateway)  # /api/wechat/ and its access policy, when wechat.appid is set
+    setup_metrics(app, gateway.metrics)  # GET /metrics; counts requests by route and status
     _setup_cors(app, config)
     return app
 

@@ -26,6 +26,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "WEBHOOK_SECRET": "webhook.secret",
     "PHOTOGATE_ADMIN_TOKEN": "admin.token",
     "PHOTOGATE_DATA_DIR": "storage.data_dir",
+    "PHOTOGATE_METRICS_TOKEN": "metrics.token",
     # WeChat (issue 7): the secrets, and the merchant settings that come with them.
     "WECHAT_APP_ID": "wechat.appid",
     "WECHAT_APP_SECRET": "wechat.secret",
@@ -118,6 +119,25 @@ class CorsConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
+
+
+# -- metrics, dashboard, try-it page (issue 9) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    #: Bearer token Prometheus must send to ``GET /metrics``; empty: /metrics is open.
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    #: Serve the public try-it page at ``/`` (anyone who reaches the gateway can try a photo).
+    try_it: bool = True
+    #: Seconds between the dashboard's live updates.
+    refresh: float = 2.0
+    #: Hours a dashboard login lasts.
+    session_hours: float = 12.0
 
 
 # -- wechat (issue 7) -------------------------------------------------------------------------
@@ -218,6 +238,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
     wechat: WechatConfig = field(default_factory=WechatConfig)
     dev: bool = False
 
@@ -230,6 +252,7 @@ class Config:
         data = dataclasses.asdict(self)
         data["webhook"]["secret"] = "***" if self.webhook.secret else ""
         data["admin"]["token"] = "***" if self.admin.token else ""
+        data["metrics"]["token"] = "***" if self.metrics.token else ""
         data["server"]["tls"] = {"enabled": bool(self.server.tls.cert)}
         data["wechat"]["secret"] = "***" if self.wechat.secret else ""
         data["wechat"]["apiv3_key"] = "***" if self.wechat.apiv3_key else ""
@@ -331,6 +354,8 @@ def _validate(cfg: Config) -> None:
         (cfg.limits.max_queue > 0, "limits.max_queue: must be > 0"),
         (cfg.limits.retry_after >= 0, "limits.retry_after: must be >= 0"),
         (bool(cfg.balancer.strategy), "balancer.strategy: must name a strategy"),
+        (0.2 <= cfg.ui.refresh <= 60, "ui.refresh: must be 0.2..60 seconds"),
+        (cfg.ui.session_hours > 0, "ui.session_hours: must be > 0"),
         (
             cfg.logging.level.lower() in {"debug", "info", "warning", "error"},
             "logging.level: must be debug, info, warning or error",

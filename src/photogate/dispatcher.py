@@ -25,6 +25,7 @@ from .blobs import BlobStore
 from .config import DispatchConfig
 from .errors import ServiceUnavailable
 from .imagecheck import MIME, probe_image
+from .metrics import GatewayMetrics
 from .models import TaskRecord, TaskStatus
 from .registry import NodeState, Registry
 from .store import SQLiteStore
@@ -69,6 +70,7 @@ class Dispatcher:
         max_queue: int,
         max_pixels: int,
         multi_backend: bool,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
@@ -86,6 +88,7 @@ class Dispatcher:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: Refunds a failed task's charge; photogate.wechat installs its policy at start.
         self.access: AccessPolicy = OPEN_ACCESS
+        self.metrics = metrics or GatewayMetrics()
         registry.subscribe(self.wake)
 
     # -- queue ---------------------------------------------------------------------------
@@ -199,11 +202,14 @@ class Dispatcher:
                 attempts=task.attempts, started_at=time.time(), error=None,
             )
             log.info("task_dispatched", task_id=task.task_id, server_id=server_id, attempt=task.attempts)
+            self.metrics.task_started(task)
             try:
                 mime, size = await self._send(task, state)
             except JobRejected as exc:
+                self.metrics.dispatch_failed(server_id, "rejected")
                 await self._fail(task, str(exc))
             except NodeFailure as exc:
+                self.metrics.dispatch_failed(server_id, "node_error" if exc.counts else "node_busy")
                 if exc.counts:
                     self.registry.record_dispatch_failure(server_id, str(exc))
                 log.warning("dispatch_failed", task_id=task.task_id, server_id=server_id, error=str(exc),
@@ -215,6 +221,7 @@ class Dispatcher:
                     task.status = TaskStatus.QUEUED
                     item.tried.add(server_id)
                     self.submit(task, item.tried)
+                    self.metrics.task_retried()
             else:
                 ok = True
                 self.registry.record_dispatch_success(server_id)
@@ -224,6 +231,7 @@ class Dispatcher:
                 )
                 log.info("task_completed", task_id=task.task_id, server_id=server_id,
                          seconds=round(time.monotonic() - started, 3))
+                self.metrics.task_completed(task, server_id, time.monotonic() - started)
                 self._finished(task.task_id)
         finally:
             self.registry.release(state)
@@ -234,6 +242,7 @@ class Dispatcher:
     async def _fail(self, task: TaskRecord, error: str) -> None:
         await self.store.update_task(task.task_id, status=TaskStatus.FAILED, error=error, finished_at=time.time())
         log.warning("task_failed", task_id=task.task_id, error=error)
+        self.metrics.task_failed()
         try:
             await self.access.refund(task.owner, task.task_id)
         except Exception:

@@ -22,6 +22,7 @@ from .blobs import BlobStore
 from .config import Config, load_config
 from .dispatcher import Dispatcher
 from .health import HealthMonitor
+from .metrics import GatewayMetrics
 from .registry import Registry
 from .store import SQLiteStore
 
@@ -44,6 +45,7 @@ class Gateway:
         self.strategy: Strategy = load_strategy(self.strategy_name, self.strategy_options, self.rng)
         self.multi_backend = config.multi_backend.enabled
         self.started_at = time.time()
+        self.metrics = GatewayMetrics(self)  # its own registry; /metrics reads live state through it
         # Filled by start():
         self.store: SQLiteStore
         self.blobs: BlobStore
@@ -67,7 +69,7 @@ class Gateway:
         self.dispatcher = Dispatcher(
             self.store, self.blobs, self.registry, self.session, self.strategy,
             config=cfg.dispatch, max_queue=cfg.limits.max_queue, max_pixels=cfg.limits.max_pixels,
-            multi_backend=self.multi_backend,
+            multi_backend=self.multi_backend, metrics=self.metrics,
         )
         self.monitor = HealthMonitor(
             self.registry, self.session, interval=cfg.health_check.interval, timeout=cfg.health_check.timeout

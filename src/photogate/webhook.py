@@ -39,9 +39,11 @@ def _check_secret(request: web.Request, given: Any, action: str) -> None:
     ip = client_ip(request, gw.config.server.trusted_proxies)
     if not isinstance(given, str) or not given:
         audit(f"{action}_refused", who="anonymous", ip=ip, reason="missing secret")
+        gw.metrics.webhook_auth_failed(action, "missing secret")
         raise Unauthorized("missing secret")
     if not same_secret(given, gw.config.webhook.secret):
         audit(f"{action}_refused", who="anonymous", ip=ip, reason="wrong secret")
+        gw.metrics.webhook_auth_failed(action, "wrong secret")
         raise Forbidden("wrong secret")
 
 
