@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import secrets
+import sqlite3
 import time
 from typing import Any
 
@@ -13,7 +15,7 @@ from aiohttp import BodyPartReader, web
 
 from . import __version__
 from .access import access_policy
-from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable
 from .imagecheck import EXTENSION, probe_image
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
@@ -38,6 +40,38 @@ FIELD_LIMIT = 1024
 
 def _no_capacity(retry_after: int) -> ServiceUnavailable:
     return ServiceUnavailable(UNAVAILABLE, headers={"Retry-After": str(retry_after)})
+
+
+def _storage_full(exc: BaseException) -> bool:
+    """A full disk, as the blob writer (ENOSPC, EDQUOT) or SQLite reports it."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def _no_storage(retry_after: int) -> ServiceUnavailable:
+    return ServiceUnavailable("the gateway's storage is full: no photo can be accepted now; try again later",
+                              headers={"Retry-After": str(retry_after)})
+
+
+class _BodyReads:
+    """Each read of a request body within ``read_timeout`` s, all within ``total`` s (slow-loris)."""
+
+    def __init__(self, read_timeout: float, total: float) -> None:
+        self.read_timeout = read_timeout
+        self.total = total
+        self.deadline = time.monotonic() + total
+
+    async def __call__(self, read: Any) -> Any:
+        left = self.deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(read, max(min(self.read_timeout, left), 0.001))
+        except asyncio.TimeoutError:
+            if left <= self.read_timeout:
+                raise RequestTimeout(f"the upload took longer than {self.total:g} s; send the photo again") from None
+            raise RequestTimeout(
+                f"the upload stalled for {self.read_timeout:g} s; send the photo again", headers={"Connection": "close"}
+            ) from None
 
 
 def _parse_params(fields: dict[str, str]) -> dict[str, Any]:
@@ -90,23 +124,24 @@ async def enhance(request: web.Request) -> web.Response:
     fields: dict[str, str] = {}
     got_file = False
     head = b""
+    read = _BodyReads(cfg.limits.read_timeout, cfg.limits.upload_timeout)
     try:
         reader = await request.multipart()
-        while (part := await reader.next()) is not None:
+        while (part := await read(reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not supported")
             if part.name == "file":
                 if got_file:
                     raise BadRequest("send one photo per request (more than one 'file' field)")
                 got_file = True
-                while chunk := await part.read_chunk(256 * 1024):
+                while chunk := await read(part.read_chunk(256 * 1024)):
                     if writer.size + len(chunk) > limit:
                         raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
                     if len(head) < 32:
                         head += chunk[: 32 - len(head)]
                     await writer.write(chunk)
             elif part.name:
-                value = await part.read_chunk(FIELD_LIMIT + 1)
+                value = await read(part.read_chunk(FIELD_LIMIT + 1))
                 if len(value) > FIELD_LIMIT:
                     raise BadRequest(f"form field {part.name!r} is too long")
                 fields[part.name] = value.decode("utf-8", "replace").strip()
@@ -114,13 +149,16 @@ async def enhance(request: web.Request) -> web.Response:
             raise BadRequest("missing multipart field 'file' with the photo")
         params = _parse_params(fields)
         await writer.commit()
-    except BaseException:
+    except BaseException as exc:
         await writer.abort()
+        if _storage_full(exc):
+            raise _no_storage(cfg.limits.retry_after) from None
         raise
 
     loop = asyncio.get_running_loop()
     try:
-        info = await loop.run_in_executor(None, probe_image, writer.final, cfg.limits.max_pixels)
+        info = await loop.run_in_executor(None, probe_image, writer.final, cfg.limits.max_pixels,
+                                          cfg.limits.max_side)
         await access.charge(owner, task_id)
     except BaseException:
         await gw.blobs.delete(task_id)
@@ -130,7 +168,14 @@ async def enhance(request: web.Request) -> web.Response:
         task_id=task_id, status=TaskStatus.QUEUED, created_at=now, updated_at=now, input_mime=info.mime,
         input_bytes=writer.size, width=info.width, height=info.height, params=params, owner=owner,
     )
-    await gw.store.insert_task(task)
+    try:
+        await gw.store.insert_task(task)
+    except sqlite3.Error as exc:
+        await gw.blobs.delete(task_id)
+        await access.refund(owner, task_id)
+        if _storage_full(exc):
+            raise _no_storage(cfg.limits.retry_after) from None
+        raise
     gw.dispatcher.submit(task)
     gw.metrics.task_accepted()
     log.info("task_accepted", task_id=task_id, bytes=writer.size, width=info.width, height=info.height)

@@ -13,6 +13,7 @@ from .config import Config
 from .errors import error_middleware
 from .keys import GATEWAY
 from .logsetup import request_id_middleware
+from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
 from .metrics import setup_metrics
 from .service import Gateway
 from .wechat import setup_wechat
@@ -21,9 +22,12 @@ from .wechat import setup_wechat
 def create_app(config: Config, *, config_path: str | None = None, rng: random.Random | None = None) -> web.Application:
     # Multipart uploads are streamed, not buffered, so client_max_size only bounds the
     # small JSON bodies of the webhook and admin APIs.
-    app = web.Application(middlewares=[request_id_middleware, error_middleware], client_max_size=1024 * 1024)
+    # The rate limiter sits outside the error middleware: it counts the final 401/403s.
+    app = web.Application(middlewares=[request_id_middleware, rate_limit_middleware, error_middleware],
+                          client_max_size=1024 * 1024)
     gateway = Gateway(config, config_path=config_path, rng=rng)  # a bad strategy fails here, at start
     app[GATEWAY] = gateway
+    app[RATE_LIMITS] = RateLimits(config.rate_limit)
 
     async def run_gateway(_app: web.Application) -> AsyncIterator[None]:
         async with gateway.running():

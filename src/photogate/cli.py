@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sqlite3
 import ssl
 import sys
 from collections.abc import Sequence
@@ -84,10 +85,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.on_startup.append(on_startup)
     scheme = "https" if ssl_context else "http"
     log.info("listening", url=f"{scheme}://{config.server.host}:{config.server.port}", dev=config.dev)
-    web.run_app(
-        app, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
-        print=None, access_log=None, handle_signals=True, loop=_new_loop(),
-    )
+    try:
+        web.run_app(
+            app, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
+            print=None, access_log=None, handle_signals=True, loop=_new_loop(),
+        )
+    except sqlite3.DatabaseError as exc:
+        # A damaged database file: say which, and what to do (README, Operations), not a traceback.
+        sys.stderr.write(f"photogate: data error: {config.data_path / 'photogate.db'}: {exc}; stop, move the file "
+                         "and its -wal/-shm aside, and restore a backup or start empty (README: Operations)\n")
+        return 3
     return 0
 
 

@@ -61,6 +61,9 @@ class ServerConfig:
 @dataclass(frozen=True)
 class WebhookConfig:
     secret: str = ""
+    #: Networks a node may register from (issue 6). Link-local, multicast and unspecified
+    #: addresses are always refused; loopback is allowed in --dev whatever the list says.
+    allowed_node_networks: tuple[str, ...] = ("0.0.0.0/0", "::/0")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class DispatchConfig:
     max_attempts: int = 3
     timeout: float = 300.0
     connect_timeout: float = 5.0
+    #: Seconds before a failed task is retried on a node that failed it already (doubling
+    #: each attempt; no wait while another node can take it). Issue 6.
+    retry_backoff: float = 1.0
     #: Jobs a node may hold beyond its slots, for strategies that ask for it (``fastest``):
     #: the next photo's upload then overlaps the current inference.
     prefetch: int = 1
@@ -109,6 +115,29 @@ class LimitsConfig:
     max_pixels: int = 36_000_000
     max_queue: int = 1000
     retry_after: int = 30
+    # -- issue 6: slow clients and absurd shapes
+    #: Seconds a request body may stall before 408 (slow-loris uploads).
+    read_timeout: float = 30.0
+    #: Seconds one upload may take in all before 408.
+    upload_timeout: float = 300.0
+    #: Longest side of an uploaded photo in pixels (413 above).
+    max_side: int = 16384
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Token buckets per client IP (``photogate.ratelimit``, issue 6); 429 with Retry-After."""
+
+    enabled: bool = True
+    requests_per_second: float = 20.0
+    burst: int = 100
+    uploads_per_minute: float = 120.0
+    upload_burst: int = 20
+    auth_failures_per_minute: float = 6.0
+    auth_failure_burst: int = 10
+    #: Clients never limited: loopback is the operator's own tools, or a proxy whose
+    #: clients all share its address until server.trusted_proxies names it.
+    exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -237,6 +266,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ui: UIConfig = field(default_factory=UIConfig)
@@ -369,6 +399,7 @@ def _validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
     _validate_wechat(cfg.wechat)
+    _validate_abuse_limits(cfg)
     for i, net in enumerate(cfg.server.trusted_proxies):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -383,6 +414,33 @@ def _validate(cfg: Config) -> None:
             "webhook.secret: the well-known default secret is refused outside --dev; "
             "choose your own (e.g. WEBHOOK_SECRET=$(openssl rand -hex 24))"
         )
+
+
+def _validate_abuse_limits(cfg: Config) -> None:
+    """The keys of issue 6: node allow-list, read timeouts, rate limits."""
+    rl, lim = cfg.rate_limit, cfg.limits
+    checks: list[tuple[bool, str]] = [
+        (cfg.dispatch.retry_backoff >= 0, "dispatch.retry_backoff: must be >= 0"),
+        (lim.read_timeout > 0, "limits.read_timeout: must be > 0"),
+        (lim.upload_timeout > 0, "limits.upload_timeout: must be > 0"),
+        (lim.max_side >= 1, "limits.max_side: must be >= 1"),
+        (rl.requests_per_second > 0, "rate_limit.requests_per_second: must be > 0"),
+        (rl.burst >= 1, "rate_limit.burst: must be >= 1"),
+        (rl.uploads_per_minute > 0, "rate_limit.uploads_per_minute: must be > 0"),
+        (rl.upload_burst >= 1, "rate_limit.upload_burst: must be >= 1"),
+        (rl.auth_failures_per_minute > 0, "rate_limit.auth_failures_per_minute: must be > 0"),
+        (rl.auth_failure_burst >= 1, "rate_limit.auth_failure_burst: must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    for key, nets in (("webhook.allowed_node_networks", cfg.webhook.allowed_node_networks),
+                      ("rate_limit.exempt", rl.exempt)):
+        for i, net in enumerate(nets):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}[{i}]: not an IP address or network: {net!r}") from None
 
 
 def load_config(

@@ -49,12 +49,26 @@ class JobRejected(Exception):
     """The node refused the job itself (4xx): no other node will do better."""
 
 
+class StorageFailure(Exception):
+    """The gateway could not store a result (its disk is full): no node is to blame."""
+
+
+async def _stored(write: Any) -> Any:
+    try:
+        return await write
+    except OSError as exc:
+        raise StorageFailure(f"the gateway could not store the result ({exc.strerror or exc}); "
+                             "try again later") from exc
+
+
 @dataclass(order=True)
 class _Queued:
     created_at: float
     seq: int
     task: TaskRecord = field(compare=False)
     tried: set[str] = field(default_factory=set, compare=False)
+    #: Monotonic time before which the task waits: a retry's backoff.
+    ready_at: float = field(default=0.0, compare=False)
 
 
 class Dispatcher:
@@ -108,9 +122,19 @@ class Dispatcher:
         if len(self._heap) >= self.max_queue:
             raise ServiceUnavailable("队列已满，请稍后重试 (the queue is full; try again later)", headers={"Retry-After": "30"})
 
-    def submit(self, task: TaskRecord, tried: set[str] | None = None) -> None:
-        heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task, tried or set()))
+    def submit(self, task: TaskRecord, tried: set[str] | None = None, delay: float = 0.0) -> None:
+        ready_at = time.monotonic() + delay if delay > 0 else 0.0
+        heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task, tried or set(), ready_at))
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self.wake)
         self.wake()
+
+    def _backoff(self, task: TaskRecord, tried: set[str]) -> float:
+        """No wait while a node that has not failed this task could take it; else 1, 2, 4 ...
+        times ``retry_backoff`` s, so a restarting node's few seconds do not use up every attempt."""
+        if any(s.server_id not in tried for s in self.registry.serving(self.multi_backend)):
+            return 0.0
+        return min(self.config.retry_backoff * 2 ** max(task.attempts - 1, 0), 30.0)
 
     async def recover(self) -> int:
         """Queue what the store holds as queued or processing (a restart runs them again)."""
@@ -168,6 +192,9 @@ class Dispatcher:
                 break  # no room anywhere: wait for a release or a node
             item = heapq.heappop(self._heap)
             scanned += 1
+            if item.ready_at > time.monotonic():
+                skipped.append(item)  # backing off after a failure
+                continue
             candidates = self.registry.candidates(self.multi_backend, exclude=frozenset(item.tried), prefetch=prefetch)
             if not candidates:
                 skipped.append(item)
@@ -205,6 +232,8 @@ class Dispatcher:
             self.metrics.task_started(task)
             try:
                 mime, size = await self._send(task, state)
+            except StorageFailure as exc:
+                await self._fail(task, str(exc))
             except JobRejected as exc:
                 self.metrics.dispatch_failed(server_id, "rejected")
                 await self._fail(task, str(exc))
@@ -220,7 +249,7 @@ class Dispatcher:
                     await self.store.update_task(task.task_id, status=TaskStatus.QUEUED, server_id=None, error=str(exc))
                     task.status = TaskStatus.QUEUED
                     item.tried.add(server_id)
-                    self.submit(task, item.tried)
+                    self.submit(task, item.tried, self._backoff(task, item.tried))
                     self.metrics.task_retried()
             else:
                 ok = True
@@ -277,8 +306,8 @@ class Dispatcher:
                 if mime not in MIME.values():
                     raise NodeFailure(f"node answered {mime or 'no content type'}, not an image")
                 async for chunk in resp.content.iter_chunked(256 * 1024):
-                    await writer.write(chunk)
-            await writer.commit()
+                    await _stored(writer.write(chunk))
+            await _stored(writer.commit())
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             await writer.abort()
             name = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"

@@ -41,6 +41,12 @@ class Conflict(PhotogateError):
     status = 409
 
 
+class RequestTimeout(PhotogateError):
+    """The client stopped sending its request body (slow-loris)."""
+
+    status = 408
+
+
 class PayloadTooLarge(PhotogateError):
     status = 413
 

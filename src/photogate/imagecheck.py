@@ -44,7 +44,7 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def probe_image(path: Path, max_pixels: int) -> ImageInfo:
+def probe_image(path: Path, max_pixels: int, max_side: int | None = None) -> ImageInfo:
     """Check an uploaded file; raise 415, 413 or 400 errors a user can act on."""
     with path.open("rb") as fh:
         head = fh.read(32)
@@ -66,6 +66,8 @@ def probe_image(path: Path, max_pixels: int) -> ImageInfo:
                         f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
                         f"the limit is {max_pixels / 1e6:.1f} megapixels"
                     )
+                if max_side is not None and max(width, height) > max_side:
+                    raise PayloadTooLarge(f"image is {width}x{height}; the longest side allowed is {max_side} pixels")
                 _check_integrity(im, fmt)
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"image exceeds the {max_pixels / 1e6:.1f} megapixel limit") from None

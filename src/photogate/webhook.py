@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from .allowlist import node_address_refused
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
 from .netutil import client_ip, same_secret
@@ -76,6 +77,11 @@ async def register(request: web.Request) -> web.Response:
     _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "register")
     ip = _ip(body.get("ip"))
     port = _int(body, "port", 1, 65535)
+    refused = node_address_refused(ip, gw.config.webhook.allowed_node_networks, dev=gw.config.dev)
+    if refused:
+        audit("register_refused", who="anonymous", ip=client_ip(request, gw.config.server.trusted_proxies),
+              reason="address not allowed", address=f"{ip}:{port}")
+        raise Forbidden(refused)
     # Absent: keep what the node registered with before (1 for a new node).
     slots = _int(body, "slots", 1, 256) if "slots" in body else None
     weight = _int(body, "weight", 1, 1000) if "weight" in body else None

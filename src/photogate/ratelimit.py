@@ -1,0 +1,147 @@
+"""Token buckets per client IP: the public API, uploads, and failed credentials (issue 6).
+
+One middleware, outside the error middleware so that it sees the final status:
+
+- every request under ``/api/`` and ``/webhook/`` takes a token from the client's
+  ``requests_per_second`` bucket; ``POST /api/v1/enhance`` also from its upload bucket;
+- a 401/403 answered on the webhook or admin API takes a token from the client's
+  ``auth_failures_per_minute`` bucket; once that is empty, every webhook and admin
+  request from that client gets 429 until it refills (a brute-force loop), audited once
+  per episode.
+
+An empty bucket answers 429 ``{"error": ...}`` with ``Retry-After``. Clients in
+``rate_limit.exempt`` (loopback by default) are never limited.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import RateLimitConfig
+from .errors import Handler
+from .keys import GATEWAY
+from .netutil import client_ip
+from .service import audit
+
+#: Buckets kept per limiter before idle (full) ones are dropped: bounds memory under a scan.
+MAX_CLIENTS = 50_000
+ADMIN_PREFIXES = ("/api/v1/admin/", "/api/v1/config/")
+
+
+@dataclass
+class TokenBucket:
+    rate: float  # tokens per second
+    burst: float
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait(self) -> float:
+        """Seconds until one token is there (0 when one is there now)."""
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
+class Limiter:
+    """Buckets by key, all with the same rate and burst."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, float(burst), clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def _bucket(self, key: str) -> TokenBucket:
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= MAX_CLIENTS:
+                self._prune(now)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self.burst, now)
+        bucket.refill(now)
+        return bucket
+
+    def _prune(self, now: float) -> None:
+        for key, bucket in list(self._buckets.items()):
+            bucket.refill(now)
+            if bucket.tokens >= bucket.burst:
+                del self._buckets[key]
+
+    def take(self, key: str) -> float:
+        """Take a token: 0.0 when allowed, else the seconds to wait (nothing taken)."""
+        bucket = self._bucket(key)
+        wait = bucket.wait()
+        if wait == 0.0:
+            bucket.tokens -= 1
+        return wait
+
+    def peek(self, key: str) -> float:
+        """Seconds until a token is there, taking nothing."""
+        return self._bucket(key).wait() if key in self._buckets else 0.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class RateLimits:
+    def __init__(self, config: RateLimitConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.requests = Limiter(config.requests_per_second, config.burst, clock)
+        self.uploads = Limiter(config.uploads_per_minute / 60.0, config.upload_burst, clock)
+        self.auth_failures = Limiter(config.auth_failures_per_minute / 60.0, config.auth_failure_burst, clock)
+        self._exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt]
+        self._blocked: set[str] = set()
+
+    def exempt(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self._exempt)
+
+
+RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
+
+
+def _too_many(wait: float, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+def _guarded(path: str) -> bool:
+    return path.startswith("/webhook/") or path.startswith(ADMIN_PREFIXES)
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limits = request.app.get(RATE_LIMITS)
+    path = request.path
+    if limits is None or not limits.config.enabled or not path.startswith(("/api/", "/webhook/")):
+        return await handler(request)
+    ip = client_ip(request, request.app[GATEWAY].config.server.trusted_proxies)
+    if limits.exempt(ip):
+        return await handler(request)
+    if _guarded(path):
+        wait = limits.auth_failures.peek(ip)
+        if wait > 0:
+            if ip not in limits._blocked:
+                limits._blocked.add(ip)
+                audit("auth_rate_limited", who="anonymous", ip=ip, path=path, retry_after=math.ceil(wait))
+            return _too_many(wait, "too many failed credentials from your address; wait and try again")
+        limits._blocked.discard(ip)
+    wait = limits.requests.take(ip)
+    if wait > 0:
+        return _too_many(wait, "too many requests from your address; slow down")
+    if request.method == "POST" and path == "/api/v1/enhance":
+        wait = limits.uploads.take(ip)
+        if wait > 0:
+            return _too_many(wait, "too many uploads from your address; wait and try again")
+    response = await handler(request)
+    if _guarded(path) and response.status in (401, 403):
+        limits.auth_failures.take(ip)
+    return response

@@ -1,0 +1,138 @@
+"""The data disk full: results that cannot be stored fail their task with a clear error (and
+no node is blamed), uploads get 503 with Retry-After, what was accepted stays intact, and
+everything resumes once there is room.
+
+As root the data dir is a real 4 MiB tmpfs that is filled up; elsewhere (no mount
+permission) the blob writer is made to raise ENOSPC, which is what a full disk raises.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import random
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from faults_support import (
+    Procs, control, digest, download, fault_node_argv, free_port, register, status, submit, unique_photo,
+    wait_answers, wait_finished,
+)
+from photogate.blobs import BlobWriter
+from photogate.keys import GATEWAY
+
+
+def noise_photo(seed: int, side: int = 420) -> bytes:
+    """A PNG that does not compress: ~0.5 MB."""
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (side, side), random.Random(seed).randbytes(side * side * 3)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class SmallDisk:
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.filler = root / "filler"
+        self.real = False
+        self._monkeypatch = monkeypatch
+        self.full = False
+
+    def fill(self, leave: int = 160 * 1024) -> None:
+        """Fill the disk, leaving ``leave`` bytes: room for the database, not for a photo."""
+        self.full = True
+        if not self.real:
+            return
+        with self.filler.open("wb") as fh:
+            try:
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        size = self.filler.stat().st_size
+        with self.filler.open("r+b") as fh:
+            fh.truncate(max(size - leave, 0))
+
+    def free(self) -> None:
+        self.full = False
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmallDisk]:
+    root = tmp_path / "disk"
+    root.mkdir()
+    disk = SmallDisk(root, monkeypatch)
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)],
+                                 capture_output=True, timeout=10).returncode == 0
+    except OSError:  # no mount(8) here
+        mounted = False
+    disk.real = mounted
+    if not mounted:
+        def enospc(original: Callable[..., Any]) -> Callable[..., Any]:
+            async def write(self: BlobWriter, *args: Any, **kwargs: Any) -> Any:
+                if disk.full:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return await original(self, *args, **kwargs)
+            return write
+
+        monkeypatch.setattr(BlobWriter, "write", enospc(BlobWriter.write))
+        monkeypatch.setattr(BlobWriter, "commit", enospc(BlobWriter.commit))
+    yield disk
+    if mounted:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=10)
+
+
+async def test_disk_full_refuses_cleanly_and_resumes(make_gateway, small_disk: SmallDisk, procs: Procs, session) -> None:  # type: ignore[no-untyped-def]
+    gw = await make_gateway(**{"storage.data_dir": str(small_disk.root / "data"), "health_check.interval": 0.1})
+    base = str(gw.client.make_url("")).rstrip("/")
+    port = free_port()
+    procs.start("node", fault_node_argv(port, "ok"))
+    await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
+    server_id = await register(session, base, port)
+
+    early = unique_photo(1)
+    early_id = await submit(session, base, early)
+    assert (await wait_finished(session, base, [early_id], 15))[early_id]["status"] == "completed"
+
+    await control(session, port, delay=1.5)  # the next results arrive after the disk is full
+    big = {await submit(session, base, noise_photo(i)): noise_photo(i) for i in (2, 3)}
+    small_disk.fill()
+
+    finals = await wait_finished(session, base, list(big), 20)
+    for task_id, final in finals.items():
+        assert final["status"] == "failed", final
+        assert "could not store the result" in final["error"] and "No space left" in final["error"], final["error"]
+        code, _ = await download(session, base, task_id)
+        assert code == 409
+    node = gw.app[GATEWAY].registry.get(server_id)
+    assert node is not None and node.healthy and node.failures == 0, "the node was blamed for the gateway's disk"
+
+    form_photo = noise_photo(4)
+    form = aiohttp.FormData()
+    form.add_field("file", form_photo, filename="big.png", content_type="image/png")
+    async with session.post(base + "/api/v1/enhance", data=form) as resp:
+        body = await resp.json()
+        assert resp.status == 503 and "storage is full" in body["error"] and resp.headers["Retry-After"], body
+    # What was accepted is intact: the finished result, and the failed tasks' inputs.
+    code, result = await download(session, base, early_id)
+    assert code == 200 and digest(result) == digest(early)
+    inputs = small_disk.root / "data" / "blobs" / "inputs"
+    for task_id, photo in big.items():
+        assert digest((inputs / task_id).read_bytes()) == digest(photo)
+    assert not list((small_disk.root / "data" / "blobs").rglob("*.part"))
+
+    small_disk.free()
+    await control(session, port, delay=0)
+    task_id = await submit(session, base, form_photo)
+    assert (await wait_finished(session, base, [task_id], 15))[task_id]["status"] == "completed"
+    code, result = await download(session, base, task_id)
+    assert code == 200 and digest(result) == digest(form_photo)
+    assert (await status(session, base, early_id))["status"] == "completed"

@@ -1,0 +1,205 @@
+"""Node faults with real node processes: killed, stopped (hanging), 500s, corrupt results,
+flapping, changing IP. Every test ends with each task completed (or failed with a reason)
+and every downloaded result byte-identical to the photo its task was given."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from faults_support import (
+    Procs, control, digest, download, eventually, fault_node_argv, free_port, node_stats, register, servers,
+    sim_node_argv, status, submit, unique_photo, wait_answers, wait_finished,
+)
+from photogate.keys import GATEWAY
+from support import wait_until
+
+FAST = {"health_check.interval": 0.1, "health_check.timeout": 0.5, "dispatch.timeout": 10.0}
+
+
+def base_url(gw: Any) -> str:
+    return str(gw.client.make_url("")).rstrip("/")
+
+
+async def _start_sim_nodes(procs: Procs, gw: Any, tmp_path: Path, count: int, speed: float,
+                           ip: str = "127.0.0.1") -> dict[str, int]:
+    """Start ``count`` simulated nodes that register themselves; answer {server_id: port}."""
+    ports = [free_port() for _ in range(count)]
+    for i, port in enumerate(ports):
+        procs.start(f"node{i}", sim_node_argv(port, base_url(gw), tmp_path / f"state{i}", speed=speed, ip=ip))
+    registry = gw.app[GATEWAY].registry
+    await wait_until(lambda: len([s for s in registry.all() if s.healthy]) == count, 30, f"{count} nodes to register")
+    return {s.server_id: s.record.port for s in registry.all()}
+
+
+def _check_content(finals: dict[str, dict[str, Any]], sent: dict[str, bytes]) -> None:
+    assert {f["status"] for f in finals.values()} == {"completed"}, finals
+
+
+async def _check_downloads(session: Any, base: str, sent: dict[str, bytes]) -> None:
+    for task_id, photo in sent.items():
+        code, body = await download(session, base, task_id)
+        assert code == 200 and digest(body) == digest(photo), f"task {task_id}: wrong or missing result"
+
+
+async def test_node_sigkilled_mid_inference(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw = await make_gateway(**FAST)
+    base = base_url(gw)
+    # 40x30 px = 0.0012 MP at 0.003 MP/s: 0.4 s a job.
+    by_id = await _start_sim_nodes(procs, gw, tmp_path, 2, speed=0.003)
+    sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(8)}
+    victim_id: dict[str, str] = {}
+
+    async def one_processing() -> bool:
+        for task_id in sent:
+            body = await status(session, base, task_id)
+            if body["status"] == "processing" and body["server_id"]:
+                victim_id["server"], victim_id["task"] = body["server_id"], task_id
+                return True
+        return False
+
+    await wait_until(one_processing, 10, "a task to be processing")
+    port = by_id[victim_id["server"]]
+    name = next(n for n, argv in procs.argv.items() if str(port) in argv)
+    procs.kill(name)  # SIGKILL mid-inference
+
+    finals = await wait_finished(session, base, list(sent), 30)
+    _check_content(finals, sent)
+    await _check_downloads(session, base, sent)
+    assert finals[victim_id["task"]]["attempts"] >= 2, "the killed node's task was not run again"
+
+    async def victim_down() -> bool:
+        node = next(s for s in await servers(session, base) if s["server_id"] == victim_id["server"])
+        return node["status"] == "unhealthy" and bool(node["last_error"])
+
+    await eventually(victim_down, 10, "the killed node to be shown unhealthy with its last error")
+    # It comes back on its own: same id (its node key), healthy, taking work again.
+    procs.restart(name)
+
+    async def victim_back() -> bool:
+        listed = await servers(session, base)
+        return len(listed) == 2 and all(s["status"] == "healthy" for s in listed)
+
+    await eventually(victim_back, 20, "the restarted node to be healthy under its old id")
+    more = {await submit(session, base, unique_photo(100 + i)): unique_photo(100 + i) for i in range(4)}
+    _check_content(await wait_finished(session, base, list(more), 20), more)
+
+
+async def test_stopped_node_hits_the_per_job_timeout(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw = await make_gateway(**{**FAST, "dispatch.timeout": 1.5, "health_check.timeout": 0.3})
+    base = base_url(gw)
+    by_id = await _start_sim_nodes(procs, gw, tmp_path, 2, speed=0.004)
+    sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(6)}
+    seen: dict[str, str] = {}
+
+    async def on_first() -> bool:
+        for task_id in sent:
+            body = await status(session, base, task_id)
+            if body["status"] == "processing" and body["server_id"] == "GPU-001":
+                seen["task"] = task_id
+                return True
+        return False
+
+    await wait_until(on_first, 10, "a task processing on GPU-001")
+    name = next(n for n, argv in procs.argv.items() if str(by_id["GPU-001"]) in argv)
+    procs.signal(name, signal.SIGSTOP)  # the kernel still accepts connections; nothing answers
+    try:
+        finals = await wait_finished(session, base, list(sent), 30)
+        _check_content(finals, sent)
+        await _check_downloads(session, base, sent)
+        assert finals[seen["task"]]["server_id"] == "GPU-002" and finals[seen["task"]]["attempts"] >= 2
+
+        async def shown_down() -> bool:
+            node = (await servers(session, base))[0]
+            return node["status"] == "unhealthy" and bool(node["last_error"])
+
+        await eventually(shown_down, 10, "the stopped node to be unhealthy")
+    finally:
+        procs.signal(name, signal.SIGCONT)
+
+    async def back() -> bool:
+        return (await servers(session, base))[0]["status"] == "healthy"
+
+    await eventually(back, 10, "the node to come back once it answers again")
+
+
+async def test_500s_and_corrupt_results_retried_elsewhere(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw = await make_gateway(**{**FAST, "dispatch.max_attempts": 4})
+    base = base_url(gw)
+    ports = {mode: free_port() for mode in ("error500", "garbage", "truncated", "ok")}
+    for mode, port in ports.items():
+        procs.start(mode, fault_node_argv(port, mode))
+    for mode, port in ports.items():
+        await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
+        await register(session, base, port)
+    sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(12)}
+    finals = await wait_finished(session, base, list(sent), 30)
+    _check_content(finals, sent)
+    await _check_downloads(session, base, sent)
+    assert {f["server_id"] for f in finals.values()} == {"GPU-004"}
+    for mode in ("error500", "garbage", "truncated"):
+        assert (await node_stats(session, ports[mode]))["answers"].get(mode, 0) >= 1, f"no job reached {mode}"
+
+    # With no good node left, a task fails with a reason; no corrupt result is ever served.
+    await control(session, ports["ok"], mode="truncated")
+    task_id = await submit(session, base, unique_photo(999))
+    final = (await wait_finished(session, base, [task_id], 20))[task_id]
+    assert final["status"] == "failed"
+    assert "after 4 attempts" in final["error"] and ("unreadable image" in final["error"] or "HTTP 500" in final["error"])
+    code, body = await download(session, base, task_id)
+    assert code == 409 and b"failed" in body
+    results = Path(gw.app[GATEWAY].config.data_path) / "blobs" / "results"
+    assert not list(results.glob(task_id + "*")), "a corrupt result was kept"
+
+
+async def test_flapping_node_loses_nothing(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw = await make_gateway(**{**FAST, "health_check.failure_threshold": 1, "health_check.interval": 0.05})
+    base = base_url(gw)
+    flap, steady = free_port(), free_port()
+    procs.start("flap", fault_node_argv(flap, "flap", delay=0.05, period=0.4))
+    procs.start("steady", fault_node_argv(steady, "ok", delay=0.05))
+    for port in (flap, steady):
+        await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
+    flap_id = await register(session, base, flap)
+    await register(session, base, steady)
+    registry = gw.app[GATEWAY].registry
+    states: set[bool] = set()
+    sent: dict[str, bytes] = {}
+    for i in range(30):
+        sent[await submit(session, base, unique_photo(i))] = unique_photo(i)
+        states.add(registry.get(flap_id).healthy)  # type: ignore[union-attr]
+
+    async def seen_both() -> bool:
+        states.add(registry.get(flap_id).healthy)  # type: ignore[union-attr]
+        return states == {True, False}
+
+    await wait_until(seen_both, 10, "the flapping node to be seen up and down")
+    finals = await wait_finished(session, base, list(sent), 30)
+    _check_content(finals, sent)
+    await _check_downloads(session, base, sent)
+    assert (await node_stats(session, flap))["jobs"] >= 1, "the flapping node never got work while up"
+
+
+async def test_node_changes_ip_while_jobs_run(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gw = await make_gateway(**FAST)
+    base = base_url(gw)
+    port = free_port()
+    state = tmp_path / "node-state"
+    procs.start("node", sim_node_argv(port, base, state, speed=0.004, ip="127.0.0.2"))
+    registry = gw.app[GATEWAY].registry
+    await wait_until(lambda: [s.healthy for s in registry.all()] == [True], 20, "the node to register")
+    sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(8)}
+
+    async def some_done() -> bool:
+        return any([(await status(session, base, t))["status"] == "completed" for t in sent])
+
+    await wait_until(some_done, 15, "a first task to complete")
+    # The node comes back on another address (a new DHCP lease): same key, same port.
+    procs.restart("node", sim_node_argv(port, base, state, speed=0.004, ip="127.0.0.3"))
+    await wait_until(lambda: [s.record.ip for s in registry.all()] == ["127.0.0.3"], 20, "the address to change")
+    finals = await wait_finished(session, base, list(sent), 30)
+    _check_content(finals, sent)
+    await _check_downloads(session, base, sent)
+    listed = await servers(session, base)
+    assert [(s["server_id"], s["ip"]) for s in listed] == [("GPU-001", "127.0.0.3")]
