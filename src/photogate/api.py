@@ -242,6 +242,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             "Content-Type": task.result_mime,
             "Content-Disposition": f'attachment; filename="{filename}"',
             "Cache-Control": "private, max-age=3600",
+            "X-Content-Type-Options": "nosniff",  # an image, never a page, whatever its bytes hold
         },
     )
 
