@@ -15,6 +15,7 @@ from .keys import GATEWAY
 from .logsetup import request_id_middleware
 from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
 from .metrics import setup_metrics
+from .ui import setup_ui
 from .service import Gateway
 from .wechat import setup_wechat
 
@@ -39,6 +40,7 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     app.add_routes(admin_api.routes)
     setup_wechat(app, gateway)  # /api/wechat/ and its access policy, when wechat.appid is set
     setup_metrics(app, gateway.metrics)  # GET /metrics; counts requests by route and status
+    setup_ui(app)  # / (try-it page), /dashboard (admin), /static/
     _setup_cors(app, config)
     return app
 

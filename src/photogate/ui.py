@@ -1,0 +1,301 @@
+"""The web pages: the public try-it page (``/``) and the admin fleet dashboard (``/dashboard``).
+
+Static HTML/JS/CSS ship in ``photogate/web`` (no build step, nothing from a CDN). The
+dashboard needs the admin token: ``Authorization: Bearer`` (scripts, curl) or the login
+form, which sets an HttpOnly, SameSite=Strict cookie holding a signed expiry, never the
+token itself (and the token never travels in a URL). The page follows the fleet by
+Server-Sent Events (``/dashboard/events``); its actions (drain, strategy, multi-backend)
+are POSTs that also need a custom header, which no cross-site form can send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import html
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .balancing import StrategyError, known_names
+from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .keys import GATEWAY
+from .models import TaskStatus
+from .netutil import bearer, client_ip, same_secret
+from .service import Gateway, audit
+
+WEB_DIR = Path(__file__).with_name("web")
+COOKIE = "photogate_dashboard"
+#: Dashboard POSTs must carry this header: a cross-site form cannot, and a cross-site
+#: fetch would need a CORS preflight that the gateway never grants for /dashboard.
+ACTION_HEADER = "X-Photogate-Dashboard"
+RECENT_TASKS = 20
+CLOSING = web.AppKey("photogate.ui.closing", asyncio.Event)
+
+#: The pages load only their own scripts and styles; results and previews are blob:/same-origin.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+routes = web.RouteTableDef()
+
+
+# -- sessions: "<expiry>.<nonce>.<hmac>", keyed by the admin token ------------------------------
+# Stateless, so it works across several gateways that share the token, and every session
+# ends when the token is changed.
+
+
+def _session_key(token: str) -> bytes:
+    return hashlib.sha256(b"photogate dashboard session\0" + token.encode()).digest()
+
+
+def make_session(token: str, hours: float, now: float | None = None) -> str:
+    expiry = int((now or time.time()) + hours * 3600)
+    body = f"{expiry}.{secrets.token_hex(8)}"
+    mac = hmac.new(_session_key(token), body.encode(), hashlib.sha256).hexdigest()
+    return f"{body}.{mac}"
+
+
+def session_valid(value: str | None, token: str, now: float | None = None) -> bool:
+    if not value or not token or value.count(".") != 2:
+        return False
+    expiry, nonce, mac = value.split(".")
+    good = hmac.new(_session_key(token), f"{expiry}.{nonce}".encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mac.encode(), good.encode()):
+        return False
+    return expiry.isdigit() and int(expiry) > (now or time.time())
+
+
+def _authorized(request: web.Request) -> bool:
+    token = request.app[GATEWAY].config.admin.token
+    if not token:
+        return False
+    given = bearer(request)
+    if given is not None:
+        return same_secret(given, token)
+    return session_valid(request.cookies.get(COOKIE), token)
+
+
+def _require(request: web.Request) -> str:
+    """The dashboard's JSON endpoints: admin token or session; returns the caller's address."""
+    gw = request.app[GATEWAY]
+    ip = client_ip(request, gw.config.server.trusted_proxies)
+    if not gw.config.admin.token:
+        raise Forbidden("the dashboard is disabled: set admin.token or PHOTOGATE_ADMIN_TOKEN")
+    if not _authorized(request):
+        raise Unauthorized("log in at /dashboard, or send Authorization: Bearer <admin token>",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return ip
+
+
+def _require_action(request: web.Request) -> str:
+    ip = _require(request)
+    if request.headers.get(ACTION_HEADER) != "1":
+        raise Forbidden(f"dashboard actions need the {ACTION_HEADER}: 1 header")
+    origin = request.headers.get("Origin")
+    if origin and origin != f"{request.scheme}://{request.host}":
+        raise Forbidden("cross-origin dashboard action refused")
+    return ip
+
+
+# -- pages ------------------------------------------------------------------------------------
+
+
+def _page(name: str, *, status: int = 200, replace: dict[str, str] | None = None) -> web.Response:
+    text = (WEB_DIR / name).read_text(encoding="utf-8")
+    for key, value in (replace or {}).items():
+        text = text.replace(key, value)
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8",
+                        headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
+
+
+@routes.get("/")
+async def try_it(request: web.Request) -> web.Response:
+    if not request.app[GATEWAY].config.ui.try_it:
+        raise NotFound("the try-it page is disabled on this gateway (ui.try_it: false)")
+    return _page("try-it.html", replace={"{{version}}": __version__})
+
+
+def _login_page(message: str = "", status: int = 401) -> web.Response:
+    note = f'<p class="error" role="alert">{html.escape(message)}</p>' if message else ""
+    return _page("login.html", status=status, replace={"<!--message-->": note})
+
+
+@routes.get("/dashboard")
+async def dashboard(request: web.Request) -> web.Response:
+    if not request.app[GATEWAY].config.admin.token:
+        return _login_page("The dashboard is disabled: set admin.token (or PHOTOGATE_ADMIN_TOKEN).", 403)
+    if not _authorized(request):
+        return _login_page()
+    return _page("dashboard.html", replace={"{{version}}": __version__})
+
+
+@routes.post("/dashboard/login")
+async def login(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    ip = client_ip(request, gw.config.server.trusted_proxies)
+    if not gw.config.admin.token:
+        return _login_page("The dashboard is disabled: set admin.token (or PHOTOGATE_ADMIN_TOKEN).", 403)
+    form = await request.post()
+    given = form.get("token")
+    if not isinstance(given, str) or not same_secret(given.strip(), gw.config.admin.token):
+        audit("dashboard_login_refused", who="anonymous", ip=ip)
+        return _login_page("Wrong admin token.", 403)
+    audit("dashboard_login", who="admin", ip=ip)
+    resp = web.Response(status=303, headers={"Location": "/dashboard"})
+    resp.set_cookie(COOKIE, make_session(gw.config.admin.token, gw.config.ui.session_hours),
+                    max_age=int(gw.config.ui.session_hours * 3600), path="/dashboard", httponly=True,
+                    samesite="Strict", secure=request.secure)
+    return resp
+
+
+@routes.post("/dashboard/logout")
+async def logout(request: web.Request) -> web.Response:
+    resp = web.Response(status=303, headers={"Location": "/dashboard"})
+    resp.del_cookie(COOKIE, path="/dashboard")
+    return resp
+
+
+# -- live state ------------------------------------------------------------------------------
+
+
+def _seconds(start: float | None, end: float | None) -> float | None:
+    return round(end - start, 3) if start is not None and end is not None else None
+
+
+async def snapshot(gw: Gateway) -> dict[str, Any]:
+    """What the dashboard shows: the fleet, the queue and the most recent tasks."""
+    fleet_mps, node_mps = gw.metrics.throughput.rates()
+    nodes = []
+    for s in gw.registry.all():
+        public = s.public()
+        reported = s.health.get("throughput")
+        nodes.append({
+            key: public[key] for key in (
+                "server_id", "address", "status", "healthy", "draining", "busy", "slots", "weight",
+                "consecutive_failures", "last_check", "last_error", "completed", "failed")
+        } | {
+            "mps": round(node_mps.get(s.server_id, 0.0), 4),
+            "reported_mps": reported if isinstance(reported, (int, float)) and not isinstance(reported, bool) else None,
+            "model": s.health.get("model") or s.record.info.get("model"),
+            "provider": s.health.get("provider") or s.record.info.get("provider"),
+        })
+    recent = await gw.store.list_tasks(list(TaskStatus), RECENT_TASKS, newest_first=True)
+    return {
+        "time": time.time(),
+        "version": __version__,
+        "strategy": gw.strategy_name,
+        "strategies": known_names(),
+        "multi_backend": gw.multi_backend,
+        "queue_depth": gw.dispatcher.queued,
+        "in_flight": gw.dispatcher.in_flight,
+        "throughput_mps": round(fleet_mps, 4),
+        "summary": gw.registry.summary(),
+        "nodes": nodes,
+        "tasks": [{
+            "task_id": t.task_id, "status": t.status.value, "server_id": t.server_id, "attempts": t.attempts,
+            "width": t.width, "height": t.height, "created_at": t.created_at, "error": t.error,
+            "queued_s": _seconds(t.created_at, t.started_at), "processing_s": _seconds(t.started_at, t.finished_at),
+            "total_s": _seconds(t.created_at, t.finished_at),
+        } for t in recent],
+    }
+
+
+@routes.get("/dashboard/state")
+async def state(request: web.Request) -> web.Response:
+    _require(request)
+    return web.json_response(await snapshot(request.app[GATEWAY]), headers={"Cache-Control": "no-store"})
+
+
+@routes.get("/dashboard/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: one ``state`` event now and every ``ui.refresh`` seconds."""
+    _require(request)
+    gw = request.app[GATEWAY]
+    closing = request.app[CLOSING]
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        await resp.write(f"retry: {int(gw.config.ui.refresh * 1000)}\n\n".encode())
+        while not closing.is_set() and _authorized(request):  # a session that expires ends the stream
+            data = json.dumps(await snapshot(gw), separators=(",", ":"))
+            await resp.write(f"event: state\ndata: {data}\n\n".encode())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(closing.wait(), gw.config.ui.refresh)
+    return resp
+
+
+# -- actions (each audited) ---------------------------------------------------------------------
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.content.read(16 * 1024) or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object")
+    return body
+
+
+@routes.post("/dashboard/api/nodes/{server_id}/{action:drain|undrain}")
+async def drain(request: web.Request) -> web.Response:
+    ip = _require_action(request)
+    gw = request.app[GATEWAY]
+    sid, action = request.match_info["server_id"], request.match_info["action"]
+    node = gw.registry.get(sid)
+    if node is None:
+        raise NotFound(f"no server {sid[:32]}")
+    await gw.registry.set_draining(node.server_id, action == "drain")
+    audit(f"node_{action}ed", who="admin", ip=ip, server_id=node.server_id, via="dashboard")
+    return web.json_response({"success": True, "server": node.public()})
+
+
+@routes.post("/dashboard/api/strategy")
+async def strategy(request: web.Request) -> web.Response:
+    ip = _require_action(request)
+    name = (await _json(request)).get("strategy")
+    if not isinstance(name, str) or not name:
+        raise BadRequest('expected {"strategy": "least_busy"}')
+    try:
+        request.app[GATEWAY].set_strategy(name, {}, who="admin", ip=ip)
+    except StrategyError as exc:
+        raise BadRequest(str(exc)) from None
+    return web.json_response({"success": True, "strategy": name})
+
+
+@routes.post("/dashboard/api/multi-backend")
+async def multi_backend(request: web.Request) -> web.Response:
+    ip = _require_action(request)
+    enabled = (await _json(request)).get("enabled")
+    if not isinstance(enabled, bool):
+        raise BadRequest('expected {"enabled": true} or {"enabled": false}')
+    request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
+    return web.json_response({"success": True, "multi_backend": enabled})
+
+
+def setup_ui(app: web.Application) -> None:
+    """The pages, their static files, and the signal that ends open event streams at shutdown."""
+    closing = asyncio.Event()
+    app[CLOSING] = closing
+
+    async def close_streams(_app: web.Application) -> None:
+        closing.set()
+
+    app.on_shutdown.append(close_streams)
+    app.add_routes(routes)
+    app.router.add_static("/static/", WEB_DIR / "static", name="static", append_version=False)
