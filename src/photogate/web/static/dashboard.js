@@ -64,7 +64,8 @@
     body.replaceChildren();
     $("no-nodes").hidden = s.nodes.length > 0;
     for (const n of s.nodes) {
-      const mps = n.mps > 0 ? fmtMps(n.mps) : fmtMps(n.reported_mps);
+      // The node's own speed when it reports one (MP/s per slot), else what it completed lately.
+      const mps = fmtMps(n.reported_mps != null ? n.reported_mps : n.mps);
       const button = n.draining
         ? el("button", { class: "secondary", type: "button", textContent: "Undrain" })
         : el("button", { class: "secondary", type: "button", textContent: "Drain" });
@@ -83,7 +84,7 @@
         el("td", {}, n.address),
         el("td", { title: n.last_error || "" }, el("span", { class: "pill " + n.status }, n.status)),
         el("td", {}, n.busy + " / " + n.slots),
-        el("td", { title: "measured over the last minute; node-reported: " + fmtMps(n.reported_mps) }, mps),
+        el("td", { title: "completed over the last minute: " + fmtMps(n.mps) + " MP/s" }, mps),
         el("td", {}, ago(n.last_check, s.time)),
         el("td", { class: n.consecutive_failures ? "err" : "" }, String(n.consecutive_failures)),
         el("td", {}, n.completed + " / " + n.failed),
@@ -122,7 +123,8 @@
       if (!s.strategies.includes(s.strategy)) select.append(el("option", { value: s.strategy, textContent: s.strategy }));
       select.value = s.strategy;
     }
-    $("multi").textContent = s.multi_backend ? "On — turn off" : "Off — turn on";
+    $("multi-state").textContent = s.multi_backend ? "On" : "Off";
+    $("multi").textContent = s.multi_backend ? "Turn off" : "Turn on";
     renderNodes(s);
     renderTasks(s);
   }
