@@ -10,7 +10,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from . import views
+from . import metrics, views
 from .config import NodeConfig
 from .inference import Engine
 from .keys import CONFIG, ENGINE, HTTP, IP_SOURCE, REGISTRAR, REGISTRATION_TASK
@@ -113,4 +113,5 @@ def create_app(config: NodeConfig, *, models: list[SRModel] | None = None,
     app.router.add_post("/v1/enhance", views.enhance)
     app.router.add_get("/health", views.health)
     app.router.add_get("/info", views.info)
+    metrics.setup(app)  # GET /metrics
     return app
