@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -129,8 +134,6 @@ async def test_alert_rules_are_well_formed_and_use_exposed_metrics(gateway: Gate
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"]]
     assert {a["alert"] for a in alerts} >= {"PhotogateNoHealthyNode", "PhotogateQueueGrowing", "PhotogateNodeDown"}
-    import re
-
     for rule in alerts:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}, rule
         assert rule["labels"]["severity"] in {"critical", "warning"}
@@ -143,9 +146,6 @@ async def test_alert_rules_are_well_formed_and_use_exposed_metrics(gateway: Gate
 
 
 def test_grafana_dashboard_uses_exposed_metric_names() -> None:
-    import json
-    import re
-
     board = json.loads((REPO / "deploy" / "grafana" / "photogate-dashboard.json").read_text())
     exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
     assert exprs
@@ -169,15 +169,10 @@ async def test_webhook_secret_not_in_metrics(gateway: Gateway) -> None:
 
 
 def test_alert_rules_pass_promtool() -> None:
-    import shutil
-    import subprocess
-
-    import pytest
-
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian: apt-get install prometheus); the YAML test above still checks the rules")
     done = subprocess.run([promtool, "check", "rules", str(REPO / "deploy" / "prometheus" / "alerts.yml")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 3 rules found" in done.stdout

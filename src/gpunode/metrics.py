@@ -51,7 +51,7 @@ class NodeMetrics:
         try:
             with Image.open(io.BytesIO(body)) as im:  # the header only: no decode
                 width, height = im.size
-        except Exception:
+        except (OSError, ValueError, Image.DecompressionBombError):
             return
         self.megapixels.inc(width * height / 1e6)
         tiles = count_tiles(request.app.get(ENGINE), width, height, request.query.get("scale"))
@@ -114,7 +114,7 @@ def _gpu_memory() -> Iterator[Metric]:
         return
     try:
         pynvml.nvmlInit()
-    except Exception:
+    except pynvml.NVMLError:  # no driver, no GPU visible
         return
     used = GaugeMetricFamily("gpunode_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=["gpu"])
     total = GaugeMetricFamily("gpunode_gpu_memory_total_bytes", "GPU memory (NVML)", labels=["gpu"])
@@ -123,7 +123,7 @@ def _gpu_memory() -> Iterator[Metric]:
             mem = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
             used.add_metric([str(i)], mem.used)
             total.add_metric([str(i)], mem.total)
-    except Exception:
+    except pynvml.NVMLError:
         return
     finally:
         pynvml.nvmlShutdown()

@@ -51,7 +51,7 @@ def test_count_tiles_matches_the_tiler(sr_model) -> None:  # type: ignore[no-unt
         model = sr_model
 
     for size, scale in (((150, 70), None), ((40, 30), None), ((50, 40), "4")):
-        ran = []
+        ran: list[int] = []
         tiling.enhance_rgb(sr_model, photo().resize(size), float(scale or 2), tile=64, overlap=16,
-                           on_tile=lambda: ran.append(1))
+                           on_tile=lambda ran=ran: ran.append(1))
         assert count_tiles(Engine(), *size, scale) == len(ran), size
