@@ -169,10 +169,14 @@ async def test_webhook_secret_not_in_metrics(gateway: Gateway) -> None:
 
 
 def test_alert_rules_pass_promtool() -> None:
+    """Where Debian's promtool is installed: the rules load, their unit tests pass, the example config is valid."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed (Debian: apt-get install prometheus); the YAML test above still checks the rules")
-    done = subprocess.run([promtool, "check", "rules", str(REPO / "deploy" / "prometheus" / "alerts.yml")],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 3 rules found" in done.stdout
+    folder = REPO / "deploy" / "prometheus"
+    for args, expected in ((["check", "rules", "alerts.yml"], "SUCCESS: 3 rules found"),
+                           (["test", "rules", "alerts_test.yml"], "SUCCESS"),
+                           (["check", "config", "prometheus.yml"], "is valid prometheus config file syntax")):
+        done = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60, check=False, cwd=folder)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert expected in done.stdout + done.stderr, done.stdout + done.stderr
