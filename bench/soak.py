@@ -69,7 +69,8 @@ def reason(error: str | None) -> str:
     for key, name in (("timed out", "node timed out"), ("http 500", "node error 500"),
                       ("unreadable image", "corrupt result"), ("not an image", "corrupt result"),
                       ("could not store", "gateway storage"), ("cannot reach", "node unreachable"),
-                      ("could not process", "rejected by node")):
+                      ("could not process", "rejected by node"),
+                      ("credential", "node refused its token (restarting)")):
         if key in text:
             return name
     return re.sub(r"[0-9a-f]{32}", "<id>", text)[:60] or "no reason given"

@@ -46,9 +46,9 @@ async def _check_downloads(session: Any, base: str, sent: dict[str, bytes]) -> N
 async def test_node_sigkilled_mid_inference(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(**FAST)
     base = base_url(gw)
-    # 40x30 px = 0.0012 MP at 0.003 MP/s: 0.4 s a job.
-    by_id = await _start_sim_nodes(procs, gw, tmp_path, 2, speed=0.003)
-    sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(8)}
+    # 40x30 px = 0.0012 MP at 0.0015 MP/s: 0.8 s a job, long enough to be killed in.
+    by_id = await _start_sim_nodes(procs, gw, tmp_path, 2, speed=0.0015)
+    sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(6)}
     victim_id: dict[str, str] = {}
 
     async def one_processing() -> bool:
@@ -89,7 +89,7 @@ async def test_node_sigkilled_mid_inference(make_gateway, procs: Procs, session,
 async def test_stopped_node_hits_the_per_job_timeout(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(**{**FAST, "dispatch.timeout": 1.5, "health_check.timeout": 0.3})
     base = base_url(gw)
-    by_id = await _start_sim_nodes(procs, gw, tmp_path, 2, speed=0.004)
+    by_id = await _start_sim_nodes(procs, gw, tmp_path, 2, speed=0.0015)  # 0.8 s a job
     sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(6)}
     seen: dict[str, str] = {}
 
