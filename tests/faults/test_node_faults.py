@@ -4,6 +4,7 @@ and every downloaded result byte-identical to the photo its task was given."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,25 @@ async def test_node_changes_ip_while_jobs_run(make_gateway, procs: Procs, sessio
     await _check_downloads(session, base, sent)
     listed = await servers(session, base)
     assert [(s["server_id"], s["ip"]) for s in listed] == [("GPU-001", "127.0.0.3")]
+
+
+async def test_node_that_accepts_and_never_answers(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Its health still answers, its jobs never do: each job is cut at dispatch.timeout."""
+    gw = await make_gateway(**{**FAST, "dispatch.timeout": 1.0})
+    base = base_url(gw)
+    hang, good = free_port(), free_port()
+    procs.start("hang", fault_node_argv(hang, "hang"))
+    procs.start("good", fault_node_argv(good, "ok"))
+    for port in (hang, good):
+        await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
+    await register(session, base, hang)
+    await register(session, base, good)
+    started = asyncio.get_running_loop().time()
+    sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(4)}
+    finals = await wait_finished(session, base, list(sent), 20)
+    _check_content(finals, sent)
+    await _check_downloads(session, base, sent)
+    assert {f["server_id"] for f in finals.values()} == {"GPU-002"}
+    assert any(f["attempts"] == 2 for f in finals.values()), "no job was sent to the hanging node"
+    assert (await node_stats(session, hang))["answers"].get("hang", 0) >= 1
+    assert asyncio.get_running_loop().time() - started < 8, "a hanging node held tasks past the per-job timeout"
