@@ -18,6 +18,7 @@ import time
 import zlib
 from typing import Any
 
+import aiohttp
 import pytest
 import structlog
 from aiohttp import FormData
@@ -251,6 +252,32 @@ async def test_slow_loris_upload_bounded_by_read_timeouts(make_gateway, nodes) -
     # The gateway still serves everyone else.
     task_id = await gw.submit()
     assert (await gw.wait_done(task_id))["status"] == "completed"
+
+
+async def test_slow_loris_headers_bounded_in_the_gateway_process(gateway_process) -> None:  # type: ignore[no-untyped-def]
+    """The request line, then one header a second, never the blank line: cut at read_timeout."""
+    gw = gateway_process("limits:\n  read_timeout: 1\n")
+    gw.start()
+    async with aiohttp.ClientSession() as session:
+        await gw.wait_ready(session)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    start = time.monotonic()
+
+    async def drip() -> None:
+        writer.write(b"POST /api/v1/enhance HTTP/1.1\r\n")
+        for i in range(30):
+            writer.write(b"X-Slow-%d: x\r\n" % i)
+            await writer.drain()
+            await asyncio.sleep(0.3)
+
+    dripping = asyncio.create_task(drip())
+    try:
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the gateway
+    finally:
+        dripping.cancel()
+        await asyncio.gather(dripping, return_exceptions=True)
+        writer.close()
+    assert time.monotonic() - start < 3
 
 
 # -- task ids ---------------------------------------------------------------------------------

@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         web.run_app(
             app, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
             print=None, access_log=None, handle_signals=True, loop=_new_loop(),
+            # Also bounds a client still sending its request headers (slow-loris), and idle keep-alives.
+            keepalive_timeout=config.limits.read_timeout,
         )
     except sqlite3.DatabaseError as exc:
         # A damaged database file: say which, and what to do (README, Operations), not a traceback.
