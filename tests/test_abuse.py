@@ -456,3 +456,42 @@ async def test_wechat_json_bodies_never_a_500(aiohttp_client, tmp_path) -> None:
         text = await resp.text()
         assert resp.status < 500 or resp.status in (502, 503), (path, body[:100], resp.status, text[:200])
         assert "Traceback" not in text and isinstance(json.loads(text).get("error"), str)
+
+
+# -- the limiter and its configuration, without a server ---------------------------------------
+
+
+def test_token_bucket_refills_at_its_rate_and_says_how_long_to_wait() -> None:
+    from photogate.ratelimit import MAX_CLIENTS, Limiter
+
+    now = [1000.0]
+    limiter = Limiter(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.take("a") == pytest.approx(0.5)  # one token every 0.5 s
+    assert limiter.take("b") == 0.0  # another client, another bucket
+    now[0] += 0.25
+    assert limiter.take("a") == pytest.approx(0.25)
+    now[0] += 0.25
+    assert limiter.take("a") == 0.0 and limiter.peek("a") == pytest.approx(0.5)
+    now[0] += 100
+    assert [limiter.take("a") for _ in range(4)][-1] > 0  # never more than the burst
+    for i in range(MAX_CLIENTS + 10):  # a scan from many addresses: idle buckets are dropped
+        limiter.take(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
+        now[0] += 1
+    assert len(limiter) <= MAX_CLIENTS + 10
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("rate_limit.burst", 0, "rate_limit.burst: must be >= 1"),
+    ("rate_limit.requests_per_second", -1, "rate_limit.requests_per_second: must be > 0"),
+    ("rate_limit.exempt", ["not-a-net"], "rate_limit.exempt[0]: not an IP address or network"),
+    ("webhook.allowed_node_networks", ["10.0.0.0/8", "nope"], "webhook.allowed_node_networks[1]"),
+    ("limits.read_timeout", 0, "limits.read_timeout: must be > 0"),
+    ("limits.max_side", 0, "limits.max_side: must be >= 1"),
+    ("dispatch.retry_backoff", -1, "dispatch.retry_backoff: must be >= 0"),
+])
+def test_bad_abuse_settings_name_their_key(tmp_path, key: str, value: Any, words: str) -> None:  # type: ignore[no-untyped-def]
+    from photogate.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        make_config(tmp_path, **{key: value})
