@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,9 @@ class _Queued:
 
 
 class Dispatcher:
+    #: Seconds before a task whose store update failed (a full disk) is run again.
+    STORE_RETRY_DELAY = 10.0
+
     def __init__(
         self,
         store: SQLiteStore,
@@ -222,6 +226,7 @@ class Dispatcher:
         server_id = state.server_id
         started = time.monotonic()
         ok = False
+        attempts_before = task.attempts
         try:
             task.attempts += 1
             await self.store.update_task(
@@ -262,6 +267,12 @@ class Dispatcher:
                          seconds=round(time.monotonic() - started, 3))
                 self.metrics.task_completed(task, server_id, time.monotonic() - started)
                 self._finished(task.task_id)
+        except sqlite3.Error as exc:
+            # The store itself failed (its disk is full): no node is to blame and the task must
+            # not be left "processing" until a restart; it runs again once the store can write.
+            task.attempts = attempts_before
+            log.error("task_store_failed", task_id=task.task_id, error=str(exc), retry_in=self.STORE_RETRY_DELAY)
+            self.submit(task, item.tried, self.STORE_RETRY_DELAY)
         finally:
             self.registry.release(state)
             hook = getattr(self.strategy, "on_completed", None)

@@ -8,6 +8,7 @@ permission) the blob writer is made to raise ENOSPC, which is what a full disk r
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import io
 import random
@@ -136,3 +137,38 @@ async def test_disk_full_refuses_cleanly_and_resumes(make_gateway, small_disk: S
     code, result = await download(session, base, task_id)
     assert code == 200 and digest(result) == digest(form_photo)
     assert (await status(session, base, early_id))["status"] == "completed"
+
+
+async def test_disk_completely_full_keeps_tasks_until_there_is_room(make_gateway, small_disk: SmallDisk,  # type: ignore[no-untyped-def]
+                                                                    procs: Procs, session,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a byte left: not even the failure can be recorded. Tasks wait, and finish once there is room."""
+    if not small_disk.real:
+        pytest.skip("needs a real full disk: run as root, where a tmpfs can be mounted")
+    from photogate.dispatcher import Dispatcher
+
+    monkeypatch.setattr(Dispatcher, "STORE_RETRY_DELAY", 0.3)
+    gw = await make_gateway(**{"storage.data_dir": str(small_disk.root / "data"), "health_check.interval": 0.1})
+    base = str(gw.client.make_url("")).rstrip("/")
+    port = free_port()
+    procs.start("node", fault_node_argv(port, "ok", delay=1.0))
+    await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
+    server_id = await register(session, base, port)
+    big = {await submit(session, base, noise_photo(i)): noise_photo(i) for i in (5, 6)}
+    small_disk.fill(leave=0)
+
+    deadline = asyncio.get_running_loop().time() + 3
+    while asyncio.get_running_loop().time() < deadline:  # a bounded watch, not a sleep
+        for task_id in big:
+            assert (await status(session, base, task_id))["status"] in ("queued", "processing")
+        await asyncio.sleep(0.1)
+    node = gw.app[GATEWAY].registry.get(server_id)
+    assert node is not None and node.healthy
+
+    small_disk.free()
+    await control(session, port, delay=0)
+    finals = await wait_finished(session, base, list(big), 20)
+    assert {f["status"] for f in finals.values()} == {"completed"}, finals
+    for task_id, photo in big.items():
+        code, result = await download(session, base, task_id)
+        assert code == 200 and digest(result) == digest(photo)
