@@ -44,7 +44,7 @@ import aiohttp
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet import PY, SECRET, free_port, gateway_argv, wait_for  # noqa: E402
+from fleet import PY, SECRET, free_port, gateway_argv, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 FAULTS_NODE = REPO / "tests" / "faults" / "faults_node.py"
@@ -181,7 +181,7 @@ class Soak:
             try:
                 await asyncio.wait_for(self.stop_faults.wait(), self.rng.uniform(0.5, 1.5) * self.args.fault_every)
                 break
-            except asyncio.TimeoutError:
+            except asyncio.TimeoutError:  # noqa: UP041 - not TimeoutError on 3.10
                 pass
             kind = self.rng.choice(kinds)
             since = time.monotonic() - self.last_gateway_kill
@@ -245,7 +245,7 @@ class Soak:
                         self.sent[(await resp.json())["task_id"]] = hashlib.sha256(data).hexdigest()
                         return
                     self.submit_errors[f"HTTP {resp.status}"] += 1
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:  # noqa: UP041
                 self.submit_errors[type(exc).__name__] += 1
             await asyncio.sleep(0.2)
         self.submit_errors["gave up"] += 1
@@ -259,7 +259,7 @@ class Soak:
                     if resp.status != 200:
                         return None
                     count += len((await resp.json())["tasks"])
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError):  # noqa: UP041
             return None
         return count
 

@@ -24,11 +24,11 @@ import structlog
 from aiohttp import FormData
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import ADMIN_TOKEN, SECRET, Gateway, free_port, image_bytes, make_config
 
 from photogate.app import create_app
 from photogate.config import load_config
 from photogate.keys import GATEWAY
-from support import ADMIN_TOKEN, SECRET, Gateway, free_port, image_bytes, make_config
 
 HYPOTHESIS = settings(max_examples=120, deadline=None, derandomize=True,
                       suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -227,7 +227,7 @@ async def _raw_request(host: str, port: int, head: bytes, trickle: list[bytes], 
         finally:
             dripping.cancel()
             await asyncio.gather(dripping, return_exceptions=True)
-        length = int(re.search(rb"Content-Length: (\d+)", answer, re.I).group(1))  # type: ignore[union-attr]
+        length = int(re.search(rb"Content-Length: (\d+)", answer, re.IGNORECASE).group(1))  # type: ignore[union-attr]
         return answer + await asyncio.wait_for(reader.readexactly(length), timeout), time.monotonic() - start
     finally:
         writer.close()

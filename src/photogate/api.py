@@ -15,7 +15,14 @@ from aiohttp import BodyPartReader, web
 
 from . import __version__
 from .access import access_policy
-from .errors import BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, ServiceUnavailable
+from .errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
 from .imagecheck import EXTENSION, probe_image
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
@@ -66,7 +73,7 @@ class _BodyReads:
         left = self.deadline - time.monotonic()
         try:
             return await asyncio.wait_for(read, max(min(self.read_timeout, left), 0.001))
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # noqa: UP041 - not TimeoutError on 3.10
             if left <= self.read_timeout:
                 raise RequestTimeout(f"the upload took longer than {self.total:g} s; send the photo again") from None
             raise RequestTimeout(

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from faults_support import Procs
 
 

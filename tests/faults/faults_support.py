@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 from PIL import Image
-
 from support import SECRET, free_port, wait_until
 
 PY = sys.executable
@@ -163,6 +162,24 @@ async def eventually(check: Any, timeout: float, what: str) -> None:
     await wait_until(ok, timeout, what)
 
 
-__all__ = ["PY", "Procs", "digest", "free_port", "unique_photo", "sim_node_argv", "fault_node_argv", "wait_answers",
-           "register", "control", "node_stats", "submit", "status", "wait_finished", "download", "servers",
-           "eventually", "asyncio", "time"]
+__all__ = [
+    "PY",
+    "Procs",
+    "asyncio",
+    "control",
+    "digest",
+    "download",
+    "eventually",
+    "fault_node_argv",
+    "free_port",
+    "node_stats",
+    "register",
+    "servers",
+    "sim_node_argv",
+    "status",
+    "submit",
+    "time",
+    "unique_photo",
+    "wait_answers",
+    "wait_finished",
+]

@@ -19,12 +19,22 @@ from typing import Any
 
 import aiohttp
 import pytest
+from faults_support import (
+    Procs,
+    control,
+    digest,
+    download,
+    fault_node_argv,
+    free_port,
+    register,
+    status,
+    submit,
+    unique_photo,
+    wait_answers,
+    wait_finished,
+)
 from PIL import Image
 
-from faults_support import (
-    Procs, control, digest, download, fault_node_argv, free_port, register, status, submit, unique_photo,
-    wait_answers, wait_finished,
-)
 from photogate.blobs import BlobWriter
 from photogate.keys import GATEWAY
 
@@ -72,7 +82,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Smal
     disk = SmallDisk(root, monkeypatch)
     try:
         mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)],
-                                 capture_output=True, timeout=10).returncode == 0
+                                 capture_output=True, timeout=10, check=False).returncode == 0
     except OSError:  # no mount(8) here
         mounted = False
     disk.real = mounted
@@ -88,7 +98,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Smal
         monkeypatch.setattr(BlobWriter, "commit", enospc(BlobWriter.commit))
     yield disk
     if mounted:
-        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=10)
+        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=10, check=False)
 
 
 async def test_disk_full_refuses_cleanly_and_resumes(make_gateway, small_disk: SmallDisk, procs: Procs, session) -> None:  # type: ignore[no-untyped-def]

@@ -9,9 +9,17 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
-
 from faults_support import (
-    Procs, digest, download, eventually, free_port, servers, sim_node_argv, status, submit, unique_photo,
+    Procs,
+    digest,
+    download,
+    eventually,
+    free_port,
+    servers,
+    sim_node_argv,
+    status,
+    submit,
+    unique_photo,
     wait_finished,
 )
 from support import wait_until

@@ -10,11 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from faults_support import (
-    Procs, control, digest, download, eventually, fault_node_argv, free_port, node_stats, register, servers,
-    sim_node_argv, status, submit, unique_photo, wait_answers, wait_finished,
+    Procs,
+    control,
+    digest,
+    download,
+    eventually,
+    fault_node_argv,
+    free_port,
+    node_stats,
+    register,
+    servers,
+    sim_node_argv,
+    status,
+    submit,
+    unique_photo,
+    wait_answers,
+    wait_finished,
 )
-from photogate.keys import GATEWAY
 from support import wait_until
+
+from photogate.keys import GATEWAY
 
 FAST = {"health_check.interval": 0.1, "health_check.timeout": 0.5, "dispatch.timeout": 10.0}
 

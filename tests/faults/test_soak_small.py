@@ -17,7 +17,7 @@ async def test_small_soak_loses_nothing() -> None:
     out, _ = await asyncio.wait_for(proc.communicate(), 110)
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
-    figures = {m[0].strip(): m[1].strip() for m in re.findall(r"^\| ([^|]+) \| ([^|]+) \|$", text, re.M)}
+    figures = {m[0].strip(): m[1].strip() for m in re.findall(r"^\| ([^|]+) \| ([^|]+) \|$", text, re.MULTILINE)}
     assert figures["accepted (HTTP 200)"] == "200"
     assert figures["lost (404, or queued/processing at the end)"] == "0"
     assert figures["wrong content"] == "0"
