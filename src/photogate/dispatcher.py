@@ -330,11 +330,13 @@ class Dispatcher:
             await loop.run_in_executor(None, fh.close)
         try:
             # Never call a task completed with a result that is not an image.
-            await loop.run_in_executor(None, probe_image, self.blobs.result_path(task.task_id), self.max_pixels * 64)
+            result_path = self.blobs.result_path(task.task_id)
+            info = await loop.run_in_executor(None, probe_image, result_path, self.max_pixels * 64)
         except Exception as exc:
             await loop.run_in_executor(None, self.blobs.result_path(task.task_id).unlink, True)
             raise NodeFailure(f"node returned an unreadable image: {exc}") from exc
-        return mime, writer.size
+        # The bytes decide the type, not the node's label (a PNG labelled JPEG downloads as .png).
+        return info.mime, writer.size
 
 
 async def _open_for_read(path: Path) -> BinaryIO:

@@ -8,6 +8,7 @@ image itself, any bearer token accepted) and can be switched at runtime with
 - ``error500``: every job answers 500;
 - ``hang``: jobs never answer; health still answers (the worst case);
 - ``garbage``: answers a PNG signature and junk; ``truncated``: the first half of the input;
+- ``mislabel``: the input, labelled ``image/jpeg`` whatever it is;
 - ``down``: health 503 and jobs 500; ``flap``: ``down`` and ``ok`` every ``period`` s.
 
 ``GET /_stats`` answers the jobs done and the modes seen. Loopback only; a test tool.
@@ -21,7 +22,7 @@ import time
 
 from aiohttp import web
 
-MODES = ("ok", "error500", "hang", "garbage", "truncated", "down", "flap")
+MODES = ("ok", "error500", "hang", "garbage", "truncated", "mislabel", "down", "flap")
 
 
 class FaultNode:
@@ -55,6 +56,9 @@ class FaultNode:
         ctype = request.headers.get("Content-Type", "application/octet-stream")
         if mode == "garbage":
             return web.Response(body=b"\x89PNG\r\n\x1a\n" + b"\0junk" * 50, content_type="image/png")
+        if mode == "mislabel":
+            self.jobs += 1
+            return web.Response(body=body, headers={"Content-Type": "image/jpeg"})
         if mode == "truncated":
             return web.Response(body=body[: len(body) // 2], headers={"Content-Type": ctype})
         self.jobs += 1

@@ -241,3 +241,19 @@ async def test_node_that_accepts_and_never_answers(make_gateway, procs: Procs, s
     assert any(f["attempts"] == 2 for f in finals.values()), "no job was sent to the hanging node"
     assert (await node_stats(session, hang))["answers"].get("hang", 0) >= 1
     assert asyncio.get_running_loop().time() - started < 8, "a hanging node held tasks past the per-job timeout"
+
+
+async def test_result_type_comes_from_its_bytes_not_the_nodes_label(make_gateway, procs: Procs, session) -> None:  # type: ignore[no-untyped-def]
+    gw = await make_gateway(**FAST)
+    base = base_url(gw)
+    port = free_port()
+    procs.start("liar", fault_node_argv(port, "mislabel"))
+    await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
+    await register(session, base, port)
+    photo = unique_photo(7)  # a PNG, answered as "image/jpeg"
+    task_id = await submit(session, base, photo)
+    assert (await wait_finished(session, base, [task_id], 15))[task_id]["status"] == "completed"
+    async with session.get(f"{base}/api/v1/download/{task_id}") as resp:
+        assert resp.status == 200 and digest(await resp.read()) == digest(photo)
+        assert resp.headers["Content-Type"] == "image/png"
+        assert resp.headers["Content-Disposition"].endswith('.png"')
