@@ -210,7 +210,7 @@ def proxy_send(url: str) -> Send:
 
 
 async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: Photos, workdir: Path,
-                     time_limit: float, prefetch: int = 1) -> dict[str, float]:
+                     time_limit: float) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     procs = Procs(workdir)
     node_ports = [free_port() for _ in speeds]
@@ -222,7 +222,7 @@ async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: 
                 config = workdir / "gateway.yaml"
                 config.write_text(f"webhook: {{secret: {SECRET}}}\nbalancer: {{strategy: {system}}}\n"
                                   "health_check: {interval: 2, timeout: 2}\nlogging: {level: warning}\n"
-                                  f"limits: {{max_queue: 100000}}\ndispatch: {{prefetch: {prefetch}}}\n")
+                                  "limits: {max_queue: 100000}\n")
                 procs.start("photogate", gateway_argv(config, port, workdir / "data"))
 
                 async def gateway_up() -> bool:
@@ -307,8 +307,7 @@ async def main_async(args: argparse.Namespace) -> int:
             print(fmt_row("reference (offline)", load, ref, None), flush=True)
             limit = jobs[-1].arrival * 3 + 120
             for system in systems:
-                m = await run_system(system, jobs, speeds, photos, Path(tmp) / f"{system}-{load}", limit,
-                                     args.prefetch)
+                m = await run_system(system, jobs, speeds, photos, Path(tmp) / f"{system}-{load}", limit)
                 results[f"{load}"][system] = m
                 name = LABELS.get(system, f"photogate {system}")
                 print(fmt_row(name, load, m, ref), flush=True)
@@ -327,8 +326,6 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=200, help="jobs per run (bounded)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--systems", default=",".join(PHOTOGATE_STRATEGIES + PROXIES))
-    parser.add_argument("--prefetch", type=int, default=1,
-                        help="photogate's dispatch.prefetch (jobs a node may hold beyond its slots)")
     parser.add_argument("--json", help="also write the figures to this file")
     return asyncio.run(main_async(parser.parse_args()))
 

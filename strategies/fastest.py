@@ -9,8 +9,12 @@ when a slow node is idle, and a small one goes to the idle slow node when the fa
 queue is long. While any candidate has neither history nor a reported speed, the choice
 falls back to ``least_busy``.
 
-The strategy sets ``accepts_queued = True``: the dispatcher then also offers nodes that
-are busy but may hold ``dispatch.prefetch`` more jobs, so a transfer overlaps inference.
+It plans ahead (``plans_ahead = True``): the dispatcher offers it every serving node,
+busy ones included, and it may answer ``None`` to hold a job back for a busy node that
+would still finish it first. Nothing is committed to a node's own queue, so a later
+decision can change (late binding); within one placement pass, jobs held for a node are
+counted as work ahead of it (:meth:`begin_pass` resets that), so the head of the queue
+keeps its claim and smaller photos flow to the nodes that are free.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class _Outstanding:
 
 class Fastest:
     name = "fastest"
-    accepts_queued = True
+    plans_ahead = True
 
     def __init__(
         self,
@@ -55,6 +59,8 @@ class Fastest:
         self._last_done: dict[str, float] = {}
         self._slots: dict[str, int] = {}
         self._prior: dict[str, float] = {}
+        #: Megapixels held back for each node during the current placement pass.
+        self._held: dict[str, float] = {}
 
     # -- what the strategy knows ------------------------------------------------------------
 
@@ -70,16 +76,17 @@ class Fastest:
         return None
 
     def backlog_seconds(self, node: NodeView, speed: float, now: float) -> float:
-        """Seconds until the node could start one more job on any slot."""
+        """Seconds until the node could start one more job: what it runs, what it was
+        handed, and what this pass already held back for it."""
         jobs = list(self._outstanding.get(node.server_id, {}).values())
-        if not jobs:
-            return 0.0
         slots = max(node.slots, 1)
-        # The node works through what it holds, min(slots, jobs) at a time, since the
-        # first of them started.
-        started = min(self._started(node.server_id, job) for job in jobs)
-        done = max(now - started, 0.0) * speed * min(slots, len(jobs))
-        work = max(sum(job.megapixels for job in jobs) - done, 0.0)
+        work = self._held.get(node.server_id, 0.0)
+        if jobs:
+            # The node works through what it holds, min(slots, jobs) at a time, since the
+            # first of them started.
+            started = min(self._started(node.server_id, job) for job in jobs)
+            done = max(now - started, 0.0) * speed * min(slots, len(jobs))
+            work += max(sum(job.megapixels for job in jobs) - done, 0.0)
         return work / (speed * slots)
 
     def _started(self, server_id: str, job: _Outstanding) -> float:
@@ -87,6 +94,17 @@ class Fastest:
         if self._slots.get(server_id, 1) == 1:
             return max(job.dispatched_at, self._last_done.get(server_id, job.dispatched_at))
         return job.dispatched_at
+
+    def overdue(self, node: NodeView, now: float) -> bool:
+        """A node whose running work is taking over twice its expected time (plus a second)
+        may be hung or slowed: no job is held back for it until it answers again."""
+        jobs = list(self._outstanding.get(node.server_id, {}).values())
+        speed = self.speed(node)
+        if not jobs or speed is None:
+            return False
+        started = min(self._started(node.server_id, job) for job in jobs)
+        expected = sum(job.megapixels for job in jobs) / (speed * min(max(node.slots, 1), len(jobs)))
+        return now - started > 2 * expected + 1.0
 
     def expected_finish(self, node: NodeView, job: JobView, now: float) -> float | None:
         speed = self.speed(node)
@@ -96,17 +114,30 @@ class Fastest:
 
     # -- the choice -----------------------------------------------------------------------
 
-    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView:
+    def begin_pass(self) -> None:
+        self._held.clear()
+
+    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView | None:
         now = self._clock()
         for node in candidates:
             self._slots[node.server_id] = max(node.slots, 1)
+        free = [n for n in candidates if n.free_slots > 0]
+        candidates = free + [n for n in candidates if n.free_slots <= 0 and not self.overdue(n, now)]
+        if not candidates:
+            return None
         finishes = [(self.expected_finish(node, job, now), node) for node in candidates]
         if any(finish is None for finish, _ in finishes):
-            free = [n for n in candidates if n.free_slots > 0] or list(candidates)
-            return self._fallback.choose(free, job)
+            return self._fallback.choose(free, job) if free else None
         best = min(finish for finish, _ in finishes if finish is not None)
-        # Ties (equal nodes) within a millisecond: pick at random, so equal nodes share work.
-        return self._rng.choice([n for f, n in finishes if f is not None and f - best < 1e-3])
+        # Ties (equal nodes) within a millisecond: prefer a free node, else pick at random.
+        tied = [n for f, n in finishes if f is not None and f - best < 1e-3]
+        ready = [n for n in tied if n.free_slots > 0]
+        if ready:
+            return self._rng.choice(ready)
+        # The best node is busy: hold the job for it, and count it as work ahead of it.
+        target = self._rng.choice(tied)
+        self._held[target.server_id] = self._held.get(target.server_id, 0.0) + job.megapixels
+        return None
 
     def on_dispatched(self, server_id: str, job: JobView) -> None:
         self._outstanding.setdefault(server_id, {})[job.task_id] = _Outstanding(job.megapixels, self._clock())

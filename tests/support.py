@@ -55,9 +55,11 @@ def free_port() -> int:
 class FakeNode:
     """A real aiohttp GPU node speaking the node protocol; its result is a 2x PNG of the input."""
 
-    def __init__(self, *, delay: float = 0.0, slots: int = 1) -> None:
+    def __init__(self, *, delay: float = 0.0, slots: int = 1, throughput: float | None = None) -> None:
         self.delay = delay
         self.slots = slots
+        #: MP/s reported in /health (a prior for the ``fastest`` strategy); None: not reported.
+        self.throughput = throughput
         self.mode = "ok"  # ok | error500 | reject400 | hang | garbage
         self.token: str | None = None
         self.server_id: str | None = None
@@ -86,7 +88,7 @@ class FakeNode:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "busy": self.busy, "queued": 0, "slots": self.slots,
-                                  "model": "fake", "scale": 2, "provider": "none"})
+                                  "model": "fake", "scale": 2, "provider": "none", "throughput": self.throughput})
 
     async def _enhance(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")

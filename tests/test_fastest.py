@@ -49,28 +49,58 @@ def test_large_photo_goes_to_the_fast_node_even_when_a_slow_node_is_idle() -> No
     strategy = Fastest({}, random.Random(1), clock=clock)
     slow, fast = node("GPU-001", throughput=1.0), node("GPU-002", throughput=4.0)
     # The fast node is busy with a 2 MP photo that started now (0.5 s left).
-    strategy.choose([slow, fast], job("busy", 2.0))
+    assert strategy.choose([slow, fast], job("busy", 2.0)).server_id == "GPU-002"
     strategy.on_dispatched("GPU-002", job("busy", 2.0))
     fast_busy = node("GPU-002", inflight=1, throughput=4.0)
     big = job("big", 12.0)
     # Slow: 12 s. Fast: 0.5 s backlog + 3 s.
     assert strategy.expected_finish(slow, big, clock.now) == 12.0
     assert strategy.expected_finish(fast_busy, big, clock.now) == 3.5
-    assert strategy.choose([slow, fast_busy], big).server_id == "GPU-002"
+    strategy.begin_pass()
+    assert strategy.choose([slow, fast_busy], big) is None  # held back for the fast node
+    # While it is held, a small photo may use the idle slow node: 0.5 s there beats
+    # waiting behind the big one (3.5 s + 0.125 s).
+    assert strategy.choose([slow, fast_busy], job("small", 0.5)).server_id == "GPU-001"
+    clock.now += 0.5
+    strategy.on_completed("GPU-002", job("busy", 2.0), 0.5, True)
+    strategy.begin_pass()
+    assert strategy.choose([slow, fast], big).server_id == "GPU-002"
 
 
 def test_small_photo_goes_to_the_idle_slow_node_when_the_fast_queue_is_long() -> None:
     clock = Clock()
     strategy = Fastest({}, random.Random(1), clock=clock)
-    slow, fast = node("GPU-001", throughput=1.0), node("GPU-002", throughput=4.0)
+    slow, fast = node("GPU-001", throughput=1.0), node("GPU-002", throughput=4.0, slots=2)
     strategy.choose([slow, fast], job("x", 1.0))
-    for i in range(2):  # 2 x 8 MP ahead on the fast node: 4 s of work
+    for i in range(4):  # 4 x 8 MP handed to the two-slot fast node: 4 s of work
         strategy.on_dispatched("GPU-002", job(f"q{i}", 8.0))
     small = job("small", 0.5)
-    assert strategy.choose([slow, node("GPU-002", inflight=2, throughput=4.0)], small).server_id == "GPU-001"
-    # Time passes: the fast node's backlog shrinks until it wins again.
+    busy_fast = node("GPU-002", inflight=4, slots=2, throughput=4.0)
+    strategy.begin_pass()
+    assert strategy.choose([slow, busy_fast], small).server_id == "GPU-001"
+    # Time passes: the fast node's backlog shrinks until it wins again (held for it).
     clock.now += 3.9
-    assert strategy.choose([slow, node("GPU-002", inflight=2, throughput=4.0)], small).server_id == "GPU-002"
+    strategy.begin_pass()
+    assert strategy.choose([slow, busy_fast], small) is None
+
+
+def test_no_job_is_held_for_a_node_that_is_overdue() -> None:
+    """A fast node that stops answering (hung, throttled) must not keep photos waiting."""
+    clock = Clock()
+    strategy = Fastest({}, random.Random(1), clock=clock)
+    slow, fast_busy = node("GPU-001", throughput=1.0), node("GPU-002", inflight=1, throughput=4.0)
+    strategy.on_dispatched("GPU-002", job("stuck", 4.0))  # 1 s expected
+    big = job("big", 8.0)
+    strategy.begin_pass()
+    assert strategy.choose([slow, fast_busy], big) is None  # 1 s + 2 s beats 8 s: held
+    clock.now += 3.5  # > 2 x 1 s + 1 s: overdue
+    strategy.begin_pass()
+    assert strategy.overdue(fast_busy, clock.now)
+    assert strategy.choose([slow, fast_busy], big).server_id == "GPU-001"
+    assert strategy.choose([fast_busy], big) is None  # nothing free: the job waits
+    clock.now += 1.0
+    strategy.on_completed("GPU-002", job("stuck", 4.0), 4.5, True)  # it answers again
+    assert not strategy.overdue(node("GPU-002", throughput=4.0), clock.now)
 
 
 def test_falls_back_to_least_busy_without_history_and_shares_equal_nodes() -> None:
@@ -82,21 +112,28 @@ def test_falls_back_to_least_busy_without_history_and_shares_equal_nodes() -> No
     assert set(counts) == {"GPU-001", "GPU-002"} and abs(counts["GPU-001"] - 500) < 80
 
 
-def test_loads_by_name_and_asks_for_queued_capacity() -> None:
+def test_loads_by_name_and_plans_ahead() -> None:
     strategy = load_strategy("fastest", {"alpha": 0.5})
-    assert type(strategy).__name__ == "Fastest" and getattr(strategy, "accepts_queued") is True
+    assert type(strategy).__name__ == "Fastest" and getattr(strategy, "plans_ahead") is True
 
 
-async def test_fastest_in_the_gateway_prefetches_one_job_and_loses_none(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+async def test_fastest_in_the_gateway_holds_big_photos_for_the_fast_node(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
-    gateway = await make_gateway(**{"balancer.strategy": "fastest", "dispatch.prefetch": 1})
-    fleet = [await nodes(delay=0.05) for _ in range(2)]
-    for n in fleet:
-        await gateway.register(n)
-    ids = await asyncio.gather(*(gateway.submit() for _ in range(20)))
+    from photogate.keys import GATEWAY
+    from support import image_bytes, wait_until
+
+    gateway = await make_gateway(**{"balancer.strategy": "fastest"})
+    slow = await nodes(delay=0.4, throughput=0.05)  # a 0.5 MP photo: 10 s expected here
+    fast = await nodes(delay=0.05, throughput=5.0)  # 0.1 s expected here
+    await gateway.register(slow)
+    await gateway.register(fast)
+    registry = gateway.app[GATEWAY].registry
+    await wait_until(lambda: all(s.health.get("throughput") for s in registry.all()), 5, "health reports")
+    photo = image_bytes(1000, 500)
+    ids = await asyncio.gather(*(gateway.submit(photo) for _ in range(6)))
     finals = await asyncio.gather(*(gateway.wait_done(t, 30) for t in ids))
-    assert [f["status"] for f in finals] == ["completed"] * 20
-    assert sum(n.jobs for n in fleet) == 20
-    # One slot each plus one held in advance: never more than two at a node.
-    assert max(n.max_busy for n in fleet) == 2
+    assert [f["status"] for f in finals] == ["completed"] * 6
+    # Waiting for the fast node beats the idle slow one every time; never two at once there.
+    assert (fast.jobs, slow.jobs) == (6, 0)
+    assert fast.max_busy == 1

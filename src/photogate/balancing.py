@@ -54,12 +54,15 @@ class Strategy(Protocol):
     """Pick one of ``candidates`` (never empty) for ``job``.
 
     Optional hooks a strategy may define: ``on_dispatched(server_id, job)`` and
-    ``on_completed(server_id, job, seconds, ok)``.
+    ``on_completed(server_id, job, seconds, ok)``. A strategy with ``plans_ahead = True``
+    is also offered busy nodes (``free_slots == 0``) and may return ``None`` to keep the
+    job queued for one of them; ``begin_pass()``, if defined, runs before each placement
+    pass over the queue.
     """
 
     name: str
 
-    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView: ...
+    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView | None: ...
 
 
 class StrategyError(ValueError):

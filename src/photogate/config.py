@@ -97,9 +97,6 @@ class DispatchConfig:
     #: Seconds before a failed task is retried on a node that failed it already (doubling
     #: each attempt; no wait while another node can take it). Issue 6.
     retry_backoff: float = 1.0
-    #: Jobs a node may hold beyond its slots, for strategies that ask for it (``fastest``):
-    #: the next photo's upload then overlaps the current inference.
-    prefetch: int = 1
 
 
 @dataclass(frozen=True)
@@ -375,7 +372,6 @@ def _validate(cfg: Config) -> None:
         (cfg.dispatch.max_attempts >= 1, "dispatch.max_attempts: must be >= 1"),
         (cfg.dispatch.timeout > 0, "dispatch.timeout: must be > 0"),
         (cfg.dispatch.connect_timeout > 0, "dispatch.connect_timeout: must be > 0"),
-        (0 <= cfg.dispatch.prefetch <= 16, "dispatch.prefetch: must be 0..16"),
         (cfg.storage.task_ttl > 0, "storage.task_ttl: must be > 0"),
         (cfg.storage.janitor_interval > 0, "storage.janitor_interval: must be > 0"),
         (bool(cfg.storage.data_dir), "storage.data_dir: must not be empty"),

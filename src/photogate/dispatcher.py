@@ -189,23 +189,32 @@ class Dispatcher:
     def _place_ready(self) -> None:
         skipped: list[_Queued] = []
         scanned = 0
-        # Nodes may hold jobs beyond their slots only for strategies that weigh queues.
-        prefetch = self.config.prefetch if getattr(self.strategy, "accepts_queued", False) else 0
+        # A strategy that plans ahead (``fastest``) also sees the busy nodes, and may hold a
+        # job back for one of them (late binding: nothing is committed to a node's queue).
+        plans_ahead = getattr(self.strategy, "plans_ahead", False)
+        begin_pass = getattr(self.strategy, "begin_pass", None)
+        if begin_pass is not None:
+            begin_pass()
         while self._heap and scanned < SCAN_LIMIT:
-            if not self.registry.candidates(self.multi_backend, prefetch=prefetch):
-                break  # no room anywhere: wait for a release or a node
+            if not self.registry.candidates(self.multi_backend):
+                break  # no free slot anywhere: wait for a release or a node
             item = heapq.heappop(self._heap)
             scanned += 1
             if item.ready_at > time.monotonic():
                 skipped.append(item)  # backing off after a failure
                 continue
-            candidates = self.registry.candidates(self.multi_backend, exclude=frozenset(item.tried), prefetch=prefetch)
+            exclude = frozenset(item.tried)
+            candidates = self.registry.candidates(self.multi_backend, exclude=exclude)
             if not candidates:
                 skipped.append(item)
                 continue
             job = JobView(item.task.task_id, item.task.megapixels, item.task.input_bytes)
-            chosen = self.strategy.choose(candidates, job)
-            if chosen.server_id not in {c.server_id for c in candidates}:
+            offered = self.registry.views(self.multi_backend, exclude=exclude) if plans_ahead else candidates
+            chosen = self.strategy.choose(offered, job)
+            if chosen is None or chosen.server_id not in {c.server_id for c in candidates}:
+                if plans_ahead:
+                    skipped.append(item)  # held for a node that is busy now
+                    continue
                 log.error("strategy_chose_non_candidate", strategy=getattr(self.strategy, "name", "?"),
                           server_id=getattr(chosen, "server_id", chosen))
                 chosen = candidates[0]

@@ -199,20 +199,22 @@ class Registry:
         up = [s for s in self.all() if s.healthy and not s.record.draining]
         return up if multi_backend else up[:1]
 
-    def candidates(
-        self, multi_backend: bool, exclude: frozenset[str] = frozenset(), prefetch: int = 0
-    ) -> list[NodeView]:
-        """Nodes that can take a job now: a free slot, or (``prefetch`` > 0) room to hold that
-        many jobs beyond their slots. ``exclude`` (nodes that failed this job) is honoured
-        only while another node could take it."""
+    def candidates(self, multi_backend: bool, exclude: frozenset[str] = frozenset()) -> list[NodeView]:
+        """Nodes that can start a job now. ``exclude`` (nodes that failed this job) is
+        honoured only while another node could take it."""
         serving = self.serving(multi_backend)
-        free = [s.view() for s in serving if s.inflight < s.slots + prefetch]
+        free = [s.view() for s in serving if s.inflight < s.slots]
         preferred = [v for v in free if v.server_id not in exclude]
         if preferred:
             return preferred
         if any(s.server_id not in exclude for s in serving):
             return []  # wait for a node that has not failed this job yet
         return free
+
+    def views(self, multi_backend: bool, exclude: frozenset[str] = frozenset()) -> list[NodeView]:
+        """Every node work may go to, busy or not (for strategies that plan ahead)."""
+        serving = [s.view() for s in self.serving(multi_backend)]
+        return [v for v in serving if v.server_id not in exclude] or serving
 
     def acquire(self, server_id: str) -> NodeState:
         state = self._nodes[server_id]
