@@ -8,6 +8,7 @@ import re
 import secrets
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,7 +24,7 @@ from .errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from .imagecheck import EXTENSION, probe_image
+from .imagecheck import EXTENSION, ImageInfo, probe_image
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
 
@@ -155,17 +156,26 @@ async def enhance(request: web.Request) -> web.Response:
         if not got_file:
             raise BadRequest("missing multipart field 'file' with the photo")
         params = _parse_params(fields)
-        await writer.commit()
     except BaseException as exc:
         await writer.abort()
         if _storage_full(exc):
             raise _no_storage(cfg.limits.retry_after) from None
         raise
 
-    loop = asyncio.get_running_loop()
+    def check(path: Path) -> ImageInfo:
+        # Runs in the same executor hop that publishes the file (a 415/413/400 is raised there).
+        return probe_image(path, cfg.limits.max_pixels, cfg.limits.max_side)
+
     try:
-        info = await loop.run_in_executor(None, probe_image, writer.final, cfg.limits.max_pixels,
-                                          cfg.limits.max_side)
+        info = await writer.commit(then=check)
+    except BaseException as exc:
+        await writer.abort()
+        await gw.blobs.delete(task_id)
+        if _storage_full(exc):
+            raise _no_storage(cfg.limits.retry_after) from None
+        raise
+    assert info is not None
+    try:
         await access.charge(owner, task_id)
     except BaseException:
         await gw.blobs.delete(task_id)

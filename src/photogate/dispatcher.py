@@ -24,8 +24,8 @@ from .access import OPEN_ACCESS, AccessPolicy
 from .balancing import JobView, Strategy
 from .blobs import BlobStore
 from .config import DispatchConfig
-from .errors import ServiceUnavailable
-from .imagecheck import MIME, probe_image
+from .errors import PhotogateError, ServiceUnavailable
+from .imagecheck import MIME, ImageInfo, probe_image
 from .metrics import GatewayMetrics
 from .models import TaskRecord, TaskStatus
 from .registry import NodeState, Registry
@@ -299,7 +299,6 @@ class Dispatcher:
         self._finished(task.task_id)
 
     async def _send(self, task: TaskRecord, state: NodeState) -> tuple[str, int]:
-        loop = asyncio.get_running_loop()
         params = {k: str(v) for k, v in task.params.items() if k in ("scale", "format", "quality") and v is not None}
         headers = {
             "Content-Type": task.input_mime,
@@ -327,7 +326,7 @@ class Dispatcher:
                     raise NodeFailure(f"node answered {mime or 'no content type'}, not an image")
                 async for chunk in resp.content.iter_chunked(256 * 1024):
                     await _stored(writer.write(chunk))
-            await _stored(writer.commit())
+            checked = await _stored(writer.commit(then=self._verify_result))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             await writer.abort()
             name = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
@@ -336,16 +335,20 @@ class Dispatcher:
             await writer.abort()
             raise
         finally:
-            await loop.run_in_executor(None, fh.close)
-        try:
-            # Never call a task completed with a result that is not an image.
-            result_path = self.blobs.result_path(task.task_id)
-            info = await loop.run_in_executor(None, probe_image, result_path, self.max_pixels * 64)
-        except Exception as exc:
-            await loop.run_in_executor(None, self.blobs.result_path(task.task_id).unlink, True)
-            raise NodeFailure(f"node returned an unreadable image: {exc}") from exc
+            fh.close()  # a read-only local file: closing it does not block
+        if isinstance(checked, PhotogateError):
+            raise NodeFailure(f"node returned an unreadable image: {checked}") from checked
         # The bytes decide the type, not the node's label (a PNG labelled JPEG downloads as .png).
-        return info.mime, writer.size
+        return checked.mime, writer.size
+
+    def _verify_result(self, path: Path) -> ImageInfo | PhotogateError:
+        """In the hop that publishes the result: never call a task completed with a result
+        that is not an image. A bad one is removed and its reason returned."""
+        try:
+            return probe_image(path, self.max_pixels * 64)
+        except PhotogateError as exc:
+            path.unlink(missing_ok=True)
+            return exc
 
 
 async def _open_for_read(path: Path) -> BinaryIO:
