@@ -211,13 +211,15 @@ async def enhance(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+_PROGRESS = {TaskStatus.QUEUED: 0.0, TaskStatus.PROCESSING: 0.5, TaskStatus.COMPLETED: 1.0, TaskStatus.FAILED: 1.0}
+
+
 def _status_body(task: TaskRecord) -> dict[str, Any]:
-    progress = {TaskStatus.QUEUED: 0.0, TaskStatus.PROCESSING: 0.5, TaskStatus.COMPLETED: 1.0, TaskStatus.FAILED: 1.0}
     return {
         "task_id": task.task_id,
         "status": task.status.value,
         "message": MESSAGES[task.status],
-        "progress": progress[task.status],
+        "progress": _PROGRESS[task.status],
         "result_url": f"/api/v1/download/{task.task_id}" if task.status is TaskStatus.COMPLETED else None,
         "error": task.error if task.status is TaskStatus.FAILED else None,
         "server_id": task.server_id,
@@ -229,11 +231,16 @@ def _status_body(task: TaskRecord) -> dict[str, Any]:
     }
 
 
-async def _task_or_404(request: web.Request) -> TaskRecord:
+async def _task_or_404(request: web.Request, *, peek: bool = False) -> TaskRecord:
+    """The task the path names, if this client may see it. ``peek``: the store's cached
+    record itself when there is one, to be read at once and never kept or changed."""
     access = access_policy(request.app)
     owner = await access.admit(request)
     task_id = request.match_info["task_id"]
-    task = await request.app[GATEWAY].store.get_task(task_id) if TASK_ID.match(task_id) else None
+    task = None
+    if TASK_ID.match(task_id):
+        store = request.app[GATEWAY].store
+        task = (store.peek_task(task_id) if peek else None) or await store.get_task(task_id)
     if task is None or not access.can_view(owner, task):
         raise NotFound("unknown task id (tasks expire after a while)")
     return task
@@ -241,7 +248,8 @@ async def _task_or_404(request: web.Request) -> TaskRecord:
 
 @routes.get("/api/v1/status/{task_id}")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(_status_body(await _task_or_404(request)))
+    # The busiest request a gateway gets: answered from the cache, no copy, no thread hop.
+    return web.json_response(_status_body(await _task_or_404(request, peek=True)))
 
 
 @routes.get("/api/v1/download/{task_id}")

@@ -7,8 +7,8 @@ so every log line of a request carries it.
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
-import uuid
 
 import structlog
 from aiohttp import web
@@ -55,8 +55,11 @@ def configure_logging(*, dev: bool = False, level: str = "info") -> None:
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id (the client's ``X-Request-ID`` if sane, else a new one) to every log line."""
     incoming = request.headers.get("X-Request-ID", "")
-    rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
-    with structlog.contextvars.bound_contextvars(request_id=rid):
+    rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else secrets.token_hex(16)
+    tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+    try:
         response = await handler(request)
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
     response.headers["X-Request-ID"] = rid
     return response

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -230,6 +230,11 @@ def _route(request: web.Request) -> str:
 def metrics_middleware(metrics: GatewayMetrics):  # type: ignore[no-untyped-def]
     """Count every answered request by route template, method and status."""
 
+    # The labelled children, looked up once per (route, method, status): labels() is not free
+    # and this runs on every request. Route templates and methods are few (unmatched paths
+    # share one label), so the dict stays small.
+    children: dict[tuple[str, str, int], Any] = {}
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 500
@@ -241,7 +246,13 @@ def metrics_middleware(metrics: GatewayMetrics):  # type: ignore[no-untyped-def]
             status = exc.status
             raise
         finally:
-            metrics.http_requests.labels(_route(request), request.method, str(status)).inc()
+            key = (_route(request), request.method, status)
+            child = children.get(key)
+            if child is None:
+                child = metrics.http_requests.labels(key[0], key[1], str(status))
+                if len(children) < 1024:
+                    children[key] = child
+            child.inc()
 
     return middleware
 

@@ -96,14 +96,24 @@ class RateLimits:
         self.uploads = Limiter(config.uploads_per_minute / 60.0, config.upload_burst, clock)
         self.auth_failures = Limiter(config.auth_failures_per_minute / 60.0, config.auth_failure_burst, clock)
         self._exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt]
+        self._exempt_memo: dict[str, bool] = {}
         self._blocked: set[str] = set()
 
     def exempt(self, ip: str) -> bool:
+        # Every request asks: remember the answer per address (bounded; cleared when full).
+        known = self._exempt_memo.get(ip)
+        if known is not None:
+            return known
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
-            return False
-        return any(address in net for net in self._exempt)
+            answer = False
+        else:
+            answer = any(address in net for net in self._exempt)
+        if len(self._exempt_memo) >= 4096:
+            self._exempt_memo.clear()
+        self._exempt_memo[ip] = answer
+        return answer
 
 
 RATE_LIMITS = web.AppKey("rate_limits", RateLimits)

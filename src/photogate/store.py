@@ -287,6 +287,11 @@ class SQLiteStore:
         row = self.conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return _task(row) if row else None
 
+    def peek_task(self, task_id: str) -> TaskRecord | None:
+        """The cached record itself, for reading at once (no copy, no await); ``None`` when
+        it is not cached. Never modify it: :meth:`get_task` gives a copy to keep."""
+        return self._cache.get(task_id)
+
     async def get_task(self, task_id: str) -> TaskRecord | None:
         # Every write goes through this object, so the cache is never stale; status polls
         # (the busiest request a gateway gets) are answered without a thread hop.
