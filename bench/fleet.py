@@ -113,6 +113,11 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         client_max_body_size 64m;
+        # Bodies and answers stay in memory: nginx's workers (user nobody when started
+        # as root) could not write temp files in this folder, and failed big photos.
+        client_body_buffer_size 64m;
+        proxy_buffers 256 256k;
+        proxy_max_temp_file_size 0;
         location / {{
             proxy_pass http://nodes;
             proxy_http_version 1.1;

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import admin_api, api, webhook
 from .config import Config
 from .errors import error_middleware
 from .keys import GATEWAY
 from .logsetup import request_id_middleware
-from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
 from .metrics import setup_metrics
-from .ui import setup_ui
+from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
 from .service import Gateway
+from .ui import setup_ui
 from .wechat import setup_wechat
 
 
@@ -55,3 +55,19 @@ def _setup_cors(app: web.Application, config: Config) -> None:
     for route in list(app.router.routes()):
         if route.resource is not None and route.resource.canonical.startswith("/api/"):
             cors.add(route)
+    # aiohttp-cors looks at every response; only a request with an Origin header can need
+    # CORS headers (CORS 6.1.1), so the others (status polls from the mini program, curl,
+    # nodes) skip its route lookups.
+    signal = app.on_response_prepare
+    for i, callback in enumerate(signal):
+        if getattr(callback, "__name__", "") == "_on_response_prepare":
+            signal[i] = _with_origin_only(callback)
+
+
+def _with_origin_only(callback: Callable[[web.Request, web.StreamResponse], Awaitable[None]]) -> Callable[
+        [web.Request, web.StreamResponse], Awaitable[None]]:
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if hdrs.ORIGIN in request.headers:
+            await callback(request, response)
+
+    return on_response_prepare

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
@@ -33,6 +34,8 @@ class BlobWriter:
         self.final = final
         self.partial = final.with_name(final.name + ".part")
         self.size = 0
+        #: After :meth:`commit`: the whole content when it fitted in the buffer, else ``None``.
+        self.content: bytes | None = None
         self._buf = bytearray()
         self._fh: IO[bytes] | None = None
 
@@ -49,6 +52,8 @@ class BlobWriter:
             await asyncio.get_running_loop().run_in_executor(None, self._flush_sync)
 
     def _commit_sync(self, then: Callable[[Path], T] | None) -> T | None:
+        if self._fh is None:
+            self.content = bytes(self._buf)
         self._flush_sync()
         assert self._fh is not None
         self._fh.flush()
@@ -73,12 +78,36 @@ class BlobWriter:
 
 
 class BlobStore:
+    #: Small inputs also kept in memory (up to this many bytes in all, oldest dropped first),
+    #: so dispatching a small photo costs no file I/O. The file stays the record.
+    MEMORY_BYTES = 32 * 1024 * 1024
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.inputs = root / "inputs"
         self.results = root / "results"
         for folder in (self.inputs, self.results):
             folder.mkdir(parents=True, exist_ok=True)
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_bytes = 0
+
+    def keep_input(self, task_id: str, content: bytes | None) -> None:
+        """Remember a committed input's bytes (``BlobWriter.content``) for its dispatch."""
+        if content is None or len(content) > self.MEMORY_BYTES // 16:
+            return
+        self._memory[task_id] = content
+        self._memory_bytes += len(content)
+        while self._memory_bytes > self.MEMORY_BYTES:
+            _, dropped = self._memory.popitem(last=False)
+            self._memory_bytes -= len(dropped)
+
+    def input_in_memory(self, task_id: str) -> bytes | None:
+        return self._memory.get(task_id)
+
+    def forget_input(self, task_id: str) -> None:
+        content = self._memory.pop(task_id, None)
+        if content is not None:
+            self._memory_bytes -= len(content)
 
     @staticmethod
     def _check(task_id: str) -> str:
@@ -105,6 +134,7 @@ class BlobStore:
             path.with_name(path.name + ".part").unlink(missing_ok=True)
 
     async def delete(self, task_id: str) -> None:
+        self.forget_input(task_id)
         await asyncio.get_running_loop().run_in_executor(None, self._delete_sync, task_id)
 
     def _sweep_partials_sync(self) -> int:

@@ -13,6 +13,7 @@ import heapq
 import itertools
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -168,6 +169,7 @@ class Dispatcher:
                 self._waiters.pop(task_id, None)
 
     def _finished(self, task_id: str) -> None:
+        self.blobs.forget_input(task_id)
         for future in self._waiters.pop(task_id, []):
             if not future.done():
                 future.set_result(None)
@@ -235,17 +237,36 @@ class Dispatcher:
         server_id = state.server_id
         started = time.monotonic()
         ok = False
+        released = False
         attempts_before = task.attempts
+
+        def node_done(answered: bool) -> None:
+            # The node is free once its answer is in: checking and storing the result must
+            # not keep the next photo off it.
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.registry.release(state)
+            hook = getattr(self.strategy, "on_completed", None)
+            if hook is not None:
+                hook(server_id, job, time.monotonic() - started, answered)
+
         try:
             task.attempts += 1
-            await self.store.update_task(
+            # Recorded while the photo travels: the store's single thread keeps writes in
+            # order, and the outcome is written only after this one.
+            processing = asyncio.ensure_future(self.store.update_task(
                 task.task_id, status=TaskStatus.PROCESSING, server_id=server_id,
                 attempts=task.attempts, started_at=time.time(), error=None,
-            )
+            ))
             log.info("task_dispatched", task_id=task.task_id, server_id=server_id, attempt=task.attempts)
             self.metrics.task_started(task)
             try:
-                mime, size = await self._send(task, state)
+                try:
+                    mime, size = await self._send(task, state, node_done)
+                finally:
+                    await processing
             except StorageFailure as exc:
                 await self._fail(task, str(exc))
             except JobRejected as exc:
@@ -283,10 +304,7 @@ class Dispatcher:
             log.error("task_store_failed", task_id=task.task_id, error=str(exc), retry_in=self.STORE_RETRY_DELAY)
             self.submit(task, item.tried, self.STORE_RETRY_DELAY)
         finally:
-            self.registry.release(state)
-            hook = getattr(self.strategy, "on_completed", None)
-            if hook is not None:
-                hook(server_id, job, time.monotonic() - started, ok)
+            node_done(ok)
 
     async def _fail(self, task: TaskRecord, error: str) -> None:
         await self.store.update_task(task.task_id, status=TaskStatus.FAILED, error=error, finished_at=time.time())
@@ -298,7 +316,10 @@ class Dispatcher:
             log.exception("task_refund_failed", task_id=task.task_id)
         self._finished(task.task_id)
 
-    async def _send(self, task: TaskRecord, state: NodeState) -> tuple[str, int]:
+    async def _send(self, task: TaskRecord, state: NodeState,
+                    node_done: Callable[[bool], None] = lambda answered: None) -> tuple[str, int]:
+        """Send the photo to the node and store its answer; ``node_done(True)`` as soon as
+        the answer is fully received."""
         params = {k: str(v) for k, v in task.params.items() if k in ("scale", "format", "quality") and v is not None}
         headers = {
             "Content-Type": task.input_mime,
@@ -306,11 +327,12 @@ class Dispatcher:
         }
         timeout = aiohttp.ClientTimeout(total=self.config.timeout, sock_connect=self.config.connect_timeout)
         url = state.record.base_url + "/v1/enhance"
-        fh = await _open_for_read(self.blobs.input_path(task.task_id))
+        kept = self.blobs.input_in_memory(task.task_id)
+        fh = None if kept is not None else await _open_for_read(self.blobs.input_path(task.task_id))
         writer = self.blobs.result_writer(task.task_id)
         try:
             async with self.session.post(
-                url, data=fh, params=params, headers=headers, timeout=timeout, allow_redirects=False
+                url, data=kept if fh is None else fh, params=params, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
                 if resp.status != 200:
                     detail = await _error_text(resp)
@@ -326,6 +348,7 @@ class Dispatcher:
                     raise NodeFailure(f"node answered {mime or 'no content type'}, not an image")
                 async for chunk in resp.content.iter_chunked(256 * 1024):
                     await _stored(writer.write(chunk))
+            node_done(True)
             checked = await _stored(writer.commit(then=self._verify_result))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             await writer.abort()
@@ -335,7 +358,8 @@ class Dispatcher:
             await writer.abort()
             raise
         finally:
-            fh.close()  # a read-only local file: closing it does not block
+            if fh is not None:
+                fh.close()  # a read-only local file: closing it does not block
         if isinstance(checked, PhotogateError):
             raise NodeFailure(f"node returned an unreadable image: {checked}") from checked
         # The bytes decide the type, not the node's label (a PNG labelled JPEG downloads as .png).
