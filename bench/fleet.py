@@ -87,7 +87,7 @@ def ensure_binary(name: str, package: str) -> str | None:
         return path
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, timeout=600, check=False)
         return shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     return None
 

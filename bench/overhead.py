@@ -34,7 +34,16 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet import PY, SECRET, Procs, ensure_binary, free_port, gateway_argv, sim_node_argv, wait_for  # noqa: E402
+from fleet import (
+    PY,
+    SECRET,
+    Procs,
+    ensure_binary,
+    free_port,
+    gateway_argv,
+    sim_node_argv,
+    wait_for,
+)
 
 BARE_APP = '''
 import sys
@@ -75,7 +84,8 @@ def wrk(binary: str, url: str, script: Path | None, seconds: int) -> float:
     argv = [binary, "-t2", "-c64", f"-d{seconds}s", "--latency"]
     if script:
         argv += ["-s", str(script)]
-    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60,
+                         check=False).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not match:
         raise RuntimeError(f"wrk said: {out}")
@@ -158,6 +168,8 @@ async def run(args: argparse.Namespace) -> int:
                     direct_ms.append((time.perf_counter() - t) * 1000)
                     t = time.perf_counter()
                     status = await via_gateway()
+                    if status.get("status") != "completed":
+                        raise RuntimeError(f"a job through photogate did not complete: {status}")
                     gw_ms.append((time.perf_counter() - t) * 1000)
                 med_gw, med_direct = statistics.median(gw_ms), statistics.median(direct_ms)
                 rows += [("small job, straight to the node (median)", f"{med_direct:.2f} ms"),
@@ -205,9 +217,9 @@ async def run(args: argparse.Namespace) -> int:
                         return r.status
 
                 statuses = await asyncio.gather(*(upload() for _ in range(50)))
-                rows += [(f"gateway peak RSS before the uploads", f"{before:.0f} MiB"),
-                         (f"gateway peak RSS, 50 concurrent {len(big) / 2**20:.1f} MiB uploads "
-                          f"({statuses.count(200)} accepted)", f"{peak_rss_mib(gateway.pid):.0f} MiB")]
+                rows += [("gateway peak RSS before the uploads", f"{before:.0f} MiB"),
+                         ((f"gateway peak RSS, 50 concurrent {len(big) / 2**20:.1f} MiB uploads "
+                           f"({statuses.count(200)} accepted)"), f"{peak_rss_mib(gateway.pid):.0f} MiB")]
         finally:
             procs.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}\n")

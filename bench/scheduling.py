@@ -37,7 +37,7 @@ import aiohttp
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet import (  # noqa: E402
+from fleet import (
     NODE_TOKEN,
     SECRET,
     Procs,
@@ -161,7 +161,7 @@ async def replay(jobs: list[Job], photos: Photos, send: Send, time_limit: float)
             await asyncio.sleep(max(0.0, t0 + job.arrival - loop.time()))
             try:
                 ok = await send(http, job, body)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 ok = False
             now = loop.time()
             if ok:
@@ -174,7 +174,7 @@ async def replay(jobs: list[Job], photos: Photos, send: Send, time_limit: float)
             photos.get(job.width, job.height)
         try:
             await asyncio.wait_for(asyncio.gather(*(one(j) for j in jobs)), time_limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     if not latencies:
         return {"completed": 0, "failed": failures}
