@@ -97,6 +97,9 @@ class Dispatcher:
         #: Several gateways on Redis: accepted tasks wait in Redis's shared queue and each
         #: gateway claims what its free node slots can start (``_feed``).
         self.shared = shared
+        #: Shared: the claimed tasks this gateway holds (queued here or running).
+        self._held: set[str] = set()
+        self._next_reconcile = 0.0
         self.blobs = blobs
         self.registry = registry
         self.session = session
@@ -150,13 +153,21 @@ class Dispatcher:
     async def _feed(self) -> None:
         """Claim from the shared queue what the free node slots can start now, and no more,
         so that a gateway never sits on tasks another one could run."""
+        store: Any = self.store
+        if time.monotonic() >= self._next_reconcile:
+            # A claim whose reply was lost with the connection (Redis went away mid-call) is
+            # claimed in Redis but held nowhere: hand it back to the queue.
+            orphans = await store.claimed_ids() - self._held
+            if orphans and await store.unclaim(sorted(orphans)):
+                log.warning("claims_returned", count=len(orphans))
+            self._next_reconcile = time.monotonic() + 2.0
         free = sum(v.slots - v.inflight for v in self.registry.candidates(self.multi_backend))
         want = min(free - len(self._heap), SCAN_LIMIT)
         if want <= 0:
             return
-        store: Any = self.store
         for task in await store.claim(want):
             task.status = TaskStatus.QUEUED
+            self._held.add(task.task_id)
             heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task))
 
     def _backoff(self, task: TaskRecord, tried: set[str]) -> float:
@@ -336,6 +347,7 @@ class Dispatcher:
                          seconds=round(time.monotonic() - started, 3))
                 self.metrics.task_completed(task, server_id, time.monotonic() - started)
                 self._finished(task.task_id)
+                self._held.discard(task.task_id)
         except self.store.ERRORS as exc:
             # The store itself failed (its disk is full, Redis is away): no node is to blame and
             # the task must not be left "processing" until a restart; it runs again once the
@@ -352,6 +364,7 @@ class Dispatcher:
     async def _fail(self, task: TaskRecord, error: str) -> None:
         await self.store.update_task(task.task_id, status=TaskStatus.FAILED, error=error, finished_at=time.time())
         log.warning("task_failed", task_id=task.task_id, error=error)
+        self._held.discard(task.task_id)
         self.metrics.task_failed()
         try:
             await self.access.refund(task.owner, task.task_id)

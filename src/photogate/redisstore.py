@@ -91,11 +91,46 @@ redis.call('ZREM', p .. 'queue', id)
 return redis.call('DEL', KEYS[1])
 """
 
-#: Claim up to n queued tasks for this gateway. KEYS: queue, claimed hash. ARGV: n.
+#: Claim up to n queued tasks for this gateway, and read them in the same round trip.
+#: KEYS: queue, claimed hash. ARGV: prefix, n. Returns {id, {field, value, ...}, ...}.
 CLAIM = """
-local got = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[1]))
-for i = 1, #got, 2 do redis.call('HSET', KEYS[2], got[i], got[i + 1]) end
-return got
+local got = redis.call('ZPOPMIN', KEYS[1], tonumber(ARGV[2]))
+local out = {}
+for i = 1, #got, 2 do
+  local fields = redis.call('HGETALL', ARGV[1] .. 'task:' .. got[i])
+  if #fields > 0 then
+    redis.call('HSET', KEYS[2], got[i], got[i + 1])
+    out[#out + 1] = got[i]
+    out[#out + 1] = fields
+  end
+end
+return out
+"""
+
+#: Put claimed tasks this gateway does not hold (a reply lost with the connection) back
+#: in the shared queue. KEYS: claimed hash. ARGV: prefix, ids... Returns how many.
+UNCLAIM = """
+local p, back = ARGV[1], 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local created = redis.call('HGET', KEYS[1], id)
+  if created then
+    redis.call('HDEL', KEYS[1], id)
+    local key = p .. 'task:' .. id
+    local status = redis.call('HGET', key, 'status')
+    if status == 'queued' or status == 'processing' then
+      if status == 'processing' then
+        redis.call('HSET', key, 'status', 'queued')
+        redis.call('HDEL', key, 'server_id')
+        redis.call('ZREM', p .. 'status:processing', id)
+        redis.call('ZADD', p .. 'status:queued', created, id)
+      end
+      redis.call('ZADD', p .. 'queue', created, id)
+      back = back + 1
+    end
+  end
+end
+return back
 """
 
 #: Take one slot on a node unless all are taken. KEYS: inflight hash, this gateway's
@@ -371,6 +406,7 @@ class RedisStore:
         self._update = reg(UPDATE_TASK)
         self._delete = reg(DELETE_TASK)
         self._claim = reg(CLAIM)
+        self._unclaim = reg(UNCLAIM)
         self._acquire = reg(ACQUIRE)
         self._release = reg(RELEASE)
         self._reap = reg(REAP)
@@ -491,15 +527,20 @@ class RedisStore:
     @_unavailable
     async def claim(self, count: int) -> list[TaskRecord]:
         """Take the ``count`` oldest tasks of the shared queue for this gateway."""
-        got = await self._claim(keys=[self.k_queue, self.k_claimed], args=[count])
-        ids = got[0::2]
-        if not ids:
-            return []
-        tasks = await self._tasks(ids)
-        gone = set(ids) - {t.task_id for t in tasks}
-        if gone:  # deleted meanwhile (expired): nothing to run
-            await self.redis.hdel(self.k_claimed, *gone)
+        got = await self._claim(keys=[self.k_queue, self.k_claimed], args=[self.prefix, count])
+        tasks = [_task(dict(zip(fields[0::2], fields[1::2]))) for fields in got[1::2]]
         return [t for t in tasks if t.status is TaskStatus.QUEUED or t.status is TaskStatus.PROCESSING]
+
+    @_unavailable
+    async def claimed_ids(self) -> set[str]:
+        return set(await self.redis.hkeys(self.k_claimed))
+
+    @_unavailable
+    async def unclaim(self, task_ids: Sequence[str]) -> int:
+        """Hand claimed tasks back to the shared queue (for any gateway to run)."""
+        if not task_ids:
+            return 0
+        return int(await self._unclaim(keys=[self.k_claimed], args=[self.prefix, *task_ids]))
 
     # -- gateways: heartbeats and the reaper ------------------------------------------------
 
