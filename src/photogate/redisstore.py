@@ -15,6 +15,9 @@ before it increments. Keys (``P`` is ``storage.redis_prefix``)::
     P gw:{gid}:alive       string gateway gid's heartbeat (expires: the gateway is dead)
     P gateways             set    gateway ids that may hold claims
     P inflight             hash   server_id -> jobs running on it, all gateways together
+    P ghosts               hash   server_id -> "n:until": jobs a dead gateway may have left
+                                  running there (counted as taken until the node says it
+                                  is idle, or until ``until``)
     P nodes                hash   server_id -> node record (JSON)
     P node_addr            hash   "ip:port" -> server_id
     P node_key             hash   node key -> server_id
@@ -133,10 +136,17 @@ end
 return back
 """
 
-#: Take one slot on a node unless all are taken. KEYS: inflight hash, this gateway's
-#: reservations. ARGV: server_id, slots. Returns the node's new count, or -1 (full).
+#: Take one slot on a node unless all are taken (a dead gateway's ghosts count as taken).
+#: KEYS: inflight hash, this gateway's reservations, ghosts. ARGV: server_id, slots.
+#: Returns the node's new count, or -1 (full).
 ACQUIRE = """
 local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local ghost = redis.call('HGET', KEYS[3], ARGV[1])
+if ghost then
+  local count, untl = string.match(ghost, '([^:]+):([^:]+)')
+  local t = redis.call('TIME')
+  if tonumber(untl) > tonumber(t[1]) then n = n + tonumber(count) else redis.call('HDEL', KEYS[3], ARGV[1]) end
+end
 if n >= tonumber(ARGV[2]) then return -1 end
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
@@ -155,15 +165,29 @@ return n
 
 #: A dead (or stopping) gateway's claims go back to the shared queue and its node slots
 #: are freed. Refused while its heartbeat lives, unless ARGV[3] is '1' (its own shutdown).
-#: ARGV: prefix, gid, force. Returns the number of tasks put back, or -1 (still alive).
+#: A dead gateway's jobs may still run on their nodes (nobody told the node to stop): they
+#: stay counted as ghosts for ARGV[4] s, or until the node reports itself idle.
+#: ARGV: prefix, gid, force, ghost seconds (0: none). Returns the tasks put back, or -1.
 REAP = """
 local p, gid = ARGV[1], ARGV[2]
 local g = p .. 'gw:' .. gid
 if ARGV[3] ~= '1' and redis.call('EXISTS', g .. ':alive') == 1 then return -1 end
 local res = redis.call('HGETALL', g .. ':res')
+local now = tonumber(redis.call('TIME')[1])
+local hold = tonumber(ARGV[4])
 for i = 1, #res, 2 do
-  local n = redis.call('HINCRBY', p .. 'inflight', res[i], -tonumber(res[i + 1]))
+  local held = tonumber(res[i + 1])
+  local n = redis.call('HINCRBY', p .. 'inflight', res[i], -held)
   if n <= 0 then redis.call('HDEL', p .. 'inflight', res[i]) end
+  if hold > 0 and held > 0 then
+    local count = held
+    local ghost = redis.call('HGET', p .. 'ghosts', res[i])
+    if ghost then
+      local c, untl = string.match(ghost, '([^:]+):([^:]+)')
+      if tonumber(untl) > now then count = count + tonumber(c) end
+    end
+    redis.call('HSET', p .. 'ghosts', res[i], count .. ':' .. (now + hold))
+  end
 end
 local claimed = redis.call('HGETALL', g .. ':claimed')
 local back = 0
@@ -280,7 +304,13 @@ local was = h.healthy
 if ARGV[9] == '1' then h.last_check = tonumber(ARGV[7]) end
 if ARGV[8] ~= '' then h[ARGV[8]] = (h[ARGV[8]] or 0) + 1 end
 if ARGV[3] == '1' then
-  if ARGV[4] ~= '' then h.health = cjson.decode(ARGV[4]) end
+  if ARGV[4] ~= '' then
+    h.health = cjson.decode(ARGV[4])
+    -- The node says it runs nothing: no dead gateway's job is left there.
+    if tonumber(h.health.busy) == 0 and (tonumber(h.health.queued) or 0) == 0 then
+      redis.call('HDEL', p .. 'ghosts', sid)
+    end
+  end
   h.failures, h.last_error, h.healthy = 0, cjson.null, true
 else
   h.failures = (h.failures or 0) + 1
@@ -397,6 +427,7 @@ class RedisStore:
         p = prefix
         self.k_queue = p + "queue"
         self.k_inflight = p + "inflight"
+        self.k_ghosts = p + "ghosts"
         self.k_gateways = p + "gateways"
         self.k_claimed = f"{p}gw:{gateway_id}:claimed"
         self.k_res = f"{p}gw:{gateway_id}:res"
@@ -563,10 +594,12 @@ class RedisStore:
         return [gid for gid, up in zip(others, alive) if not up]
 
     @_unavailable
-    async def reap(self, gateway_id: str, *, force: bool = False) -> int:
-        """Put ``gateway_id``'s claimed tasks back in the queue and free its node slots.
-        Returns the tasks put back, or -1 when that gateway is alive (and not ``force``)."""
-        return int(await self._reap(keys=[], args=[self.prefix, gateway_id, "1" if force else "0"]))
+    async def reap(self, gateway_id: str, *, force: bool = False, ghost_seconds: float = 0.0) -> int:
+        """Put ``gateway_id``'s claimed tasks back in the queue and free its node slots (its
+        jobs still running there count as ghosts for ``ghost_seconds`` or until the node is
+        idle). Returns the tasks put back, or -1 when that gateway is alive (and not ``force``)."""
+        return int(await self._reap(keys=[], args=[self.prefix, gateway_id, "1" if force else "0",
+                                                   int(ghost_seconds)]))
 
     @_unavailable
     async def lease(self, ttl: float) -> bool:
@@ -583,7 +616,7 @@ class RedisStore:
     @_unavailable
     async def acquire_slot(self, server_id: str, slots: int) -> int:
         """Take a slot on the node: its new in-flight count, or -1 when all are taken."""
-        return int(await self._acquire(keys=[self.k_inflight, self.k_res], args=[server_id, slots]))
+        return int(await self._acquire(keys=[self.k_inflight, self.k_res, self.k_ghosts], args=[server_id, slots]))
 
     @_unavailable
     async def release_slot(self, server_id: str) -> int:
@@ -604,15 +637,21 @@ class RedisStore:
 
     @_unavailable
     async def fleet(self) -> tuple[list[NodeRecord], dict[str, dict[str, Any]], dict[str, int]]:
-        """Every node (in id order), the shared health of each, the in-flight count of each."""
+        """Every node (in id order), the shared health of each, the slots taken on each."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.prefix + "nodes")
             pipe.hgetall(self.prefix + "health")
             pipe.hgetall(self.k_inflight)
-            nodes, health, inflight = await pipe.execute()
+            pipe.hgetall(self.k_ghosts)
+            nodes, health, inflight, ghosts = await pipe.execute()
         records = sorted((_node(raw) for raw in nodes.values()), key=lambda pair: pair[0])
-        return ([rec for _ordinal, rec in records], {sid: json.loads(raw) for sid, raw in health.items()},
-                {sid: int(n) for sid, n in inflight.items()})
+        taken = {sid: int(n) for sid, n in inflight.items()}
+        now = time.time()
+        for sid, ghost in ghosts.items():  # a dead gateway's jobs count as taken (see ACQUIRE)
+            count, _, until = ghost.partition(":")
+            if float(until) > now:
+                taken[sid] = taken.get(sid, 0) + int(count)
+        return ([rec for _ordinal, rec in records], {sid: json.loads(raw) for sid, raw in health.items()}, taken)
 
     async def load_nodes(self) -> list[NodeRecord]:
         return (await self.fleet())[0]

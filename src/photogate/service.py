@@ -93,7 +93,8 @@ class Gateway:
             # Another gateway may be writing a .part right now: only old ones are leftovers.
             await self.blobs.sweep_partials(older_than=3600.0)
             self.registry = SharedRegistry(store, cfg.health_check.failure_threshold,
-                                           lease_ttl=cfg.storage.redis_lease_ttl)
+                                           lease_ttl=cfg.storage.redis_lease_ttl,
+                                           ghost_seconds=cfg.dispatch.timeout + cfg.dispatch.connect_timeout)
         else:
             self.store = await SQLiteStore.open(data / "photogate.db")
             self.blobs = BlobStore(data / "blobs")

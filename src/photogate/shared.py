@@ -34,10 +34,13 @@ log = structlog.get_logger("photogate.shared")
 
 class SharedRegistry(Registry):
     def __init__(self, store: RedisStore, failure_threshold: int, *, lease_ttl: float,
-                 sync_interval: float = 0.2) -> None:
+                 ghost_seconds: float = 300.0, sync_interval: float = 0.2) -> None:
         super().__init__(store, failure_threshold)  # type: ignore[arg-type]
         self.redis_store = store
         self.lease_ttl = lease_ttl
+        #: How long a dead gateway's jobs count against their nodes' slots (unless the node
+        #: reports itself idle first): the longest a job may run, ``dispatch.timeout``.
+        self.ghost_seconds = ghost_seconds
         self.sync_interval = sync_interval
         #: True while this gateway holds the health prober's lease.
         self.prober = False
@@ -196,7 +199,7 @@ class SharedRegistry(Registry):
             log.info("health_prober_elected", gateway=store.gateway_id)
         back = 0
         for gateway_id in await store.dead_gateways():
-            n = await store.reap(gateway_id)
+            n = await store.reap(gateway_id, ghost_seconds=self.ghost_seconds)
             if n >= 0:
                 back += n
                 log.warning("gateway_reaped", gateway=gateway_id, tasks_requeued=n)
@@ -228,7 +231,7 @@ class SharedRegistry(Registry):
         """A clean stop: this gateway's claimed tasks go back to the queue, its slots are freed."""
         store = self.redis_store
         try:
-            back = await store.reap(store.gateway_id, force=True)
+            back = await store.reap(store.gateway_id, force=True, ghost_seconds=self.ghost_seconds)
             await store.drop_lease()
         except StoreUnavailable:
             log.warning("gateway_stop_unclean", reason="the state store is unreachable; "
