@@ -118,6 +118,12 @@ async def commands(url: str) -> int:
     return int((await client.info("stats"))["total_commands_processed"])  # type: ignore[attr-defined]
 
 
+async def redis_cpu(url: str) -> float:
+    """CPU seconds Redis has used so far (user + system, all its threads)."""
+    info = await _CLIENTS[url].info("cpu")  # type: ignore[attr-defined]
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def command_stats(url: str) -> dict[str, int]:
     client = _CLIENTS[url]
     stats = await client.info("commandstats")  # type: ignore[attr-defined]
@@ -162,6 +168,7 @@ async def setup(work: Path, name: str, gateways: int, redis_url: str | None, wrk
                 result["idle_cmds_per_s"] = (await commands(redis_url) - before - 1) / 2.0
                 before = await commands(redis_url)
                 stats_before = await command_stats(redis_url)
+                cpu_before = await redis_cpu(redis_url)
             t0 = time.monotonic()
             ids = []
             for i in range(TASKS):
@@ -180,6 +187,7 @@ async def setup(work: Path, name: str, gateways: int, redis_url: str | None, wrk
             if redis_url:
                 spent = time.monotonic() - t0
                 used = await commands(redis_url) - before
+                result["cpu_us_per_task"] = (await redis_cpu(redis_url) - cpu_before) / TASKS * 1e6
                 stats = await command_stats(redis_url)
                 result["breakdown"] = {k: n - stats_before.get(k, 0) for k, n in stats.items()
                                        if n - stats_before.get(k, 0)}
@@ -196,9 +204,12 @@ async def setup(work: Path, name: str, gateways: int, redis_url: str | None, wrk
         script = work / name / "ids.lua"
         script.write_text(WRK_SCRIPT % id_file)
         # Two wrk processes, 32 connections each: on one gateway, or one per gateway.
+        cpu_before = await redis_cpu(redis_url) if redis_url else 0.0
         runs = [wrk(wrk_bin, urls[i % gateways], script, seconds) for i in range(2)]
         outs = [p.communicate(timeout=seconds + 60)[0] for p in runs]
         parsed = [parse_wrk(o) for o in outs]
+        if redis_url:
+            result["redis_cpu_share"] = (await redis_cpu(redis_url) - cpu_before) / seconds
         result["rps"] = sum(p[0] for p in parsed)
         result["p50"] = max(p[1] for p in parsed)
         result["p99"] = max(p[2] for p in parsed)
@@ -248,9 +259,14 @@ async def run(args: argparse.Namespace) -> int:
         poll = f"{r['cmds_per_poll']:.1f}" if "cmds_per_poll" in r else "-"
         print(f"| {backend} | {r['gateways']} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} "
               f"| {per_task} | {poll} | {idle} |")
+    print()
+    for r in rows:
+        if "cpu_us_per_task" in r:
+            print(f"- {r['setup']}: Redis CPU {r['cpu_us_per_task']:.0f} µs per task (submit to completed, "
+                  f"background included); during the polls Redis used {r['redis_cpu_share']:.0%} of a core")
     for r in rows:
         if "breakdown" in r:
-            print(f"\n{r['setup']}: Redis commands while {TASKS} tasks ran (background included): {r['breakdown']}")
+            print(f"- {r['setup']}: Redis commands while {TASKS} tasks ran (background included): {r['breakdown']}")
     return 0
 
 

@@ -42,7 +42,11 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import redacted_url
 from .errors import StoreUnavailable
@@ -453,8 +457,12 @@ class RedisStore:
         """Connect and check that Redis answers (raise :class:`StoreUnavailable` if not)."""
         # Short timeouts: with Redis away a request gets its 503 in seconds, not minutes;
         # the pool reconnects by itself on the next command once Redis is back.
+        # One quick retry: a pooled connection that Redis closed (it restarted) is replaced
+        # without the user seeing it; no long backoff: with Redis away, a fast 503.
+        retry = Retry(ExponentialBackoff(cap=0.1, base=0.02), 2,
+                      supported_errors=(RedisConnectionError, RedisTimeoutError))
         client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=timeout,
-                                         socket_timeout=timeout, health_check_interval=30)
+                                         socket_timeout=timeout, health_check_interval=30, retry=retry)
         store = cls(client, prefix, gateway_id, url)
         try:
             await client.ping()
