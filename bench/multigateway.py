@@ -26,6 +26,7 @@ import io
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,12 @@ async def commands(url: str) -> int:
     return int((await client.info("stats"))["total_commands_processed"])  # type: ignore[attr-defined]
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds process ``pid`` has used (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def redis_cpu(url: str) -> float:
     """CPU seconds Redis has used so far (user + system, all its threads)."""
     info = await _CLIENTS[url].info("cpu")  # type: ignore[attr-defined]
@@ -142,8 +149,8 @@ async def setup(work: Path, name: str, gateways: int, redis_url: str | None, wrk
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     result: dict[str, object] = {"setup": name, "gateways": gateways}
     try:
-        for i, port in enumerate(ports):
-            procs.start(f"photogate{i}", gateway_argv(config, port, work / name / "data"))
+        gw_pids = [procs.start(f"photogate{i}", gateway_argv(config, port, work / name / "data")).pid
+                   for i, port in enumerate(ports)]
         async with aiohttp.ClientSession() as http:
             for url in urls:
                 async def up(url: str = url) -> bool:
@@ -205,8 +212,14 @@ async def setup(work: Path, name: str, gateways: int, redis_url: str | None, wrk
         script.write_text(WRK_SCRIPT % id_file)
         # Two wrk processes, 32 connections each: on one gateway, or one per gateway.
         cpu_before = await redis_cpu(redis_url) if redis_url else 0.0
+        gw_before = sum(proc_cpu(pid) for pid in gw_pids)
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         runs = [wrk(wrk_bin, urls[i % gateways], script, seconds) for i in range(2)]
         outs = [p.communicate(timeout=seconds + 60)[0] for p in runs]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the two wrk processes, reaped
+        result["wrk_cpu"] = (children.ru_utime + children.ru_stime - children_before.ru_utime
+                             - children_before.ru_stime) / seconds
+        result["gateway_cpu"] = (sum(proc_cpu(pid) for pid in gw_pids) - gw_before) / seconds
         parsed = [parse_wrk(o) for o in outs]
         if redis_url:
             result["redis_cpu_share"] = (await redis_cpu(redis_url) - cpu_before) / seconds
@@ -260,6 +273,9 @@ async def run(args: argparse.Namespace) -> int:
         print(f"| {backend} | {r['gateways']} | {r['rps']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} "
               f"| {per_task} | {poll} | {idle} |")
     print()
+    for r in rows:
+        print(f"- {r['setup']}: during the polls the gateway process(es) used {r['gateway_cpu']:.2f} cores, "
+              f"the two wrk processes {r['wrk_cpu']:.2f}")
     for r in rows:
         if "cpu_us_per_task" in r:
             print(f"- {r['setup']}: Redis CPU {r['cpu_us_per_task']:.0f} µs per task (submit to completed, "
