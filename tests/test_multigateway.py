@@ -50,7 +50,8 @@ async def test_fifty_nodes_registering_at_once_through_two_gateways_get_fifty_id
     ids = await asyncio.gather(*(register(i) for i in range(50)))
     assert sorted(ids) == [f"GPU-{n:03d}" for n in range(1, 51)]
     # Both gateways list the same fifty, and a node that registers again keeps its id.
-    await wait_until(lambda: _count(b, 50), 5, "gateway B to list 50 nodes")
+    for gw in (a, b):  # each sees the other's registrations at its next refresh
+        await wait_until(lambda gw=gw: _count(gw, 50), 5, "both gateways to list 50 nodes")
     assert [s["server_id"] for s in await _servers(a)] == [s["server_id"] for s in await _servers(b)]
     assert await register(7) == ids[7]
 
