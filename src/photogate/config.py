@@ -446,9 +446,6 @@ def _validate_storage(cfg: Config) -> None:
                               "(e.g. redis://127.0.0.1:6379/0, or the PHOTOGATE_REDIS_URL environment variable)")
         if not st.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("storage.redis_url: must start with redis://, rediss:// or unix://")
-        if cfg.wechat.appid:
-            raise ConfigError("storage.backend: redis does not hold the WeChat tables yet; "
-                              "run WeChat login and pay on storage.backend sqlite (one gateway)")
     if not st.redis_prefix:
         raise ConfigError("storage.redis_prefix: must not be empty")
     if st.redis_lease_ttl < 0.5:

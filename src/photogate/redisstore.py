@@ -24,6 +24,8 @@ before it increments. Keys (``P`` is ``storage.redis_prefix``)::
     P node_counter         string the last ordinal handed out (INCR)
     P health               hash   server_id -> shared health state (JSON)
     P lease:health         string the gateway that probes the fleet now (SET NX PX)
+    P owner:{openid}       zset   a WeChat user's task ids by created_at
+    P wx:...               the WeChat records (``photogate.wechat.db``)
 
 Keys are built inside the scripts from the prefix, so this runs on one Redis (a primary,
 with a replica and Sentinel if wanted), not on Redis Cluster.
@@ -91,8 +93,9 @@ return 1
 #: Forget a task everywhere. KEYS: task hash. ARGV: prefix, id.
 DELETE_TASK = """
 local p, id = ARGV[1], ARGV[2]
-local status = redis.call('HGET', KEYS[1], 'status')
+local status, owner = unpack(redis.call('HMGET', KEYS[1], 'status', 'owner'))
 if status then redis.call('ZREM', p .. 'status:' .. status, id) end
+if owner then redis.call('ZREM', p .. 'owner:' .. owner, id) end
 redis.call('ZREM', p .. 'done', id)
 redis.call('ZREM', p .. 'queue', id)
 return redis.call('DEL', KEYS[1])
@@ -497,6 +500,10 @@ class RedisStore:
             pipe.zadd(f"{self.prefix}status:{task.status.value}", {task.task_id: task.created_at})
             if task.status is TaskStatus.QUEUED:
                 pipe.zadd(self.k_queue, {task.task_id: task.created_at})
+            if task.status.value in FINISHED:
+                pipe.zadd(f"{self.prefix}done", {task.task_id: task.updated_at})
+            if task.owner:  # a WeChat user's own list of tasks
+                pipe.zadd(f"{self.prefix}owner:{task.owner}", {task.task_id: task.created_at})
             await pipe.execute()
 
     _UPDATABLE = frozenset(
