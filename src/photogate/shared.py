@@ -49,6 +49,9 @@ class SharedRegistry(Registry):
         #: Tasks in the shared queue that no gateway has claimed yet (at the last refresh).
         self.queue_depth = 0
         self._unreleased: list[str] = []
+        #: Local changes per node: a refresh whose read began before one of them must not
+        #: undo it (that node is left as it is until the next refresh).
+        self._touched: dict[str, int] = {}
 
     # -- the view ------------------------------------------------------------------------
 
@@ -57,12 +60,16 @@ class SharedRegistry(Registry):
 
     async def refresh(self) -> None:
         """Read every node, its shared health and its in-flight count from Redis."""
+        touched = dict(self._touched)
         records, health, inflight = await self.redis_store.fleet()
         self.queue_depth = await self.redis_store.queue_length()
-        seen: set[str] = set()
+        raced = {sid for sid, n in self._touched.items() if touched.get(sid) != n}
+        seen: set[str] = set(raced)
         for record in records:
             sid = record.server_id
             seen.add(sid)
+            if sid in raced:
+                continue
             state = self._nodes.get(sid)
             if state is None:
                 state = self._nodes[sid] = NodeState(record=record, healthy=False)
@@ -87,6 +94,9 @@ class SharedRegistry(Registry):
         state.completed = int(shared.get("completed") or 0)
         state.failed = int(shared.get("failed") or 0)
 
+    def _touch(self, server_id: str) -> None:
+        self._touched[server_id] = self._touched.get(server_id, 0) + 1
+
     # -- membership ----------------------------------------------------------------------
 
     async def register(
@@ -96,6 +106,7 @@ class SharedRegistry(Registry):
         record, created, previous = await self.redis_store.register_node(
             ip, port, node_key, {"slots": slots, "weight": weight, "info": info}, secrets.token_urlsafe(32)
         )
+        self._touch(record.server_id)
         state = self._nodes.get(record.server_id)
         if state is None:
             state = self._nodes[record.server_id] = NodeState(record=record, healthy=True)
@@ -109,6 +120,7 @@ class SharedRegistry(Registry):
     async def remove(self, server_id: str) -> NodeState | None:
         state = self._nodes.pop(server_id, None)
         if state is not None:
+            self._touch(server_id)
             await self.redis_store.delete_node(server_id)
             self._changed()
         return state
@@ -117,6 +129,7 @@ class SharedRegistry(Registry):
         state = self._nodes.get(server_id)
         if state is not None:
             await self.redis_store.set_node_draining(server_id, draining)
+            self._touch(server_id)
             state.record.draining = draining
             self._changed()
         return state
@@ -145,6 +158,7 @@ class SharedRegistry(Registry):
             return
         moved = await self.redis_store.record_health(server_id, ok, report=report, error=error,
                                                      threshold=self.failure_threshold, counter=counter, check=check)
+        self._touch(server_id)
         # The same change here at once; the next refresh brings what other gateways did.
         if check:
             state.last_check = time.time()
@@ -171,6 +185,7 @@ class SharedRegistry(Registry):
     async def acquire(self, server_id: str) -> NodeState | None:
         state = self._nodes[server_id]
         count = await self.redis_store.acquire_slot(server_id, state.slots)
+        self._touch(server_id)
         if count < 0:
             state.inflight = max(state.inflight, state.slots)  # full: another gateway was first
             return None
@@ -180,6 +195,7 @@ class SharedRegistry(Registry):
     async def release(self, state: NodeState) -> None:
         try:
             state.inflight = await self.redis_store.release_slot(state.server_id)
+            self._touch(state.server_id)
         except StoreUnavailable:
             # Given back once Redis answers again (a slot must not leak for good).
             self._unreleased.append(state.server_id)
