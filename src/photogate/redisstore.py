@@ -363,7 +363,7 @@ return tostring(wait)
 """
 
 
-def _unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Turn any Redis error into :class:`StoreUnavailable` (a 503 a user can read)."""
 
     @wraps(fn)
@@ -482,7 +482,7 @@ class RedisStore:
 
     # -- tasks ---------------------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def insert_task(self, task: TaskRecord) -> None:
         """Store the task and put it in the shared queue, in one transaction."""
         fields = {
@@ -510,7 +510,7 @@ class RedisStore:
         {"status", "server_id", "attempts", "result_mime", "result_bytes", "error", "started_at", "finished_at"}
     )
 
-    @_unavailable
+    @unavailable
     async def update_task(self, task_id: str, **changes: Any) -> None:
         unknown = set(changes) - self._UPDATABLE
         if unknown:
@@ -519,7 +519,7 @@ class RedisStore:
         await self._update(keys=[self._task_key(task_id), self.k_claimed],
                            args=[self.prefix, task_id, encoded, repr(time.time())])
 
-    @_unavailable
+    @unavailable
     async def get_task(self, task_id: str) -> TaskRecord | None:
         # No cache: another gateway may have changed the task a moment ago.
         data = await self.redis.hgetall(self._task_key(task_id))
@@ -532,7 +532,7 @@ class RedisStore:
             rows = await pipe.execute()
         return [_task(row) for row in rows if row]
 
-    @_unavailable
+    @unavailable
     async def list_tasks(
         self, statuses: Sequence[TaskStatus], limit: int = 1_000_000, *, newest_first: bool = False
     ) -> list[TaskRecord]:
@@ -547,7 +547,7 @@ class RedisStore:
         scored = sorted(((score, task_id) for rows in found for task_id, score in rows), reverse=newest_first)
         return await self._tasks([task_id for _score, task_id in scored[:limit]])
 
-    @_unavailable
+    @unavailable
     async def count_tasks(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for status in TaskStatus:
@@ -555,33 +555,33 @@ class RedisStore:
             counts = await pipe.execute()
         return {status.value: int(n) for status, n in zip(TaskStatus, counts)}
 
-    @_unavailable
+    @unavailable
     async def expired_task_ids(self, before: float) -> list[str]:
         """Finished (completed or failed) tasks last touched before ``before``."""
         return list(await self.redis.zrangebyscore(f"{self.prefix}done", "-inf", f"({before!r}"))
 
-    @_unavailable
+    @unavailable
     async def delete_task(self, task_id: str) -> None:
         await self._delete(keys=[self._task_key(task_id)], args=[self.prefix, task_id])
 
     # -- the shared queue ----------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def queue_length(self) -> int:
         return int(await self.redis.zcard(self.k_queue))
 
-    @_unavailable
+    @unavailable
     async def claim(self, count: int) -> list[TaskRecord]:
         """Take the ``count`` oldest tasks of the shared queue for this gateway."""
         got = await self._claim(keys=[self.k_queue, self.k_claimed], args=[self.prefix, count])
         tasks = [_task(dict(zip(fields[0::2], fields[1::2]))) for fields in got[1::2]]
         return [t for t in tasks if t.status is TaskStatus.QUEUED or t.status is TaskStatus.PROCESSING]
 
-    @_unavailable
+    @unavailable
     async def claimed_ids(self) -> set[str]:
         return set(await self.redis.hkeys(self.k_claimed))
 
-    @_unavailable
+    @unavailable
     async def unclaim(self, task_ids: Sequence[str]) -> int:
         """Hand claimed tasks back to the shared queue (for any gateway to run)."""
         if not task_ids:
@@ -590,14 +590,14 @@ class RedisStore:
 
     # -- gateways: heartbeats and the reaper ------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def heartbeat(self, ttl: float) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.k_alive, str(time.time()), px=int(ttl * 1000))
             pipe.sadd(self.k_gateways, self.gateway_id)
             await pipe.execute()
 
-    @_unavailable
+    @unavailable
     async def dead_gateways(self) -> list[str]:
         others = [g for g in await self.redis.smembers(self.k_gateways) if g != self.gateway_id]
         if not others:
@@ -608,7 +608,7 @@ class RedisStore:
             alive = await pipe.execute()
         return [gid for gid, up in zip(others, alive) if not up]
 
-    @_unavailable
+    @unavailable
     async def reap(self, gateway_id: str, *, force: bool = False, ghost_seconds: float = 0.0) -> int:
         """Put ``gateway_id``'s claimed tasks back in the queue and free its node slots (its
         jobs still running there count as ghosts for ``ghost_seconds`` or until the node is
@@ -616,30 +616,30 @@ class RedisStore:
         return int(await self._reap(keys=[], args=[self.prefix, gateway_id, "1" if force else "0",
                                                    int(ghost_seconds)]))
 
-    @_unavailable
+    @unavailable
     async def lease(self, ttl: float) -> bool:
         """Take or keep the health prober's lease for ``ttl`` s; True while this gateway holds it."""
         return bool(await self._lease(keys=[self.k_lease], args=[self.gateway_id, int(ttl * 1000)]))
 
-    @_unavailable
+    @unavailable
     async def drop_lease(self) -> None:
         if await self.redis.get(self.k_lease) == self.gateway_id:
             await self.redis.delete(self.k_lease)
 
     # -- node slots ----------------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def acquire_slot(self, server_id: str, slots: int) -> int:
         """Take a slot on the node: its new in-flight count, or -1 when all are taken."""
         return int(await self._acquire(keys=[self.k_inflight, self.k_res, self.k_ghosts], args=[server_id, slots]))
 
-    @_unavailable
+    @unavailable
     async def release_slot(self, server_id: str) -> int:
         return int(await self._release(keys=[self.k_inflight, self.k_res], args=[server_id]))
 
     # -- nodes ---------------------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def register_node(
         self, ip: str, port: int, node_key: str | None, fields: dict[str, Any], new_token: str
     ) -> tuple[NodeRecord, bool, str | None]:
@@ -650,7 +650,7 @@ class RedisStore:
         ])
         return _node(encoded)[1], bool(created), previous or None
 
-    @_unavailable
+    @unavailable
     async def fleet(self) -> tuple[list[NodeRecord], dict[str, dict[str, Any]], dict[str, int]]:
         """Every node (in id order), the shared health of each, the slots taken on each."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -671,15 +671,15 @@ class RedisStore:
     async def load_nodes(self) -> list[NodeRecord]:
         return (await self.fleet())[0]
 
-    @_unavailable
+    @unavailable
     async def delete_node(self, server_id: str) -> None:
         await self._delete_node(keys=[], args=[self.prefix, server_id])
 
-    @_unavailable
+    @unavailable
     async def set_node_draining(self, server_id: str, draining: bool) -> None:
         await self._draining(keys=[], args=[self.prefix, server_id, "1" if draining else "0"])
 
-    @_unavailable
+    @unavailable
     async def record_health(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None,
                             error: str = "", threshold: int = 3, counter: str = "", check: bool = False) -> int:
         """Record a health outcome for every gateway: 1 node went up, -1 went down, 0 no change."""
@@ -690,7 +690,7 @@ class RedisStore:
 
     # -- rate limits ---------------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def bucket(self, name: str, key: str, rate: float, burst: float, take: bool) -> float:
         wait = await self._bucket(keys=[f"{self.prefix}rl:{name}:{key}"], args=[repr(rate), repr(burst),
                                                                              "1" if take else "0"])

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, fields
 from typing import Any
 
-from ..redisstore import RedisStore, _unavailable
+from ..redisstore import RedisStore, unavailable
 from ..store import SQLiteStore
 from . import store as db
 from .store import CREATED, Order
@@ -177,7 +177,7 @@ class RedisWechatDB:
 
     # -- users and sessions ----------------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def login(self, openid: str, unionid: str | None, token_hash: str, ttl: float) -> None:
         now = repr(time.time())
         user = f"{self.p}wx:user:{openid}"
@@ -190,7 +190,7 @@ class RedisWechatDB:
             pipe.set(f"{self.p}wx:session:{token_hash}", openid, px=max(int(ttl * 1000), 1))
             await pipe.execute()
 
-    @_unavailable
+    @unavailable
     async def session_openid(self, token_hash: str) -> str | None:
         return await self.redis.get(f"{self.p}wx:session:{token_hash}")  # type: ignore[no-any-return]
 
@@ -198,13 +198,13 @@ class RedisWechatDB:
         """Sessions expire in Redis by themselves."""
         return 0
 
-    @_unavailable
+    @unavailable
     async def credits(self, openid: str) -> int:
         return int(await self.redis.hget(f"{self.p}wx:user:{openid}", "credits") or 0)
 
     # -- orders ------------------------------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def insert_order(self, order: Order) -> None:
         mapping = {k: v for k, v in ((k, _s(v)) for k, v in asdict(order).items()) if v is not None}
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -214,12 +214,12 @@ class RedisWechatDB:
                 pipe.zadd(f"{self.p}wx:orders:created", {order.out_trade_no: order.created_at})
             await pipe.execute()
 
-    @_unavailable
+    @unavailable
     async def update_order(self, out_trade_no: str, **changes: Any) -> None:
         await self._update_order(keys=[], args=[self.p, out_trade_no, json.dumps({k: _s(v) for k, v in changes.items()}),
                                                 repr(time.time())])
 
-    @_unavailable
+    @unavailable
     async def get_order(self, out_trade_no: str) -> Order | None:
         data = await self.redis.hgetall(f"{self.p}wx:order:{out_trade_no}")
         return _order(data) if data else None
@@ -231,44 +231,44 @@ class RedisWechatDB:
             rows = await pipe.execute()
         return [_order(row) for row in rows if row]
 
-    @_unavailable
+    @unavailable
     async def user_orders(self, openid: str, limit: int = 20) -> list[Order]:
         return await self._orders(await self.redis.zrevrange(f"{self.p}wx:orders:{openid}", 0, limit - 1))
 
-    @_unavailable
+    @unavailable
     async def stale_orders(self, before: float, limit: int = 100) -> list[Order]:
         numbers = await self.redis.zrangebyscore(f"{self.p}wx:orders:created", "-inf", f"({before!r}", start=0,
                                                  num=limit)
         return [o for o in await self._orders(numbers) if o.state == CREATED]
 
-    @_unavailable
+    @unavailable
     async def mark_paid(self, out_trade_no: str, transaction_id: str) -> bool:
         return bool(await self._mark_paid(keys=[], args=[self.p, out_trade_no, transaction_id, repr(time.time())]))
 
-    @_unavailable
+    @unavailable
     async def mark_closed(self, out_trade_no: str) -> bool:
         return bool(await self._mark_closed(keys=[], args=[self.p, out_trade_no, repr(time.time())]))
 
-    @_unavailable
+    @unavailable
     async def begin_refund(self, out_trade_no: str, out_refund_no: str, force: bool) -> str:
         return str(await self._begin_refund(keys=[], args=[self.p, out_trade_no, out_refund_no, "1" if force else "0",
                                                            repr(time.time())]))
 
-    @_unavailable
+    @unavailable
     async def undo_refund(self, out_trade_no: str, error: str) -> None:
         await self._undo_refund(keys=[], args=[self.p, out_trade_no, error, repr(time.time())])
 
     # -- credits for tasks ---------------------------------------------------------------------------
 
-    @_unavailable
+    @unavailable
     async def charge(self, openid: str, task_id: str, amount: int) -> bool:
         return bool(await self._charge(keys=[], args=[self.p, openid, amount, task_id, repr(time.time())]))
 
-    @_unavailable
+    @unavailable
     async def refund_charge(self, task_id: str) -> int:
         return int(await self._refund_charge(keys=[], args=[self.p, task_id, repr(time.time())]))
 
-    @_unavailable
+    @unavailable
     async def failed_charged_tasks(self) -> list[str]:
         task_ids = sorted(await self.redis.smembers(f"{self.p}wx:charged"))
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -277,7 +277,7 @@ class RedisWechatDB:
             statuses = await pipe.execute()
         return [t for t, status in zip(task_ids, statuses) if status == "failed"]
 
-    @_unavailable
+    @unavailable
     async def user_tasks(self, openid: str, limit: int = 20) -> list[dict[str, Any]]:
         task_ids = await self.redis.zrevrange(f"{self.p}owner:{openid}", 0, limit - 1)
         async with self.redis.pipeline(transaction=False) as pipe:
