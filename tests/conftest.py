@@ -11,6 +11,7 @@ import structlog
 
 from photogate.app import create_app
 from photogate.config import Config
+from redis_support import RedisServer, unique_prefix
 from support import FakeNode, Gateway, GatewayProcess, make_config
 
 
@@ -66,3 +67,19 @@ def gateway_process(tmp_path: Path):  # type: ignore[no-untyped-def]
     yield make
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; each test keeps to its own key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_config(redis_server: RedisServer) -> dict[str, Any]:
+    """Overrides that put a gateway on the session's Redis, under a prefix of its own."""
+    return {"storage.backend": "redis", "storage.redis_url": redis_server.url,
+            "storage.redis_prefix": unique_prefix(), "storage.redis_lease_ttl": 1.0}

@@ -66,6 +66,7 @@ class FakeNode:
         self.jobs = 0
         self.busy = 0
         self.max_busy = 0
+        self.health_hits = 0
         self.seen_tokens: list[str] = []
         self.server: TestServer | None = None
         self.port: int | None = None
@@ -87,6 +88,7 @@ class FakeNode:
             self.server = None
 
     async def _health(self, request: web.Request) -> web.Response:
+        self.health_hits += 1
         return web.json_response({"status": "ok", "busy": self.busy, "queued": 0, "slots": self.slots,
                                   "model": "fake", "scale": 2, "provider": "none", "throughput": self.throughput})
 

@@ -50,6 +50,10 @@ class SimEngine:
         self.queue_size = queue_size
         self.busy = 0
         self._admitted = 0
+        #: The most jobs this node has held at once (running or waiting for a slot) and the
+        #: jobs it has run: a test reads them from /health to check the gateways' accounting.
+        self.max_inflight = 0
+        self.jobs_done = 0
         self._rng = rng or random.Random()
         self._free = asyncio.Semaphore(slots)
         self._recent: deque[tuple[float, float]] = deque(maxlen=256)
@@ -75,6 +79,7 @@ class SimEngine:
             raise QueueFull(f"node busy: {self.busy} running, {self.queued} queued; try another node")
         t_start = time.perf_counter()
         self._admitted += 1
+        self.max_inflight = max(self.max_inflight, self._admitted)
         try:
             try:
                 # Header only (no decode): microseconds, fine on the event loop.
@@ -91,6 +96,7 @@ class SimEngine:
                     await asyncio.sleep(seconds)
                 finally:
                     self.busy -= 1
+            self.jobs_done += 1
             total_ms = (time.perf_counter() - t_start) * 1000
             return EnhanceResult(body=data, content_type=MIME.get(fmt, "application/octet-stream"), width=width,
                                  height=height, inference_ms=seconds * 1000, total_ms=total_ms)

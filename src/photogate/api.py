@@ -23,6 +23,7 @@ from .errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
+    StoreUnavailable,
 )
 from .imagecheck import EXTENSION, ImageInfo, probe_image
 from .keys import GATEWAY
@@ -188,13 +189,13 @@ async def enhance(request: web.Request) -> web.Response:
     )
     try:
         await gw.store.insert_task(task)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, StoreUnavailable) as exc:
         await gw.blobs.delete(task_id)
         await access.refund(owner, task_id)
         if _storage_full(exc):
             raise _no_storage(cfg.limits.retry_after) from None
         raise
-    gw.dispatcher.submit(task)
+    gw.dispatcher.accept(task)
     gw.metrics.task_accepted()
     log.info("task_accepted", task_id=task_id, bytes=writer.size, width=info.width, height=info.height)
     body = {"task_id": task_id, "status": task.status.value, "message": "任务已提交，正在排队处理"}

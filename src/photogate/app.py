@@ -32,6 +32,8 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
 
     async def run_gateway(_app: web.Application) -> AsyncIterator[None]:
         async with gateway.running():
+            if config.storage.backend == "redis":
+                app[RATE_LIMITS].share(gateway.store)  # type: ignore[arg-type]
             yield
 
     app.cleanup_ctx.append(run_gateway)

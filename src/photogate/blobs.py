@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -137,14 +138,23 @@ class BlobStore:
         self.forget_input(task_id)
         await asyncio.get_running_loop().run_in_executor(None, self._delete_sync, task_id)
 
-    def _sweep_partials_sync(self) -> int:
+    def _sweep_partials_sync(self, older_than: float | None) -> int:
         removed = 0
+        cutoff = time.time() - older_than if older_than is not None else None
         for folder in (self.inputs, self.results):
             for part in folder.glob("*.part"):
+                try:
+                    if cutoff is not None and part.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
                 part.unlink(missing_ok=True)
                 removed += 1
         return removed
 
-    async def sweep_partials(self) -> int:
-        """Remove ``.part`` files a killed process left behind (call before serving)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self._sweep_partials_sync)
+    async def sweep_partials(self, older_than: float | None = None) -> int:
+        """Remove ``.part`` files a killed process left behind (call before serving).
+
+        On a directory several gateways share, pass ``older_than`` (seconds): a recent
+        ``.part`` may be another gateway's upload in progress."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._sweep_partials_sync, older_than)

@@ -17,6 +17,7 @@ from . import __version__
 from .app import create_app
 from .balancing import StrategyError
 from .config import ConfigError, load_config
+from .errors import StoreUnavailable
 from .keys import GATEWAY
 from .logsetup import configure_logging
 
@@ -92,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Also bounds a client still sending its request headers (slow-loris), and idle keep-alives.
             keepalive_timeout=config.limits.read_timeout,
         )
+    except StoreUnavailable as exc:
+        sys.stderr.write(f"photogate: state store error: {exc.message}; start Redis or fix storage.redis_url\n")
+        return 3
     except sqlite3.DatabaseError as exc:
         # A damaged database file: say which, and what to do (README, Operations), not a traceback.
         sys.stderr.write(f"photogate: data error: {config.data_path / 'photogate.db'}: {exc}; stop, move the file "

@@ -27,6 +27,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "PHOTOGATE_ADMIN_TOKEN": "admin.token",
     "PHOTOGATE_DATA_DIR": "storage.data_dir",
     "PHOTOGATE_METRICS_TOKEN": "metrics.token",
+    "PHOTOGATE_REDIS_URL": "storage.redis_url",  # may hold Redis's password
     # WeChat (issue 7): the secrets, and the merchant settings that come with them.
     "WECHAT_APP_ID": "wechat.appid",
     "WECHAT_APP_SECRET": "wechat.secret",
@@ -104,6 +105,16 @@ class StorageConfig:
     data_dir: str = "./data"
     task_ttl: float = 86400.0
     janitor_interval: float = 300.0
+    # -- issue 8: several gateways sharing Redis
+    #: ``sqlite`` (one gateway, the default) or ``redis`` (several gateways share state).
+    backend: str = "sqlite"
+    #: ``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``); backend redis only.
+    redis_url: str = ""
+    #: Prefix of every Redis key, so several deployments can share one Redis.
+    redis_prefix: str = "photogate:"
+    #: Seconds a gateway's heartbeat (and the health prober's lease) lives in Redis: a
+    #: gateway silent this long is dead, and another takes its tasks and node slots back.
+    redis_lease_ttl: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -283,7 +294,18 @@ class Config:
         data["server"]["tls"] = {"enabled": bool(self.server.tls.cert)}
         data["wechat"]["secret"] = "***" if self.wechat.secret else ""
         data["wechat"]["apiv3_key"] = "***" if self.wechat.apiv3_key else ""
+        data["storage"]["redis_url"] = redacted_url(self.storage.redis_url)
         return _jsonable(data)
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password (``redis://:***@host:6379/0``): safe to log or show."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -396,6 +418,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(message)
     _validate_wechat(cfg.wechat)
     _validate_abuse_limits(cfg)
+    _validate_storage(cfg)
     for i, net in enumerate(cfg.server.trusted_proxies):
         try:
             ipaddress.ip_network(net, strict=False)
@@ -410,6 +433,23 @@ def _validate(cfg: Config) -> None:
             "webhook.secret: the well-known default secret is refused outside --dev; "
             "choose your own (e.g. WEBHOOK_SECRET=$(openssl rand -hex 24))"
         )
+
+
+def _validate_storage(cfg: Config) -> None:
+    """The keys of issue 8: which backend holds the shared state."""
+    st = cfg.storage
+    if st.backend not in ("sqlite", "redis"):
+        raise ConfigError(f"storage.backend: must be sqlite or redis, got {st.backend!r}")
+    if st.backend == "redis":
+        if not st.redis_url:
+            raise ConfigError("storage.redis_url: required with storage.backend redis "
+                              "(e.g. redis://127.0.0.1:6379/0, or the PHOTOGATE_REDIS_URL environment variable)")
+        if not st.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("storage.redis_url: must start with redis://, rediss:// or unix://")
+    if not st.redis_prefix:
+        raise ConfigError("storage.redis_prefix: must not be empty")
+    if st.redis_lease_ttl < 0.5:
+        raise ConfigError("storage.redis_lease_ttl: must be >= 0.5 seconds")
 
 
 def _validate_abuse_limits(cfg: Config) -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import aiohttp
 import structlog
@@ -25,12 +24,15 @@ from .access import OPEN_ACCESS, AccessPolicy
 from .balancing import JobView, Strategy
 from .blobs import BlobStore
 from .config import DispatchConfig
-from .errors import PhotogateError, ServiceUnavailable
+from .errors import PhotogateError, ServiceUnavailable, StoreUnavailable
 from .imagecheck import MIME, ImageInfo, probe_image
 from .metrics import GatewayMetrics
 from .models import TaskRecord, TaskStatus
 from .registry import NodeState, Registry
 from .store import SQLiteStore
+
+if TYPE_CHECKING:
+    from .redisstore import RedisStore
 
 log = structlog.get_logger("photogate.dispatcher")
 
@@ -79,7 +81,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: SQLiteStore | RedisStore,
         blobs: BlobStore,
         registry: Registry,
         session: aiohttp.ClientSession,
@@ -90,8 +92,15 @@ class Dispatcher:
         max_pixels: int,
         multi_backend: bool,
         metrics: GatewayMetrics | None = None,
+        shared: bool = False,
     ) -> None:
         self.store = store
+        #: Several gateways on Redis: accepted tasks wait in Redis's shared queue and each
+        #: gateway claims what its free node slots can start (``_feed``).
+        self.shared = shared
+        #: Shared: the claimed tasks this gateway holds (queued here or running).
+        self._held: set[str] = set()
+        self._next_reconcile = 0.0
         self.blobs = blobs
         self.registry = registry
         self.session = session
@@ -114,7 +123,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._heap)
+        return len(self._heap) + self.registry.queue_depth
 
     @property
     def in_flight(self) -> int:
@@ -124,7 +133,7 @@ class Dispatcher:
         self._wake.set()
 
     def check_capacity(self) -> None:
-        if len(self._heap) >= self.max_queue:
+        if self.queued >= self.max_queue:
             raise ServiceUnavailable("队列已满，请稍后重试 (the queue is full; try again later)", headers={"Retry-After": "30"})
 
     def submit(self, task: TaskRecord, tried: set[str] | None = None, delay: float = 0.0) -> None:
@@ -134,6 +143,34 @@ class Dispatcher:
             asyncio.get_running_loop().call_later(delay, self.wake)
         self.wake()
 
+    def accept(self, task: TaskRecord) -> None:
+        """A task the API has just stored: queue it here, or (shared) claim it from Redis's queue."""
+        if self.shared:
+            self.registry.queue_depth += 1
+            self.wake()
+        else:
+            self.submit(task)
+
+    async def _feed(self) -> None:
+        """Claim from the shared queue what the free node slots can start now, and no more,
+        so that a gateway never sits on tasks another one could run."""
+        store: Any = self.store
+        if time.monotonic() >= self._next_reconcile:
+            # A claim whose reply was lost with the connection (Redis went away mid-call) is
+            # claimed in Redis but held nowhere: hand it back to the queue.
+            orphans = await store.claimed_ids() - self._held
+            if orphans and await store.unclaim(sorted(orphans)):
+                log.warning("claims_returned", count=len(orphans))
+            self._next_reconcile = time.monotonic() + 2.0
+        free = sum(v.slots - v.inflight for v in self.registry.candidates(self.multi_backend))
+        want = min(free - len(self._heap), SCAN_LIMIT)
+        if want <= 0:
+            return
+        for task in await store.claim(want):
+            task.status = TaskStatus.QUEUED
+            self._held.add(task.task_id)
+            heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task))
+
     def _backoff(self, task: TaskRecord, tried: set[str]) -> float:
         """No wait while a node that has not failed this task could take it; else 1, 2, 4 ...
         times ``retry_backoff`` s, so a restarting node's few seconds do not use up every attempt."""
@@ -142,7 +179,10 @@ class Dispatcher:
         return min(self.config.retry_backoff * 2 ** max(task.attempts - 1, 0), 30.0)
 
     async def recover(self) -> int:
-        """Queue what the store holds as queued or processing (a restart runs them again)."""
+        """Queue what the store holds as queued or processing (a restart runs them again).
+        Shared: hand the tasks of gateways that died back to the shared queue."""
+        if self.shared:
+            return await self.registry.beat()  # type: ignore[attr-defined, no-any-return]
         tasks = await self.store.list_tasks([TaskStatus.QUEUED, TaskStatus.PROCESSING])
         for task in tasks:
             if task.status is TaskStatus.PROCESSING:
@@ -155,12 +195,25 @@ class Dispatcher:
 
     async def wait_finished(self, task_id: str, timeout: float) -> None:
         """Wait until ``task_id`` completes or fails, at most ``timeout`` seconds."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         self._waiters.setdefault(task_id, []).append(future)
+        deadline = loop.time() + timeout
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            pass
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    # Shared: another gateway may finish it; look in the store now and then.
+                    await asyncio.wait_for(asyncio.shield(future), min(left, 0.25) if self.shared else left)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                if self.shared:
+                    try:
+                        task = await self.store.get_task(task_id)
+                    except StoreUnavailable:
+                        continue
+                    if task is None or task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED):
+                        return
         finally:
             waiters = self._waiters.get(task_id, [])
             if future in waiters:
@@ -181,15 +234,28 @@ class Dispatcher:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                self._place_ready()
+                try:
+                    await self._place_ready()
+                except StoreUnavailable:
+                    # Redis is away: the shared registry's heartbeat logs it and wakes us again.
+                    log.debug("placement_deferred", reason="the state store is unreachable")
         finally:
             for worker in list(self._workers):
                 worker.cancel()
             if self._workers:
                 await asyncio.gather(*self._workers, return_exceptions=True)
 
-    def _place_ready(self) -> None:
+    async def _place_ready(self) -> None:
+        if self.shared:
+            await self._feed()
         skipped: list[_Queued] = []
+        try:
+            await self._place(skipped)
+        finally:
+            for item in skipped:
+                heapq.heappush(self._heap, item)
+
+    async def _place(self, skipped: list[_Queued]) -> None:
         scanned = 0
         # A strategy that plans ahead (``fastest``) also sees the busy nodes, and may hold a
         # job back for one of them (late binding: nothing is committed to a node's queue).
@@ -220,15 +286,20 @@ class Dispatcher:
                 log.error("strategy_chose_non_candidate", strategy=getattr(self.strategy, "name", "?"),
                           server_id=getattr(chosen, "server_id", chosen))
                 chosen = candidates[0]
-            state = self.registry.acquire(chosen.server_id)
+            try:
+                state = await self.registry.acquire(chosen.server_id)
+            except BaseException:
+                skipped.append(item)
+                raise
+            if state is None:
+                skipped.append(item)  # another gateway took the last slot first
+                continue
             hook = getattr(self.strategy, "on_dispatched", None)
             if hook is not None:
                 hook(chosen.server_id, job)
             worker = asyncio.create_task(self._run_job(item, state, job), name=f"job-{item.task.task_id}")
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
-        for item in skipped:
-            heapq.heappush(self._heap, item)
 
     # -- one job -------------------------------------------------------------------------
 
@@ -240,22 +311,22 @@ class Dispatcher:
         released = False
         attempts_before = task.attempts
 
-        def node_done(answered: bool) -> None:
+        async def node_done(answered: bool) -> None:
             # The node is free once its answer is in: checking and storing the result must
             # not keep the next photo off it.
             nonlocal released
             if released:
                 return
             released = True
-            self.registry.release(state)
+            await self.registry.release(state)
             hook = getattr(self.strategy, "on_completed", None)
             if hook is not None:
                 hook(server_id, job, time.monotonic() - started, answered)
 
         try:
             task.attempts += 1
-            # Recorded while the photo travels: the store's single thread keeps writes in
-            # order, and the outcome is written only after this one.
+            # Recorded while the photo travels; the outcome is written only once this write
+            # is done, so the two never cross (on either backend).
             processing = asyncio.ensure_future(self.store.update_task(
                 task.task_id, status=TaskStatus.PROCESSING, server_id=server_id,
                 attempts=task.attempts, started_at=time.time(), error=None,
@@ -275,7 +346,7 @@ class Dispatcher:
             except NodeFailure as exc:
                 self.metrics.dispatch_failed(server_id, "node_error" if exc.counts else "node_busy")
                 if exc.counts:
-                    self.registry.record_dispatch_failure(server_id, str(exc))
+                    await self.registry.record_dispatch_failure(server_id, str(exc))
                 log.warning("dispatch_failed", task_id=task.task_id, server_id=server_id, error=str(exc),
                             attempt=task.attempts)
                 if task.attempts >= self.config.max_attempts:
@@ -288,7 +359,7 @@ class Dispatcher:
                     self.metrics.task_retried()
             else:
                 ok = True
-                self.registry.record_dispatch_success(server_id)
+                await self.registry.record_dispatch_success(server_id)
                 await self.store.update_task(
                     task.task_id, status=TaskStatus.COMPLETED, result_mime=mime, result_bytes=size,
                     finished_at=time.time(), error=None,
@@ -297,18 +368,21 @@ class Dispatcher:
                          seconds=round(time.monotonic() - started, 3))
                 self.metrics.task_completed(task, server_id, time.monotonic() - started)
                 self._finished(task.task_id)
-        except sqlite3.Error as exc:
-            # The store itself failed (its disk is full): no node is to blame and the task must
-            # not be left "processing" until a restart; it runs again once the store can write.
+                self._held.discard(task.task_id)
+        except self.store.ERRORS as exc:
+            # The store itself failed (its disk is full, Redis is away): no node is to blame and
+            # the task must not be left "processing" until a restart; it runs again once the
+            # store can write.
             task.attempts = attempts_before
             log.error("task_store_failed", task_id=task.task_id, error=str(exc), retry_in=self.STORE_RETRY_DELAY)
             self.submit(task, item.tried, self.STORE_RETRY_DELAY)
         finally:
-            node_done(ok)
+            await node_done(ok)
 
     async def _fail(self, task: TaskRecord, error: str) -> None:
         await self.store.update_task(task.task_id, status=TaskStatus.FAILED, error=error, finished_at=time.time())
         log.warning("task_failed", task_id=task.task_id, error=error)
+        self._held.discard(task.task_id)
         self.metrics.task_failed()
         try:
             await self.access.refund(task.owner, task.task_id)
@@ -317,7 +391,7 @@ class Dispatcher:
         self._finished(task.task_id)
 
     async def _send(self, task: TaskRecord, state: NodeState,
-                    node_done: Callable[[bool], None] = lambda answered: None) -> tuple[str, int]:
+                    node_done: Callable[[bool], Awaitable[None]] | None = None) -> tuple[str, int]:
         """Send the photo to the node and store its answer; ``node_done(True)`` as soon as
         the answer is fully received."""
         params = {k: str(v) for k, v in task.params.items() if k in ("scale", "format", "quality") and v is not None}
@@ -348,7 +422,8 @@ class Dispatcher:
                     raise NodeFailure(f"node answered {mime or 'no content type'}, not an image")
                 async for chunk in resp.content.iter_chunked(256 * 1024):
                     await _stored(writer.write(chunk))
-            node_done(True)
+            if node_done is not None:
+                await node_done(True)
             checked = await _stored(writer.commit(then=self._verify_result))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             await writer.abort()

@@ -63,6 +63,24 @@ class ServiceUnavailable(PhotogateError):
     status = 503
 
 
+class StoreUnavailable(ServiceUnavailable):
+    """The shared state store (Redis) cannot be reached: nothing can be read or accepted now.
+
+    It answers 503 with ``Retry-After``; the gateway reconnects by itself once Redis is back.
+    """
+
+    RETRY_AFTER = 5
+
+    @classmethod
+    def from_error(cls, exc: BaseException, *, url: str = "") -> StoreUnavailable:
+        where = f" at {url}" if url else ""
+        return cls(
+            f"服务暂时不可用，请稍后重试 (the gateway cannot reach its state store, Redis{where}: "
+            f"{type(exc).__name__}; try again in a few seconds)",
+            headers={"Retry-After": str(cls.RETRY_AFTER)},
+        )
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -1,6 +1,7 @@
 """The health monitor: polls every node's ``/health`` concurrently, every ``interval`` s.
 
-It sees the registry only through ``record_check(server_id, ok, report, error)``.
+It sees the registry only through ``record_check(server_id, ok, report, error)`` (and
+``probes_here()``: with several gateways on Redis, one of them probes for all).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from .errors import StoreUnavailable
 from .registry import Registry
 
 log = structlog.get_logger("photogate.health")
@@ -40,10 +42,10 @@ class HealthMonitor:
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self.registry.record_check(server_id, False, error=error)
+            await self.registry.record_check(server_id, False, error=error)
             log.debug("health_check_failed", server_id=server_id, error=error)
         else:
-            self.registry.record_check(server_id, True, report)
+            await self.registry.record_check(server_id, True, report)
 
     async def check_all(self) -> None:
         nodes = self.registry.all()
@@ -58,7 +60,13 @@ class HealthMonitor:
         self.running = True
         try:
             while True:
-                await self.check_all()
+                # Several gateways on Redis: only the holder of the lease probes (once per
+                # interval in all); the others read the shared health it records.
+                if self.registry.probes_here():
+                    try:
+                        await self.check_all()
+                    except StoreUnavailable:
+                        log.warning("health_round_skipped", reason="the state store is unreachable")
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.interval)
                 except asyncio.TimeoutError:

@@ -20,14 +20,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .config import RateLimitConfig
-from .errors import Handler
+from .errors import Handler, StoreUnavailable
 from .keys import GATEWAY
 from .netutil import client_ip
 from .service import audit
+
+if TYPE_CHECKING:
+    from .redisstore import RedisStore
 
 #: Buckets kept per limiter before idle (full) ones are dropped: bounds memory under a scan.
 MAX_CLIENTS = 50_000
@@ -88,6 +92,32 @@ class Limiter:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    async def atake(self, key: str) -> float:
+        return self.take(key)
+
+    async def apeek(self, key: str) -> float:
+        return self.peek(key)
+
+
+class SharedLimiter:
+    """The same buckets in Redis (``storage.backend: redis``): a client's budget holds across
+    every gateway. If Redis cannot be reached, requests pass (the handler answers 503 anyway)."""
+
+    def __init__(self, name: str, rate: float, burst: int, store: RedisStore) -> None:
+        self.name, self.rate, self.burst, self.store = name, rate, float(burst), store
+
+    async def _ask(self, key: str, take: bool) -> float:
+        try:
+            return await self.store.bucket(self.name, key, self.rate, self.burst, take)
+        except StoreUnavailable:
+            return 0.0
+
+    async def atake(self, key: str) -> float:
+        return await self._ask(key, True)
+
+    async def apeek(self, key: str) -> float:
+        return await self._ask(key, False)
+
 
 class RateLimits:
     def __init__(self, config: RateLimitConfig, clock: Callable[[], float] = time.monotonic) -> None:
@@ -98,6 +128,13 @@ class RateLimits:
         self._exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt]
         self._exempt_memo: dict[str, bool] = {}
         self._blocked: set[str] = set()
+
+    def share(self, store: RedisStore) -> None:
+        """Keep the buckets in Redis from now on, shared by every gateway."""
+        cfg = self.config
+        self.requests = SharedLimiter("requests", cfg.requests_per_second, cfg.burst, store)
+        self.uploads = SharedLimiter("uploads", cfg.uploads_per_minute / 60.0, cfg.upload_burst, store)
+        self.auth_failures = SharedLimiter("auth", cfg.auth_failures_per_minute / 60.0, cfg.auth_failure_burst, store)
 
     def exempt(self, ip: str) -> bool:
         # Every request asks: remember the answer per address (bounded; cleared when full).
@@ -137,21 +174,21 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if limits.exempt(ip):
         return await handler(request)
     if _guarded(path):
-        wait = limits.auth_failures.peek(ip)
+        wait = await limits.auth_failures.apeek(ip)
         if wait > 0:
             if ip not in limits._blocked:
                 limits._blocked.add(ip)
                 audit("auth_rate_limited", who="anonymous", ip=ip, path=path, retry_after=math.ceil(wait))
             return _too_many(wait, "too many failed credentials from your address; wait and try again")
         limits._blocked.discard(ip)
-    wait = limits.requests.take(ip)
+    wait = await limits.requests.atake(ip)
     if wait > 0:
         return _too_many(wait, "too many requests from your address; slow down")
     if request.method == "POST" and path == "/api/v1/enhance":
-        wait = limits.uploads.take(ip)
+        wait = await limits.uploads.atake(ip)
         if wait > 0:
             return _too_many(wait, "too many uploads from your address; wait and try again")
     response = await handler(request)
     if _guarded(path) and response.status in (401, 403):
-        limits.auth_failures.take(ip)
+        await limits.auth_failures.atake(ip)
     return response

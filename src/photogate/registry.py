@@ -81,6 +81,9 @@ class NodeState:
 
 
 class Registry:
+    #: Tasks waiting in a queue shared with other gateways (none with one gateway).
+    queue_depth = 0
+
     def __init__(self, store: SQLiteStore, failure_threshold: int) -> None:
         self._store = store
         self.failure_threshold = failure_threshold
@@ -151,7 +154,13 @@ class Registry:
 
     # -- health (the monitor's narrow interface) -------------------------------------------
 
-    def record_check(self, server_id: str, ok: bool, report: dict[str, Any] | None = None, error: str | None = None) -> None:
+    def probes_here(self) -> bool:
+        """Whether this gateway's health monitor probes the fleet (always, with one gateway)."""
+        return True
+
+    async def record_check(
+        self, server_id: str, ok: bool, report: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
         state = self._nodes.get(server_id)
         if state is None:  # unregistered while the probe was in flight
             return
@@ -162,14 +171,14 @@ class Registry:
         else:
             self._mark_failure(state, error or "health check failed")
 
-    def record_dispatch_failure(self, server_id: str, error: str) -> None:
+    async def record_dispatch_failure(self, server_id: str, error: str) -> None:
         """A failed dispatch counts as a failed check at once (passive health check)."""
         state = self._nodes.get(server_id)
         if state is not None:
             state.failed += 1
             self._mark_failure(state, error)
 
-    def record_dispatch_success(self, server_id: str) -> None:
+    async def record_dispatch_success(self, server_id: str) -> None:
         state = self._nodes.get(server_id)
         if state is not None:
             state.completed += 1
@@ -216,12 +225,13 @@ class Registry:
         serving = [s.view() for s in self.serving(multi_backend)]
         return [v for v in serving if v.server_id not in exclude] or serving
 
-    def acquire(self, server_id: str) -> NodeState:
+    async def acquire(self, server_id: str) -> NodeState | None:
+        """Take a slot on the node; ``None`` when it has none free (another gateway took it)."""
         state = self._nodes[server_id]
         state.inflight += 1
         return state
 
-    def release(self, state: NodeState) -> None:
+    async def release(self, state: NodeState) -> None:
         state.inflight = max(state.inflight - 1, 0)
         self._changed()
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -21,10 +22,14 @@ from .balancing import Strategy, load_strategy
 from .blobs import BlobStore
 from .config import Config, load_config
 from .dispatcher import Dispatcher
+from .errors import StoreUnavailable
 from .health import HealthMonitor
 from .metrics import GatewayMetrics
 from .registry import Registry
 from .store import SQLiteStore
+
+if TYPE_CHECKING:
+    from .redisstore import RedisStore
 
 log = structlog.get_logger("photogate")
 audit_log = structlog.get_logger("photogate.audit")
@@ -33,6 +38,23 @@ audit_log = structlog.get_logger("photogate.audit")
 def audit(action: str, *, who: str, ip: str, **details: Any) -> None:
     """One audit event: who did what, from which address. Never pass a secret here."""
     audit_log.info("audit", action=action, who=who, client_ip=ip, **details)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the background tasks and wait for them. A cancellation can be lost inside a
+    Redis client call (redis-py turns some into connection errors), so cancel again, a
+    bounded number of times, until each one has stopped."""
+    for _ in range(50):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.2)
+    stuck = [t.get_name() for t in tasks if not t.done()]
+    if stuck:
+        log.error("background_tasks_did_not_stop", tasks=stuck)
+    await asyncio.gather(*(t for t in tasks if t.done()), return_exceptions=True)
 
 
 class Gateway:
@@ -47,7 +69,7 @@ class Gateway:
         self.started_at = time.time()
         self.metrics = GatewayMetrics(self)  # its own registry; /metrics reads live state through it
         # Filled by start():
-        self.store: SQLiteStore
+        self.store: SQLiteStore | RedisStore
         self.blobs: BlobStore
         self.registry: Registry
         self.session: aiohttp.ClientSession
@@ -59,17 +81,32 @@ class Gateway:
         """Open the stores, recover queued work, run the background tasks; undo all on exit."""
         cfg = self.config
         data = cfg.data_path
-        self.store = await SQLiteStore.open(data / "photogate.db")
-        self.blobs = BlobStore(data / "blobs")
-        await self.blobs.sweep_partials()
-        self.registry = Registry(self.store, cfg.health_check.failure_threshold)
+        shared = cfg.storage.backend == "redis"
+        if shared:
+            from .redisstore import RedisStore
+            from .shared import SharedRegistry
+
+            # Several gateways: state in Redis, photos on a directory they all mount.
+            self.store = store = await RedisStore.open(cfg.storage.redis_url, cfg.storage.redis_prefix,
+                                                       uuid.uuid4().hex[:12])
+            self.blobs = BlobStore(data / "blobs")
+            # Another gateway may be writing a .part right now: only old ones are leftovers.
+            await self.blobs.sweep_partials(older_than=3600.0)
+            self.registry = SharedRegistry(store, cfg.health_check.failure_threshold,
+                                           lease_ttl=cfg.storage.redis_lease_ttl,
+                                           ghost_seconds=cfg.dispatch.timeout + cfg.dispatch.connect_timeout)
+        else:
+            self.store = await SQLiteStore.open(data / "photogate.db")
+            self.blobs = BlobStore(data / "blobs")
+            await self.blobs.sweep_partials()
+            self.registry = Registry(self.store, cfg.health_check.failure_threshold)
         await self.registry.load()
         # No cookie jar: a proxy must never carry one node's cookies to another.
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
         self.dispatcher = Dispatcher(
             self.store, self.blobs, self.registry, self.session, self.strategy,
             config=cfg.dispatch, max_queue=cfg.limits.max_queue, max_pixels=cfg.limits.max_pixels,
-            multi_backend=self.multi_backend, metrics=self.metrics,
+            multi_backend=self.multi_backend, metrics=self.metrics, shared=shared,
         )
         self.monitor = HealthMonitor(
             self.registry, self.session, interval=cfg.health_check.interval, timeout=cfg.health_check.timeout
@@ -80,13 +117,19 @@ class Gateway:
             asyncio.create_task(self.monitor.run(), name="health-monitor"),
             asyncio.create_task(self._janitor(), name="janitor"),
         ]
-        log.info("gateway_started", data_dir=str(data), strategy=self.strategy_name, nodes=len(self.registry.all()))
+        if shared:
+            tasks.append(asyncio.create_task(self.registry.run(), name="shared-registry"))  # type: ignore[attr-defined]
+            log.info("gateway_started", data_dir=str(data), strategy=self.strategy_name, backend="redis",
+                     redis=store.url, gateway=store.gateway_id, nodes=len(self.registry.all()))
+        else:
+            log.info("gateway_started", data_dir=str(data), strategy=self.strategy_name,
+                     nodes=len(self.registry.all()))
         try:
             yield self
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _cancel_all(tasks)
+            if shared:
+                await self.registry.close()  # type: ignore[attr-defined]
             await self.session.close()
             await self.store.close()
             log.info("gateway_stopped")
@@ -144,5 +187,7 @@ class Gateway:
             await asyncio.sleep(self.config.storage.janitor_interval)
             try:
                 await self.expire()
+            except StoreUnavailable:
+                log.warning("janitor_skipped", reason="the state store is unreachable")
             except Exception:
                 log.exception("janitor_failed")

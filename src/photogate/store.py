@@ -111,6 +111,8 @@ class SQLiteStore:
 
     #: Recently used tasks kept in memory (write-through).
     CACHE_SIZE = 20_000
+    #: What the dispatcher treats as "the store failed" (no node to blame).
+    ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
     def __init__(self, path: Path) -> None:
         self.path = path

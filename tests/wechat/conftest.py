@@ -27,11 +27,18 @@ async def fake_wechat(wx_keys: WxKeys) -> AsyncIterator[FakeWechat]:
     await fake.stop()
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def wx_backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Every WeChat flow runs on both backends (issue 8): the same contract."""
+    return {} if request.param == "sqlite" else dict(request.getfixturevalue("redis_config"))
+
+
 @pytest.fixture
-async def make_wx_gateway(aiohttp_client: Any, tmp_path: Path,
-                          fake_wechat: FakeWechat) -> Callable[..., Awaitable[Gateway]]:
+async def make_wx_gateway(aiohttp_client: Any, tmp_path: Path, fake_wechat: FakeWechat,
+                          wx_backend: dict[str, Any]) -> Callable[..., Awaitable[Gateway]]:
     async def make(**overrides: Any) -> Gateway:
-        return Gateway(await aiohttp_client(create_app(wechat_config(tmp_path, fake_wechat, **overrides))))
+        settings = {**wx_backend, **overrides}
+        return Gateway(await aiohttp_client(create_app(wechat_config(tmp_path, fake_wechat, **settings))))
 
     return make
 

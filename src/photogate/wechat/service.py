@@ -21,8 +21,10 @@ from aiohttp import web
 
 from ..config import ConfigError, WechatConfig
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from ..redisstore import RedisStore
 from ..store import SQLiteStore
 from . import store as db
+from .db import RedisWechatDB, SQLiteWechatDB, wechat_db
 from .login import Identity, UpstreamError, WechatApi
 from .pay import (
     PROBE_PREFIX,
@@ -62,7 +64,8 @@ class WechatService:
         if cfg.billing_enabled:
             self._load_keys()
         # Filled by running():
-        self.store: SQLiteStore
+        self.store: SQLiteStore | RedisStore
+        self.db: SQLiteWechatDB | RedisWechatDB
         self.session: aiohttp.ClientSession
         self.api: WechatApi
         self.pay: PayClient | None = None
@@ -92,9 +95,10 @@ class WechatService:
             raise ConfigError("wechat.platform_certs: no valid WeChat Pay key (all certificates expired?)")
 
     @asynccontextmanager
-    async def running(self, store: SQLiteStore) -> AsyncIterator[WechatService]:
+    async def running(self, store: SQLiteStore | RedisStore) -> AsyncIterator[WechatService]:
         self.store = store
-        await store.run(db.create_schema)
+        self.db = wechat_db(store)
+        await self.db.create_schema()
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self.api = WechatApi(self.session, self.cfg)
         if self.merchant is not None:
@@ -112,47 +116,45 @@ class WechatService:
         """``wx.login()`` code → our own session token (returned once, stored hashed)."""
         identity = await self.api.code2session(code)
         token = secrets.token_urlsafe(32)
-        await self.store.run(lambda c: db.login(c, identity.openid, identity.unionid, token_hash(token),
-                                                self.cfg.session_ttl))
+        await self.db.login(identity.openid, identity.unionid, token_hash(token),
+                                                self.cfg.session_ttl)
         log.info("wechat_login", openid=identity.openid)
         return token, identity
 
     async def session_openid(self, token: str) -> str | None:
         digest = token_hash(token)
-        return await self.store.run(lambda c: db.session_openid(c, digest))
+        return await self.db.session_openid(digest)
 
     # -- credits ------------------------------------------------------------------------------
 
     async def charge(self, openid: str, task_id: str) -> bool:
         amount = self.cfg.credits_per_enhancement
-        ok = await self.store.run(lambda c: db.charge(c, openid, task_id, amount))
+        ok = await self.db.charge(openid, task_id, amount)
         if ok:
             log.info("credits_charged", openid=openid, task_id=task_id, credits=amount)
         return ok
 
     async def refund_task(self, task_id: str) -> int:
-        given = await self.store.run(lambda c: db.refund_charge(c, task_id))
+        given = await self.db.refund_charge(task_id)
         if given:
             log.info("credits_refunded", task_id=task_id, credits=given)
         return given
 
     async def refund_failed_tasks(self) -> int:
-        task_ids = await self.store.run(db.failed_charged_tasks)
+        task_ids = await self.db.failed_charged_tasks()
         for task_id in task_ids:
             await self.refund_task(task_id)
         return len(task_ids)
 
     async def user_view(self, openid: str) -> dict[str, Any]:
-        def read(conn: Any) -> dict[str, Any]:
-            return {"credits": db.credits(conn, openid), "orders": [o.public() for o in db.user_orders(conn, openid)],
-                    "tasks": db.user_tasks(conn, openid)}
-
-        view = await self.store.run(read)
+        view = {"credits": await self.db.credits(openid),
+                "orders": [o.public() for o in await self.db.user_orders(openid)],
+                "tasks": await self.db.user_tasks(openid)}
         return {"success": True, "openid": openid, "billing_enabled": self.cfg.billing_enabled,
                 "credits_per_enhancement": self.cfg.credits_per_enhancement, **view}
 
     async def user_orders(self, openid: str) -> list[dict[str, Any]]:
-        return [o.public() for o in await self.store.run(lambda c: db.user_orders(c, openid, 100))]
+        return [o.public() for o in await self.db.user_orders(openid, 100)]
 
     # -- orders -------------------------------------------------------------------------------
 
@@ -177,7 +179,7 @@ class WechatService:
             amount=product.price_fen, currency="CNY", credits=product.credits, state=db.CREATED,
             created_at=now, updated_at=now,
         )
-        await self.store.run(lambda c: db.insert_order(c, order))
+        await self.db.insert_order(order)
         try:
             prepay_id = await pay.jsapi(
                 appid=self.cfg.appid, description=product.description, out_trade_no=order.out_trade_no,
@@ -186,12 +188,12 @@ class WechatService:
             )
         except (PayError, PayUnavailable) as exc:
             error = str(exc)
-            await self.store.run(lambda c: db.update_order(c, order.out_trade_no, state=db.FAILED, error=error))
+            await self.db.update_order(order.out_trade_no, state=db.FAILED, error=error)
             log.error("wechatpay_order_failed", out_trade_no=order.out_trade_no, error=str(exc))
             if isinstance(exc, PayError):
                 raise UpstreamError(f"WeChat Pay refused the order ({exc.code}); try again later") from None
             raise ServiceUnavailable("WeChat Pay is unreachable; try again in a moment") from None
-        await self.store.run(lambda c: db.update_order(c, order.out_trade_no, prepay_id=prepay_id))
+        await self.db.update_order(order.out_trade_no, prepay_id=prepay_id)
         log.info("wechatpay_order_created", out_trade_no=order.out_trade_no, openid=openid, product=product_id,
                  amount=order.amount)
         assert self.merchant is not None
@@ -225,7 +227,7 @@ class WechatService:
         if tx.get("trade_state") != "SUCCESS":
             return False
         transaction_id = str(tx.get("transaction_id") or "")
-        credited = await self.store.run(lambda c: db.mark_paid(c, order.out_trade_no, transaction_id))
+        credited = await self.db.mark_paid(order.out_trade_no, transaction_id)
         if credited:
             log.info("wechatpay_order_paid", out_trade_no=order.out_trade_no, openid=order.openid,
                      credits=order.credits, source=source)
@@ -255,7 +257,7 @@ class WechatService:
             raise NotifyRejected("malformed or undecryptable resource") from None
         event_type = str(event.get("event_type", ""))
         out_trade_no = str(tx.get("out_trade_no", ""))
-        order = await self.store.run(lambda c: db.get_order(c, out_trade_no))
+        order = await self.db.get_order(out_trade_no)
         if order is None:
             log.error("wechatpay_notify_unknown_order", out_trade_no=out_trade_no[:64], event_type=event_type)
             raise NotifyRejected("unknown out_trade_no")
@@ -263,8 +265,8 @@ class WechatService:
             if tx.get("mchid") != self.cfg.mchid:
                 raise NotifyRejected("mchid does not match")
             if tx.get("refund_status") == "SUCCESS":
-                await self.store.run(lambda c: db.update_order(c, out_trade_no, state=db.REFUNDED,
-                                                               refund_id=tx.get("refund_id")))
+                await self.db.update_order(out_trade_no, state=db.REFUNDED,
+                                                               refund_id=tx.get("refund_id"))
                 log.info("wechatpay_refund_succeeded", out_trade_no=out_trade_no)
             return
         if event_type != "TRANSACTION.SUCCESS":
@@ -274,7 +276,7 @@ class WechatService:
 
     async def query(self, openid: str, out_trade_no: str) -> dict[str, Any]:
         """The caller's own order; an unpaid one is first asked of WeChat (a notification may be late)."""
-        order = await self.store.run(lambda c: db.get_order(c, out_trade_no))
+        order = await self.db.get_order(out_trade_no)
         if order is None or order.openid != openid:
             raise NotFound("unknown order")
         if order.state == db.CREATED and self.pay is not None:
@@ -282,18 +284,18 @@ class WechatService:
                 await self._settle(order, await self.pay.query(out_trade_no), "query")
             except (PayError, PayUnavailable, NotifyRejected) as exc:
                 log.warning("wechatpay_query_failed", out_trade_no=out_trade_no, error=str(exc))
-            order = await self.store.run(lambda c: db.get_order(c, out_trade_no)) or order
+            order = await self.db.get_order(out_trade_no) or order
         return {"success": True, "order": order.public()}
 
     async def reconcile(self, now: float | None = None) -> dict[str, int]:
         """Query orders left unpaid past ``order_ttl``: credit the paid ones, close the rest."""
         counts = {"paid": 0, "closed": 0, "pending": 0, "errors": 0}
-        await self.store.run(db.purge_sessions)
+        await self.db.purge_sessions()
         await self.refund_failed_tasks()
         if self.pay is None:
             return counts
         cutoff = (time.time() if now is None else now) - self.cfg.order_ttl
-        for order in await self.store.run(lambda c: db.stale_orders(c, cutoff)):
+        for order in await self.db.stale_orders(cutoff):
             no = order.out_trade_no
             try:
                 try:
@@ -309,7 +311,7 @@ class WechatService:
                 elif state in ("NOTPAY", "CLOSED", "REVOKED", "PAYERROR"):
                     if state == "NOTPAY":
                         await self.pay.close(no)
-                    await self.store.run(lambda c, no=no: db.mark_closed(c, no))
+                    await self.db.mark_closed(no)
                     log.info("wechatpay_order_closed", out_trade_no=no, trade_state=state)
                     counts["closed"] += 1
                 else:
@@ -330,14 +332,14 @@ class WechatService:
     async def refund_order(self, out_trade_no: str, reason: str, force: bool) -> dict[str, Any]:
         """Admin refund: take the credits back, then ask WeChat to return the money."""
         pay = self._pay()
-        order = await self.store.run(lambda c: db.get_order(c, out_trade_no))
+        order = await self.db.get_order(out_trade_no)
         if order is None:
             raise NotFound("unknown order")
         if order.state == db.REFUNDING and order.out_refund_no:
             out_refund_no = order.out_refund_no  # a retry: WeChat dedupes on out_refund_no
         else:
             out_refund_no = _new_order_no("RF")
-            result = await self.store.run(lambda c: db.begin_refund(c, out_trade_no, out_refund_no, force))
+            result = await self.db.begin_refund(out_trade_no, out_refund_no, force)
             if result == "state":
                 raise Conflict(f"only a paid order can be refunded (this one is {order.state})")
             if result == "spent":
@@ -350,15 +352,15 @@ class WechatService:
             )
         except PayError as exc:
             error = str(exc)
-            await self.store.run(lambda c: db.undo_refund(c, out_trade_no, error))
+            await self.db.undo_refund(out_trade_no, error)
             raise UpstreamError(f"WeChat Pay refused the refund ({exc.code}: {exc.message})") from None
         except PayUnavailable:
             raise ServiceUnavailable("WeChat Pay did not answer; the refund may or may not have been made: "
                                      "retry the same request (it is idempotent)") from None
         state = db.REFUNDED if answer.get("status") == "SUCCESS" else db.REFUNDING
-        await self.store.run(lambda c: db.update_order(c, out_trade_no, state=state, refund_id=answer.get("refund_id")))
+        await self.db.update_order(out_trade_no, state=state, refund_id=answer.get("refund_id"))
         log.info("wechatpay_refund_requested", out_trade_no=out_trade_no, status=answer.get("status"))
-        order = await self.store.run(lambda c: db.get_order(c, out_trade_no)) or order
+        order = await self.db.get_order(out_trade_no) or order
         return {"success": True, "order": order.public(), "refund_status": answer.get("status")}
 
 

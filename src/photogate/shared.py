@@ -1,0 +1,257 @@
+"""The registry of a gateway that shares Redis with others (``storage.backend: redis``).
+
+Each gateway keeps the same local view as :class:`~photogate.registry.Registry` (strategies
+and the dispatcher read it synchronously), refreshed from Redis every ``sync_interval``
+seconds; every change goes to Redis first:
+
+- registration, removal and draining through the store's scripts (ids from one ``INCR``);
+- health outcomes (the prober's checks, any gateway's passive failures) into the shared
+  health hash, so every gateway sees the same health;
+- node slots through the atomic acquire/release scripts, so two gateways never run more
+  jobs on a node than it has slots.
+
+:meth:`SharedRegistry.run` is the gateway's heartbeat: it renews this gateway's key,
+takes or keeps the health prober's lease, hands a dead gateway's claimed tasks back to
+the shared queue (and frees its node slots), and refreshes the view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+import structlog
+
+from .errors import StoreUnavailable
+from .models import NodeRecord
+from .redisstore import RedisStore
+from .registry import NodeState, Registry
+
+log = structlog.get_logger("photogate.shared")
+
+
+class SharedRegistry(Registry):
+    def __init__(self, store: RedisStore, failure_threshold: int, *, lease_ttl: float,
+                 ghost_seconds: float = 300.0, sync_interval: float = 0.2) -> None:
+        super().__init__(store, failure_threshold)  # type: ignore[arg-type]
+        self.redis_store = store
+        self.lease_ttl = lease_ttl
+        #: How long a dead gateway's jobs count against their nodes' slots (unless the node
+        #: reports itself idle first): the longest a job may run, ``dispatch.timeout``.
+        self.ghost_seconds = ghost_seconds
+        self.sync_interval = sync_interval
+        #: True while this gateway holds the health prober's lease.
+        self.prober = False
+        #: Whether the last round trip to Redis worked (for logs and /api/v1/health).
+        self.store_up = True
+        #: Tasks in the shared queue that no gateway has claimed yet (at the last refresh).
+        self.queue_depth = 0
+        self._unreleased: list[str] = []
+        #: Local changes per node: a refresh whose read began before one of them must not
+        #: undo it (that node is left as it is until the next refresh).
+        self._touched: dict[str, int] = {}
+
+    # -- the view ------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Read every node, its shared health and its in-flight count from Redis."""
+        touched = dict(self._touched)
+        records, health, inflight = await self.redis_store.fleet()
+        self.queue_depth = await self.redis_store.queue_length()
+        raced = {sid for sid, n in self._touched.items() if touched.get(sid) != n}
+        seen: set[str] = set(raced)
+        for record in records:
+            sid = record.server_id
+            seen.add(sid)
+            if sid in raced:
+                continue
+            state = self._nodes.get(sid)
+            if state is None:
+                state = self._nodes[sid] = NodeState(record=record, healthy=False)
+            self._apply(state, record, health.get(sid), inflight.get(sid, 0))
+        for sid in set(self._nodes) - seen:
+            del self._nodes[sid]
+        self._changed()
+
+    @staticmethod
+    def _apply(state: NodeState, record: NodeRecord, shared: dict[str, Any] | None, inflight: int) -> None:
+        state.record = record
+        state.inflight = inflight
+        if shared is None:
+            state.healthy, state.last_error = False, "not checked yet"
+            return
+        state.healthy = bool(shared.get("healthy"))
+        state.failures = int(shared.get("failures") or 0)
+        state.last_check = shared.get("last_check")
+        state.last_error = shared.get("last_error")
+        report = shared.get("health")
+        state.health = report if isinstance(report, dict) else {}
+        state.completed = int(shared.get("completed") or 0)
+        state.failed = int(shared.get("failed") or 0)
+
+    def _touch(self, server_id: str) -> None:
+        self._touched[server_id] = self._touched.get(server_id, 0) + 1
+
+    # -- membership ----------------------------------------------------------------------
+
+    async def register(
+        self, ip: str, port: int, *, node_key: str | None, slots: int | None, weight: int | None,
+        info: dict[str, Any],
+    ) -> tuple[NodeState, bool, str | None]:
+        record, created, previous = await self.redis_store.register_node(
+            ip, port, node_key, {"slots": slots, "weight": weight, "info": info}, secrets.token_urlsafe(32)
+        )
+        self._touch(record.server_id)
+        state = self._nodes.get(record.server_id)
+        if state is None:
+            state = self._nodes[record.server_id] = NodeState(record=record, healthy=True)
+        state.record = record
+        state.healthy, state.failures, state.last_error = True, 0, None
+        if previous:
+            state.health = {}
+        self._changed()
+        return state, created, previous
+
+    async def remove(self, server_id: str) -> NodeState | None:
+        state = self._nodes.pop(server_id, None)
+        if state is not None:
+            self._touch(server_id)
+            await self.redis_store.delete_node(server_id)
+            self._changed()
+        return state
+
+    async def set_draining(self, server_id: str, draining: bool) -> NodeState | None:
+        state = self._nodes.get(server_id)
+        if state is not None:
+            await self.redis_store.set_node_draining(server_id, draining)
+            self._touch(server_id)
+            state.record.draining = draining
+            self._changed()
+        return state
+
+    # -- health ----------------------------------------------------------------------------
+
+    def probes_here(self) -> bool:
+        return self.prober
+
+    async def record_check(
+        self, server_id: str, ok: bool, report: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        await self._record(server_id, ok, report=dict(report or {}) if ok else None,
+                           error=error or "health check failed", check=True)
+
+    async def record_dispatch_failure(self, server_id: str, error: str) -> None:
+        await self._record(server_id, False, error=error, counter="failed")
+
+    async def record_dispatch_success(self, server_id: str) -> None:
+        await self._record(server_id, True, counter="completed")
+
+    async def _record(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None, error: str = "",
+                      counter: str = "", check: bool = False) -> None:
+        state = self._nodes.get(server_id)
+        if state is None:  # unregistered meanwhile
+            return
+        moved = await self.redis_store.record_health(server_id, ok, report=report, error=error,
+                                                     threshold=self.failure_threshold, counter=counter, check=check)
+        self._touch(server_id)
+        # The same change here at once; the next refresh brings what other gateways did.
+        if check:
+            state.last_check = time.time()
+        if counter:
+            setattr(state, counter, getattr(state, counter) + 1)
+        if ok:
+            if report is not None:
+                state.health = report
+            state.failures, state.last_error, state.healthy = 0, None, True
+        else:
+            state.failures += 1
+            state.last_error = error
+            if moved < 0:
+                state.healthy = False
+        if moved > 0:
+            log.info("node_marked_up", server_id=server_id, address=state.record.address)
+            self._changed()
+        elif moved < 0:
+            log.warning("node_marked_down", server_id=server_id, address=state.record.address,
+                        failures=state.failures, error=error)
+
+    # -- capacity ----------------------------------------------------------------------------
+
+    async def acquire(self, server_id: str) -> NodeState | None:
+        state = self._nodes[server_id]
+        count = await self.redis_store.acquire_slot(server_id, state.slots)
+        self._touch(server_id)
+        if count < 0:
+            state.inflight = max(state.inflight, state.slots)  # full: another gateway was first
+            return None
+        state.inflight = count
+        return state
+
+    async def release(self, state: NodeState) -> None:
+        try:
+            state.inflight = await self.redis_store.release_slot(state.server_id)
+            self._touch(state.server_id)
+        except StoreUnavailable:
+            # Given back once Redis answers again (a slot must not leak for good).
+            self._unreleased.append(state.server_id)
+            state.inflight = max(state.inflight - 1, 0)
+        self._changed()
+
+    # -- the heartbeat -----------------------------------------------------------------------
+
+    async def beat(self) -> int:
+        """Renew this gateway's key, take or keep the prober's lease, reap dead gateways.
+        Returns the tasks put back in the shared queue."""
+        store = self.redis_store
+        await store.heartbeat(self.lease_ttl)
+        was = self.prober
+        self.prober = await store.lease(self.lease_ttl)
+        if self.prober and not was:
+            log.info("health_prober_elected", gateway=store.gateway_id)
+        back = 0
+        for gateway_id in await store.dead_gateways():
+            n = await store.reap(gateway_id, ghost_seconds=self.ghost_seconds)
+            if n >= 0:
+                back += n
+                log.warning("gateway_reaped", gateway=gateway_id, tasks_requeued=n)
+        while self._unreleased:
+            await store.release_slot(self._unreleased[0])
+            self._unreleased.pop(0)
+        return back
+
+    async def run(self) -> None:
+        next_beat = 0.0
+        while True:
+            try:
+                if time.monotonic() >= next_beat:
+                    await self.beat()
+                    next_beat = time.monotonic() + self.lease_ttl / 3
+                await self.refresh()
+                if not self.store_up:
+                    self.store_up = True
+                    log.info("state_store_reachable", url=self.redis_store.url)
+            except StoreUnavailable as exc:
+                self.prober = False
+                next_beat = 0.0
+                if self.store_up:
+                    self.store_up = False
+                    log.error("state_store_unreachable", url=self.redis_store.url, error=str(exc.__cause__ or exc))
+            await asyncio.sleep(self.sync_interval)
+
+    async def close(self) -> None:
+        """A clean stop: this gateway's claimed tasks go back to the queue, its slots are freed."""
+        store = self.redis_store
+        try:
+            back = await store.reap(store.gateway_id, force=True, ghost_seconds=self.ghost_seconds)
+            await store.drop_lease()
+        except StoreUnavailable:
+            log.warning("gateway_stop_unclean", reason="the state store is unreachable; "
+                        "another gateway takes the tasks back once this one's key expires")
+        else:
+            log.info("gateway_left", gateway=store.gateway_id, tasks_requeued=back)
+

@@ -1,0 +1,281 @@
+"""The backend contract (issue 8): the same tests against the embedded SQLite store and
+against Redis (a real ``redis-server``). Whatever a user or a node sees must not depend on
+``storage.backend``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import FormData
+from redis_support import unique_prefix
+from support import SECRET, Gateway, image_bytes, make_config, wait_until
+
+from photogate.app import create_app
+from photogate.models import TaskRecord, TaskStatus
+from photogate.redisstore import RedisStore
+from photogate.store import SQLiteStore
+
+BACKENDS = ["sqlite", "redis"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config overrides for the backend under test."""
+    if request.param == "sqlite":
+        return {}
+    return dict(request.getfixturevalue("redis_config"))
+
+
+@pytest.fixture
+def open_store(backend: dict[str, Any], tmp_path: Path) -> Callable[[], Awaitable[Any]]:
+    """Open the bare store of the backend (again: a second open sees what the first wrote)."""
+
+    async def open_() -> Any:
+        if backend:
+            return await RedisStore.open(backend["storage.redis_url"], backend["storage.redis_prefix"], "gw-test")
+        return await SQLiteStore.open(tmp_path / "photogate.db")
+
+    return open_
+
+
+@pytest.fixture
+async def store(open_store: Callable[[], Awaitable[Any]]) -> AsyncIterator[Any]:
+    opened = await open_store()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def start_gateway(aiohttp_client: Any, tmp_path: Path,
+                        backend: dict[str, Any]) -> Callable[..., Awaitable[Gateway]]:
+    async def start(**overrides: Any) -> Gateway:
+        return Gateway(await aiohttp_client(create_app(make_config(tmp_path, **{**backend, **overrides}))))
+
+    return start
+
+
+def _task(task_id: str, created: float, **fields: Any) -> TaskRecord:
+    return TaskRecord(task_id=task_id, status=TaskStatus.QUEUED, created_at=created, updated_at=created,
+                      input_mime="image/png", input_bytes=123, width=64, height=48, params={"scale": 2.0},
+                      **fields)
+
+
+# -- the task store ----------------------------------------------------------------------------
+
+
+async def test_task_round_trip_and_updates(store: Any) -> None:
+    task = _task("a" * 32, 1000.5, owner="user-1")
+    await store.insert_task(task)
+    got = await store.get_task(task.task_id)
+    assert got == task
+    await store.update_task(task.task_id, status=TaskStatus.PROCESSING, server_id="GPU-001", attempts=1,
+                            started_at=1001.25)
+    got = await store.get_task(task.task_id)
+    assert (got.status, got.server_id, got.attempts, got.started_at) == (TaskStatus.PROCESSING, "GPU-001", 1, 1001.25)
+    assert got.updated_at > task.updated_at
+    await store.update_task(task.task_id, status=TaskStatus.COMPLETED, result_mime="image/png", result_bytes=999,
+                            error=None, server_id=None)
+    got = await store.get_task(task.task_id)
+    assert (got.status, got.result_mime, got.result_bytes, got.error, got.server_id) == (
+        TaskStatus.COMPLETED, "image/png", 999, None, None)
+    assert got.params == {"scale": 2.0} and got.owner == "user-1"
+    assert await store.get_task("b" * 32) is None
+    with pytest.raises(ValueError, match="not updatable"):
+        await store.update_task(task.task_id, width=1)
+
+
+async def test_task_listing_counts_expiry_and_delete(store: Any) -> None:
+    for i, status in enumerate([TaskStatus.QUEUED, TaskStatus.QUEUED, TaskStatus.PROCESSING, TaskStatus.FAILED]):
+        await store.insert_task(_task(f"{i:032x}", 100.0 + i))
+        if status is not TaskStatus.QUEUED:
+            await store.update_task(f"{i:032x}", status=status)
+    assert await store.count_tasks() == {"queued": 2, "processing": 1, "completed": 0, "failed": 1}
+    oldest = await store.list_tasks([TaskStatus.QUEUED, TaskStatus.PROCESSING])
+    assert [t.task_id[-1] for t in oldest] == ["0", "1", "2"]
+    newest = await store.list_tasks(list(TaskStatus), 2, newest_first=True)
+    assert [t.task_id[-1] for t in newest] == ["3", "2"]
+    # Only finished tasks expire, by the time they were last touched.
+    assert await store.expired_task_ids(time.time() - 3600) == []
+    assert await store.expired_task_ids(time.time() + 1) == [f"{3:032x}"]
+    await store.delete_task(f"{3:032x}")
+    assert await store.get_task(f"{3:032x}") is None
+    assert (await store.count_tasks())["failed"] == 0
+
+
+async def test_tasks_survive_a_reopen(store: Any, open_store: Callable[[], Awaitable[Any]]) -> None:
+    await store.insert_task(_task("c" * 32, 5.0))
+    await store.update_task("c" * 32, status=TaskStatus.COMPLETED, result_mime="image/jpeg", result_bytes=7)
+    again = await open_store()
+    try:
+        got = await again.get_task("c" * 32)
+        assert got is not None and got.status is TaskStatus.COMPLETED and got.result_mime == "image/jpeg"
+    finally:
+        await again.close()
+
+
+# -- the node registry's store -------------------------------------------------------------------
+
+
+async def test_node_ids_keys_addresses_and_the_counter(store: Any, open_store: Callable[[], Awaitable[Any]]) -> None:
+    fields = {"slots": 2, "weight": None, "info": {"model": "m"}}
+    a, created, _ = await store.register_node("10.0.0.1", 9000, "key-aaaaaaaa", fields, "token-a")
+    b, _, _ = await store.register_node("10.0.0.2", 9000, None, fields, "token-b")
+    assert (a.server_id, b.server_id, created) == ("GPU-001", "GPU-002", True)
+    assert (a.slots, a.weight, a.info, a.node_token) == (2, 1, {"model": "m"}, "token-a")
+    # Same key, new address: the same id, the address updated, the old one reported.
+    moved, created, previous = await store.register_node("10.0.0.9", 9001, "key-aaaaaaaa",
+                                                         {"slots": None, "weight": 5, "info": {}}, "token-x")
+    assert (moved.server_id, created, previous, moved.address) == ("GPU-001", False, "10.0.0.1:9000", "10.0.0.9:9001")
+    assert (moved.slots, moved.weight, moved.node_token) == (2, 5, "token-a")  # kept: slots and the token
+    # Same address, no key: the same id.
+    again, created, previous = await store.register_node("10.0.0.2", 9000, None, fields, "token-y")
+    assert (again.server_id, created, previous) == ("GPU-002", False, None)
+    await store.set_node_draining("GPU-002", True)
+    await store.delete_node("GPU-001")
+    c, _, _ = await store.register_node("10.0.0.1", 9000, "key-aaaaaaaa", fields, "token-c")
+    assert c.server_id == "GPU-003"  # the counter never hands an id out twice
+    reopened = await open_store()
+    try:
+        nodes = await reopened.load_nodes()
+    finally:
+        await reopened.close()
+    assert [(n.server_id, n.address, n.draining) for n in nodes] == [
+        ("GPU-002", "10.0.0.2:9000", True), ("GPU-003", "10.0.0.1:9000", False)]
+
+
+# -- the gateway, seen from outside ----------------------------------------------------------------
+
+
+async def test_photo_round_trip(start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:
+    gw = await start_gateway()
+    node = await nodes()
+    body = await gw.register(node)
+    assert body["server_id"] == "GPU-001"
+    photo = image_bytes(40, 30)
+    task_id = await gw.submit(photo)
+    final = await gw.wait_done(task_id)
+    assert final["status"] == "completed" and final["server_id"] == "GPU-001"
+    assert final["result_url"] == f"/api/v1/download/{task_id}"
+    resp = await gw.client.get(final["result_url"])
+    assert resp.status == 200 and resp.headers["Content-Type"] == "image/png"
+    assert len(await resp.read()) > 0
+    resp = await gw.client.get("/api/v1/status/" + "0" * 32)
+    assert resp.status == 404 and "unknown task" in (await resp.json())["error"]
+    health = await (await gw.client.get("/api/v1/health")).json()
+    assert health["status"] == "healthy" and health["tasks"]["completed"] == 1
+
+
+async def test_register_list_unregister(start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:
+    gw = await start_gateway()
+    first, second = await nodes(), await nodes()
+    assert (await gw.register(first, node_key="node-key-1"))["server_id"] == "GPU-001"
+    assert (await gw.register(second))["server_id"] == "GPU-002"
+    assert (await gw.register(first, node_key="node-key-1"))["server_id"] == "GPU-001"
+    resp = await gw.client.get("/webhook/servers", headers={"X-Webhook-Secret": SECRET})
+    listed = (await resp.json())["data"]
+    assert [(s["server_id"], s["port"]) for s in listed["servers"]] == [("GPU-001", first.port),
+                                                                        ("GPU-002", second.port)]
+    resp = await gw.client.post("/webhook/unregister", json={"ip": "127.0.0.1", "port": first.port, "secret": SECRET})
+    assert resp.status == 200 and (await resp.json())["server_id"] == "GPU-001"
+    resp = await gw.client.get("/webhook/servers", headers={"X-Webhook-Secret": SECRET})
+    assert [s["server_id"] for s in (await resp.json())["data"]["servers"]] == ["GPU-002"]
+    resp = await gw.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": 1, "secret": "wrong"})
+    assert resp.status == 403
+
+
+async def test_node_down_then_up_again(start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:
+    gw = await start_gateway(**{"health_check.failure_threshold": 2})
+    node = await nodes()
+    await gw.register(node)
+
+    async def node_status() -> str:
+        resp = await gw.client.get("/webhook/servers", headers={"X-Webhook-Secret": SECRET})
+        return str((await resp.json())["data"]["servers"][0]["status"])
+
+    await node.stop()
+    await wait_until(lambda: _is(node_status, "unhealthy"), 10, "the node to be marked down")
+    form = FormData()
+    form.add_field("file", image_bytes(), filename="photo.png", content_type="image/png")
+    resp = await gw.client.post("/api/v1/enhance", data=form)
+    assert resp.status == 503 and resp.headers["Retry-After"]
+    await node.start()  # same port
+    await wait_until(lambda: _is(node_status, "healthy"), 10, "the node to come back")
+    task_id = await gw.submit()
+    assert (await gw.wait_done(task_id))["status"] == "completed"
+
+
+async def _is(read: Callable[[], Awaitable[str]], expected: str) -> bool:
+    return await read() == expected
+
+
+async def test_slots_are_never_oversubscribed(start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:
+    gw = await start_gateway(**{"multi_backend.enabled": True})
+    node = await nodes(delay=0.05, slots=2)
+    await gw.register(node, slots=2)
+    ids = await asyncio.gather(*(gw.submit(image_bytes(20 + i, 20)) for i in range(8)))
+    for task_id in ids:
+        assert (await gw.wait_done(task_id))["status"] == "completed"
+    assert node.jobs == 8 and node.max_busy == 2
+
+
+async def test_restart_keeps_tasks_ids_and_results(start_gateway: Callable[..., Awaitable[Gateway]],
+                                                   nodes: Any) -> None:
+    gw = await start_gateway()
+    node = await nodes()
+    await gw.register(node)
+    task_id = await gw.submit()
+    assert (await gw.wait_done(task_id))["status"] == "completed"
+    await gw.client.close()
+
+    again = await start_gateway()
+    status = await again.status(task_id)
+    assert status["status"] == "completed" and status["server_id"] == "GPU-001"
+    assert (await again.client.get(f"/api/v1/download/{task_id}")).status == 200
+    other = await nodes()
+    assert (await again.register(other))["server_id"] == "GPU-002"
+    assert (await again.register(node))["server_id"] == "GPU-001"
+
+
+async def test_rate_limits_answer_429(start_gateway: Callable[..., Awaitable[Gateway]]) -> None:
+    gw = await start_gateway(**{"rate_limit.exempt": [], "rate_limit.requests_per_second": 1.0,
+                                "rate_limit.burst": 3})
+    codes = [(await gw.client.get("/api/v1/status/" + "0" * 32)).status for _ in range(5)]
+    assert codes[:3] == [404, 404, 404] and codes[3:] == [429, 429]
+    resp = await gw.client.get("/api/v1/status/" + "0" * 32)
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+    assert "slow down" in (await resp.json())["error"]
+
+
+async def test_backend_shown_in_config_without_the_password(start_gateway: Callable[..., Awaitable[Gateway]],
+                                                            backend: dict[str, Any]) -> None:
+    gw = await start_gateway()
+    data = await (await gw.client.get("/api/v1/config")).json()
+    assert data["storage"]["backend"] == ("redis" if backend else "sqlite")
+    assert data["storage"]["redis_url"] == backend.get("storage.redis_url", "")
+
+
+def test_redacted_url() -> None:
+    from photogate.config import redacted_url
+
+    assert redacted_url("redis://:s3cret@10.0.0.5:6379/0") == "redis://:***@10.0.0.5:6379/0"
+    assert redacted_url("redis://user:s3cret@host/1") == "redis://user:***@host/1"
+    assert redacted_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_config_refuses_redis_without_url(tmp_path: Path) -> None:
+    from photogate.config import ConfigError
+
+    with pytest.raises(ConfigError, match="storage.redis_url: required"):
+        make_config(tmp_path, **{"storage.backend": "redis"})
+    with pytest.raises(ConfigError, match="storage.backend: must be sqlite or redis"):
+        make_config(tmp_path, **{"storage.backend": "postgres"})
+    with pytest.raises(ConfigError, match="must start with redis://"):
+        make_config(tmp_path, **{"storage.backend": "redis", "storage.redis_url": "http://x"})
+    assert make_config(tmp_path, **{"storage.backend": "redis", "storage.redis_prefix": unique_prefix(),
+                                    "storage.redis_url": "redis://127.0.0.1:1/0"}).storage.backend == "redis"
+
