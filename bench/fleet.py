@@ -80,6 +80,18 @@ def sim_node_argv(port: int, speed: float, slots: int, *, gateway: str | None, s
     return argv
 
 
+#: wrk's Lua script for status polls: ``WRK_SCRIPT % ids_file`` (one task id per line).
+WRK_SCRIPT = '''
+ids = {}
+for line in io.lines("%s") do ids[#ids + 1] = line end
+counter = 0
+request = function()
+    counter = counter + 1
+    return wrk.format("GET", "/api/v1/status/" .. ids[(counter %% #ids) + 1])
+end
+'''
+
+
 def ensure_binary(name: str, package: str) -> str | None:
     """The path of ``name``; installs the Debian package when missing and running as root."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)

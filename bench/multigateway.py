@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import (
     SECRET,
+    WRK_SCRIPT,
     Procs,
     ensure_binary,
     free_port,
@@ -49,15 +50,6 @@ from fleet import (
     wait_for,
 )
 
-WRK_SCRIPT = '''
-ids = {}
-for line in io.lines("%s") do ids[#ids + 1] = line end
-counter = 0
-request = function()
-    counter = counter + 1
-    return wrk.format("GET", "/api/v1/status/" .. ids[(counter %% #ids) + 1])
-end
-'''
 TASKS = 64
 
 

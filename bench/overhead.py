@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import (
     PY,
     SECRET,
+    WRK_SCRIPT,
     Procs,
     ensure_binary,
     free_port,
@@ -62,15 +63,6 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log
             **({"loop": __import__("uvloop").new_event_loop()} if runner else {}))
 '''
 
-WRK_SCRIPT = '''
-ids = {}
-for line in io.lines("%s") do ids[#ids + 1] = line end
-counter = 0
-request = function()
-    counter = counter + 1
-    return wrk.format("GET", "/api/v1/status/" .. ids[(counter %% #ids) + 1])
-end
-'''
 
 
 def peak_rss_mib(pid: int) -> float:

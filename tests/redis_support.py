@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import ChildProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists()
                                                 else None)
@@ -22,7 +22,7 @@ def need_redis() -> str:
     return REDIS_SERVER
 
 
-class RedisServer:
+class RedisServer(ChildProcess):
     """One ``redis-server`` process; ``persist`` turns on the AOF (fsync always) for kill tests."""
 
     def __init__(self, workdir: Path, *, persist: bool = False) -> None:
@@ -55,20 +55,6 @@ class RedisServer:
                 log = (self.dir / "redis.log").read_text(errors="replace")[-2000:] if (self.dir / "redis.log").exists() else ""
                 raise RuntimeError(f"redis-server did not start on port {self.port}: {log}")
             time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def unique_prefix() -> str:

@@ -184,7 +184,28 @@ class Gateway:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-class GatewayProcess:
+class ChildProcess:
+    """A server the tests run as a real process: ``kill`` (SIGKILL) or ``stop`` (SIGTERM,
+    then SIGKILL after 10 s)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class GatewayProcess(ChildProcess):
     """The gateway as a real process (``python -m photogate``), for kill/restart and memory tests."""
 
     def __init__(self, tmp_path: Path, config_text: str) -> None:
@@ -219,16 +240,3 @@ class GatewayProcess:
 
         await wait_until(up, timeout, "the gateway process to answer")
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)

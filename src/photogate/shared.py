@@ -18,7 +18,6 @@ the shared queue (and frees its node slots), and refreshes the view.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from typing import Any
 
@@ -99,39 +98,28 @@ class SharedRegistry(Registry):
 
     # -- membership ----------------------------------------------------------------------
 
+    # Membership changes go through the base class (to Redis first, through the store);
+    # each is marked touched in the same step as the local change, so a refresh whose read
+    # began before it leaves that node alone.
+
     async def register(
         self, ip: str, port: int, *, node_key: str | None, slots: int | None, weight: int | None,
         info: dict[str, Any],
     ) -> tuple[NodeState, bool, str | None]:
-        record, created, previous = await self.redis_store.register_node(
-            ip, port, node_key, {"slots": slots, "weight": weight, "info": info}, secrets.token_urlsafe(32)
+        state, created, previous = await super().register(
+            ip, port, node_key=node_key, slots=slots, weight=weight, info=info
         )
-        self._touch(record.server_id)
-        state = self._nodes.get(record.server_id)
-        if state is None:
-            state = self._nodes[record.server_id] = NodeState(record=record, healthy=True)
-        state.record = record
-        state.healthy, state.failures, state.last_error = True, 0, None
-        if previous:
-            state.health = {}
-        self._changed()
+        self._touch(state.server_id)
         return state, created, previous
 
     async def remove(self, server_id: str) -> NodeState | None:
-        state = self._nodes.pop(server_id, None)
-        if state is not None:
-            self._touch(server_id)
-            await self.redis_store.delete_node(server_id)
-            self._changed()
-        return state
+        self._touch(server_id)  # before: the local entry goes before the store's delete is done
+        return await super().remove(server_id)
 
     async def set_draining(self, server_id: str, draining: bool) -> NodeState | None:
-        state = self._nodes.get(server_id)
+        state = await super().set_draining(server_id, draining)
         if state is not None:
-            await self.redis_store.set_node_draining(server_id, draining)
             self._touch(server_id)
-            state.record.draining = draining
-            self._changed()
         return state
 
     # -- health ----------------------------------------------------------------------------
