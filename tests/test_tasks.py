@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import struct
 import time
@@ -13,6 +14,7 @@ from aiohttp import FormData
 from PIL import Image
 
 from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, wait_until
+from photogate.blobs import BlobWriter
 from photogate.keys import GATEWAY
 
 
@@ -87,6 +89,8 @@ async def test_upload_checks(make_gateway, nodes) -> None:  # type: ignore[no-un
 
     resp = await gateway.client.post("/api/v1/enhance", json={"file": "x"})
     assert resp.status == 400 and "multipart" in (await resp.json())["error"]
+    resp = await gateway.client.post("/api/v1/enhance", data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+    assert resp.status == 400 and "boundary" in (await resp.json())["error"]
 
     form = FormData()
     form.add_field("file", image_bytes(), filename="x.png", content_type="image/png")
@@ -250,6 +254,106 @@ async def test_wait_query_answers_with_the_final_status(gateway: Gateway, nodes)
     resp = await gateway.client.post("/api/v1/enhance?wait=10", data=form)
     body = await resp.json()
     assert resp.status == 200 and body["status"] == "completed" and body["result_url"]
+
+
+async def test_wait_with_inline_result_answers_with_the_image(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    node = await nodes()
+    await gateway.register(node)
+    photo = image_bytes(30, 20)
+    form = FormData()
+    form.add_field("file", photo, filename="x.png", content_type="image/png")
+    resp = await gateway.client.post("/api/v1/enhance?wait=10&result=inline", data=form)
+    assert resp.status == 200 and resp.headers["Content-Type"] == "image/png", await resp.text()
+    task_id = resp.headers["X-Task-ID"]
+    assert resp.headers["X-Task-Status"] == "completed"
+    image = await resp.read()
+    with Image.open(io.BytesIO(image)) as im:
+        assert im.size == (60, 40)
+    # Still a task like any other: its status and the same bytes by download.
+    assert (await gateway.status(task_id))["status"] == "completed"
+    again = await gateway.client.get(f"/api/v1/download/{task_id}")
+    assert again.status == 200 and await again.read() == image
+
+    # Not finished in time: the status as JSON, as without result=inline.
+    node.delay = 1.0
+    form = FormData()
+    form.add_field("file", photo, filename="x.png", content_type="image/png")
+    resp = await gateway.client.post("/api/v1/enhance?wait=0.1&result=inline", data=form)
+    body = await resp.json()
+    assert resp.status == 200 and body["status"] in ("queued", "processing") and body["result_url"] is None
+    assert (await gateway.wait_done(body["task_id"]))["status"] == "completed"
+
+    # Bad combinations are refused before anything is accepted.
+    gw = gateway.app[GATEWAY]
+    before = await gw.store.count_tasks()
+    for query, hint in (("result=inline", "wait=SECONDS"), ("wait=5&result=image", "result: must be")):
+        form = FormData()
+        form.add_field("file", photo, filename="x.png", content_type="image/png")
+        resp = await gateway.client.post(f"/api/v1/enhance?{query}", data=form)
+        assert resp.status == 400 and hint in (await resp.json())["error"]
+    assert await gw.store.count_tasks() == before
+
+
+async def test_small_upload_on_a_full_disk_leaves_nothing(gateway: Gateway, nodes, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # A small photo is published, checked and recorded in one trip to the store's thread:
+    # whatever fails there, no task, no file and no half-written file remain.
+    await gateway.register(await nodes())
+    gw = gateway.app[GATEWAY]
+    folder = gw.blobs.inputs
+
+    def left() -> list[str]:
+        return sorted(p.name for p in folder.iterdir())
+
+    def disk_full(self: BlobWriter, then: object = None) -> None:
+        self._flush_sync()  # the .part file is there, as when a real disk fills up mid-write
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BlobWriter, "publish", disk_full)
+    resp = await _post_file(gateway, image_bytes(), "x.png", "image/png")
+    body = await resp.json()
+    assert resp.status == 503 and "storage is full" in body["error"] and resp.headers["Retry-After"], body
+    assert left() == [] and sum((await gw.store.count_tasks()).values()) == 0
+    monkeypatch.undo()
+    task_id = await gateway.submit()
+    assert (await gateway.wait_done(task_id))["status"] == "completed"
+    assert left() == [task_id]
+
+
+async def test_status_answer_follows_the_task(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    # Status answers are encoded once per change of the task: polls must still see each change.
+    node = await nodes(delay=0.6)
+    await gateway.register(node)
+    task_id = await gateway.submit()
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = await gateway.status(task_id)
+        if not seen or seen[-1] != status["status"]:
+            seen.append(status["status"])
+        if status["status"] == "completed":
+            break
+        await asyncio.sleep(0.02)
+    assert seen[-2:] == ["processing", "completed"], seen
+    assert status["result_url"] == f"/api/v1/download/{task_id}" and status["progress"] == 1.0
+    assert status["server_id"] == node.server_id and status["attempts"] == 1
+
+
+async def test_log_lines_of_a_request_carry_its_id(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    import structlog
+
+    from photogate.logsetup import add_request_id
+
+    await gateway.register(await nodes())
+    form = FormData()
+    form.add_field("file", image_bytes(), filename="x.png", content_type="image/png")
+    with structlog.testing.capture_logs(processors=[add_request_id]) as logs:
+        resp = await gateway.client.post("/api/v1/enhance", data=form, headers={"X-Request-ID": "trace-42"})
+        task_id = (await resp.json())["task_id"]
+        await gateway.wait_done(task_id)
+    accepted = [e for e in logs if e["event"] == "task_accepted"]
+    assert len(accepted) == 1 and accepted[0]["request_id"] == "trace-42" and accepted[0]["task_id"] == task_id
+    # The dispatcher's lines are not the request's.
+    assert all("request_id" not in e for e in logs if e["event"] == "task_dispatched")
 
 
 async def test_request_id_and_cors(gateway: Gateway) -> None:

@@ -22,6 +22,9 @@ class PaymentRequired(PhotogateError):
 
 
 class AccessPolicy(Protocol):
+    #: Whether :meth:`charge` may charge anything (when not, an upload is recorded in fewer steps).
+    charges: bool
+
     async def admit(self, request: web.Request) -> str | None:
         """The request's owner (``None``: anonymous); raise ``Unauthorized`` when a login is required."""
 
@@ -37,6 +40,8 @@ class AccessPolicy(Protocol):
 
 class OpenAccess:
     """Anyone may upload; nothing is charged; a task id is the only credential."""
+
+    charges = False
 
     async def admit(self, request: web.Request) -> str | None:
         return None

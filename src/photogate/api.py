@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import re
 import secrets
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import structlog
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
 
 from . import __version__
 from .access import access_policy
+from .blobs import BlobWriter
 from .errors import (
     BadRequest,
     Conflict,
@@ -23,11 +26,15 @@ from .errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
-    StoreUnavailable,
 )
 from .imagecheck import EXTENSION, ImageInfo, probe_image
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
+
+if sys.version_info >= (3, 11):  # noqa: UP036 - python_requires is >= 3.10
+    from asyncio import timeout as _timeout
+else:  # aiohttp's own dependency there
+    from async_timeout import timeout as _timeout
 
 log = structlog.get_logger("photogate.api")
 routes = web.RouteTableDef()
@@ -74,7 +81,9 @@ class _BodyReads:
     async def __call__(self, read: Any) -> Any:
         left = self.deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(read, max(min(self.read_timeout, left), 0.001))
+            # A timeout scope, not wait_for: no task is made for each read of the body.
+            async with _timeout(max(min(self.read_timeout, left), 0.001)):
+                return await read
         except asyncio.TimeoutError:  # noqa: UP041 - not TimeoutError on 3.10
             if left <= self.read_timeout:
                 raise RequestTimeout(f"the upload took longer than {self.total:g} s; send the photo again") from None
@@ -114,7 +123,7 @@ def _parse_params(fields: dict[str, str]) -> dict[str, Any]:
 
 
 @routes.post("/api/v1/enhance")
-async def enhance(request: web.Request) -> web.Response:
+async def enhance(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     cfg = gw.config
     access = access_policy(request.app)
@@ -125,17 +134,33 @@ async def enhance(request: web.Request) -> web.Response:
     if not gw.registry.serving(gw.multi_backend):
         raise _no_capacity(cfg.limits.retry_after)
     gw.dispatcher.check_capacity()
-    if not request.content_type.startswith("multipart/"):
+    # The raw header, not request.content_type: aiohttp parses that with the email package
+    # (about 0.5 ms, and every upload's boundary misses its cache); the multipart reader
+    # checks the boundary itself.
+    if not request.headers.get(hdrs.CONTENT_TYPE, "").lstrip().lower().startswith("multipart/"):
         raise BadRequest("send the photo as multipart/form-data with the field 'file'")
+
+    wait = request.query.get("wait")
+    try:
+        seconds = min(max(float(wait), 0.0), 300.0) if wait else None
+    except ValueError:
+        raise BadRequest("wait: expected a number of seconds") from None
+    inline = request.query.get("result", "url")
+    if inline not in ("url", "inline"):
+        raise BadRequest("result: must be url (the default: the status names result_url) or inline")
+    if inline == "inline" and seconds is None:
+        raise BadRequest("result=inline: also send wait=SECONDS (how long to wait for the image)")
 
     task_id = secrets.token_hex(16)
     writer = gw.blobs.input_writer(task_id)
     fields: dict[str, str] = {}
     got_file = False
-    head = b""
     read = _BodyReads(cfg.limits.read_timeout, cfg.limits.upload_timeout)
     try:
-        reader = await request.multipart()
+        try:
+            reader = await request.multipart()
+        except ValueError as exc:  # no boundary, or one too long
+            raise BadRequest(f"malformed multipart/form-data: {exc}") from None
         while (part := await read(reader.next())) is not None:
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not supported")
@@ -146,8 +171,6 @@ async def enhance(request: web.Request) -> web.Response:
                 while chunk := await read(part.read_chunk(256 * 1024)):
                     if writer.size + len(chunk) > limit:
                         raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
-                    if len(head) < 32:
-                        head += chunk[: 32 - len(head)]
                     await writer.write(chunk)
             elif part.name:
                 value = await read(part.read_chunk(FIELD_LIMIT + 1))
@@ -163,55 +186,64 @@ async def enhance(request: web.Request) -> web.Response:
             raise _no_storage(cfg.limits.retry_after) from None
         raise
 
-    def check(path: Path) -> ImageInfo:
-        # Runs in the same executor hop that publishes the file (a 415/413/400 is raised there).
-        return probe_image(path, cfg.limits.max_pixels, cfg.limits.max_side)
-
-    try:
-        info = await writer.commit(then=check)
-    except BaseException as exc:
-        await writer.abort()
-        await gw.blobs.delete(task_id)
-        if _storage_full(exc):
-            raise _no_storage(cfg.limits.retry_after) from None
-        raise
-    assert info is not None
-    gw.blobs.keep_input(task_id, writer.content)
-    try:
-        await access.charge(owner, task_id)
-    except BaseException:
-        await gw.blobs.delete(task_id)
-        raise
-    now = time.time()
-    task = TaskRecord(
-        task_id=task_id, status=TaskStatus.QUEUED, created_at=now, updated_at=now, input_mime=info.mime,
-        input_bytes=writer.size, width=info.width, height=info.height, params=params, owner=owner,
-    )
-    try:
-        await gw.store.insert_task(task)
-    except (sqlite3.Error, StoreUnavailable) as exc:
-        await gw.blobs.delete(task_id)
-        await access.refund(owner, task_id)
-        if _storage_full(exc):
-            raise _no_storage(cfg.limits.retry_after) from None
-        raise
-    gw.dispatcher.accept(task)
+    task = await _accept(gw, access, owner, task_id, writer, params)
     gw.metrics.task_accepted()
-    log.info("task_accepted", task_id=task_id, bytes=writer.size, width=info.width, height=info.height)
+    log.info("task_accepted", task_id=task_id, bytes=writer.size, width=task.width, height=task.height)
     body = {"task_id": task_id, "status": task.status.value, "message": "任务已提交，正在排队处理"}
 
-    wait = request.query.get("wait")
-    if wait:
-        try:
-            seconds = min(max(float(wait), 0.0), 300.0)
-        except ValueError:
-            raise BadRequest("wait: expected a number of seconds") from None
+    if seconds is not None:
         await gw.dispatcher.wait_finished(task_id, seconds)
         current = await gw.store.get_task(task_id)
         if current is not None:
+            if inline == "inline" and current.status is TaskStatus.COMPLETED:
+                # The image itself: one request from photo to result (the task stays downloadable).
+                return await _result_response(request, current, {"X-Task-ID": task_id, "X-Task-Status": "completed"})
             body = _status_body(current)
     return web.json_response(body)
 
+
+def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[str, Any], owner: str | None) -> TaskRecord:
+    now = time.time()
+    return TaskRecord(
+        task_id=task_id, status=TaskStatus.QUEUED, created_at=now, updated_at=now, input_mime=info.mime,
+        input_bytes=writer.size, width=info.width, height=info.height, params=params, owner=owner,
+    )
+
+
+async def _accept(gw: Any, access: Any, owner: str | None, task_id: str, writer: BlobWriter,
+                  params: dict[str, Any]) -> TaskRecord:
+    """Publish and check the upload's file, charge for it, record the task and queue it;
+    on any failure nothing of it is kept (and a charge is refunded)."""
+    limits = gw.config.limits
+
+    def check(path: Path) -> ImageInfo:
+        # On a worker thread, in the trip that publishes the file: a 415/413/400 is raised there.
+        return probe_image(path, limits.max_pixels, limits.max_side)
+
+    charged = False
+    try:
+        if writer.small and not access.charges:
+            # Nothing to charge between the check and the record: published, checked and
+            # recorded in one trip to the store's thread.
+            task = await gw.store.insert_task(lambda: _new_task(task_id, writer, writer.publish(then=check),
+                                                                params, owner))
+        else:
+            info = await writer.commit(then=check)
+            assert info is not None
+            await access.charge(owner, task_id)
+            charged = True
+            task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
+    except BaseException as exc:
+        await writer.abort()
+        await gw.blobs.delete(task_id)
+        if charged:
+            await access.refund(owner, task_id)
+        if _storage_full(exc):
+            raise _no_storage(limits.retry_after) from None
+        raise
+    gw.blobs.keep_input(task_id, writer.content)
+    gw.dispatcher.accept(task)
+    return task
 
 #: Results up to this size are read in one go rather than streamed from the file.
 SMALL_RESULT = 512 * 1024
@@ -251,10 +283,36 @@ async def _task_or_404(request: web.Request, *, peek: bool = False) -> TaskRecor
     return task
 
 
+class StatusBodies:
+    """Encoded status answers of recently polled tasks, each valid while its task's
+    ``(status, updated_at)`` is unchanged (every change of a task moves ``updated_at``)."""
+
+    LIMIT = 8192
+
+    def __init__(self) -> None:
+        self._bodies: dict[str, tuple[TaskStatus, float, bytes]] = {}
+
+    def get(self, task: TaskRecord) -> bytes:
+        hit = self._bodies.get(task.task_id)
+        if hit is not None and hit[0] is task.status and hit[1] == task.updated_at:
+            return hit[2]
+        body = json.dumps(_status_body(task)).encode()
+        if len(self._bodies) >= self.LIMIT:
+            self._bodies.clear()
+        self._bodies[task.task_id] = (task.status, task.updated_at, body)
+        return body
+
+
+STATUS_BODIES = web.AppKey("status_bodies", StatusBodies)
+JSON_TYPE = {hdrs.CONTENT_TYPE: "application/json; charset=utf-8"}
+
+
 @routes.get("/api/v1/status/{task_id}")
 async def status(request: web.Request) -> web.Response:
-    # The busiest request a gateway gets: answered from the cache, no copy, no thread hop.
-    return web.json_response(_status_body(await _task_or_404(request, peek=True)))
+    # The busiest request a gateway gets: answered from the cache, no copy, no thread hop,
+    # and the same answer is encoded once while the task does not change.
+    task = await _task_or_404(request, peek=True)
+    return web.Response(body=request.app[STATUS_BODIES].get(task), headers=JSON_TYPE)
 
 
 @routes.get("/api/v1/download/{task_id}")
@@ -264,6 +322,13 @@ async def download(request: web.Request) -> web.StreamResponse:
         raise Conflict(f"the task failed, there is nothing to download: {task.error}")
     if task.status is not TaskStatus.COMPLETED or not task.result_mime:
         raise Conflict(f"the result is not ready yet (status: {task.status.value}); poll /api/v1/status/{task.task_id}")
+    return await _result_response(request, task)
+
+
+async def _result_response(request: web.Request, task: TaskRecord,
+                           extra: dict[str, str] | None = None) -> web.StreamResponse:
+    """The completed task's result, as ``GET /download`` sends it."""
+    assert task.result_mime is not None
     path = request.app[GATEWAY].blobs.result_path(task.task_id)
     filename = f"enhanced_{task.task_id}.{EXTENSION.get(task.result_mime, 'bin')}"
     headers = {
@@ -271,7 +336,11 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="{filename}"',
         "Cache-Control": "private, max-age=3600",
         "X-Content-Type-Options": "nosniff",  # an image, never a page, whatever its bytes hold
+        **(extra or {}),
     }
+    kept = request.app[GATEWAY].blobs.result_in_memory(task.task_id)
+    if kept is not None:
+        return web.Response(body=kept, headers=headers)
     if task.result_bytes is not None and task.result_bytes <= SMALL_RESULT:
         # One read in the executor beats FileResponse's stat, open and sendfile for a small file.
         try:

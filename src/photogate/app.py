@@ -38,6 +38,7 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
 
     app.cleanup_ctx.append(run_gateway)
     app.add_routes(api.routes)
+    app[api.STATUS_BODIES] = api.StatusBodies()
     app.add_routes(webhook.routes)
     app.add_routes(admin_api.routes)
     setup_wechat(app, gateway)  # /api/wechat/ and its access policy, when wechat.appid is set
@@ -50,7 +51,7 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
 def _setup_cors(app: web.Application, config: Config) -> None:
     # No credentials: the public API authenticates by bearer token, never by cookie.
     options = aiohttp_cors.ResourceOptions(
-        allow_credentials=False, expose_headers=("X-Request-ID", "Content-Disposition", "Retry-After"),
+        allow_credentials=False, expose_headers=("X-Request-ID", "Content-Disposition", "Retry-After", "X-Task-ID", "X-Task-Status"),
         allow_headers=("Content-Type", "Authorization", "X-Request-ID"), max_age=3600,
     )
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in config.cors.origins})

@@ -46,13 +46,23 @@ class BlobWriter:
         self._fh.write(self._buf)
         self._buf.clear()
 
+    #: Up to this size, a blob still all in memory may be published and checked on the
+    #: store's thread, in the same trip as its task's record: checking it is quick.
+    SMALL = 64 * 1024
+
+    @property
+    def small(self) -> bool:
+        """All written so far is still in memory (no file yet), and at most :attr:`SMALL` bytes."""
+        return self._fh is None and self.size <= self.SMALL
+
     async def write(self, chunk: bytes) -> None:
         self._buf += chunk
         self.size += len(chunk)
         if len(self._buf) >= self.BUFFER:
             await asyncio.get_running_loop().run_in_executor(None, self._flush_sync)
 
-    def _commit_sync(self, then: Callable[[Path], T] | None) -> T | None:
+    def publish(self, then: Callable[[Path], T] | None = None) -> T | None:
+        """:meth:`commit` for a caller already on a worker thread."""
         if self._fh is None:
             self.content = bytes(self._buf)
         self._flush_sync()
@@ -66,22 +76,52 @@ class BlobWriter:
     async def commit(self, then: Callable[[Path], T] | None = None) -> T | None:
         """Publish the file; ``then(path)``, if given, runs in the same executor call
         (e.g. checking the image) and its result is returned."""
-        return await asyncio.get_running_loop().run_in_executor(None, self._commit_sync, then)
+        return await asyncio.get_running_loop().run_in_executor(None, self.publish, then)
 
-    def _abort_sync(self) -> None:
+    def discard(self) -> None:
+        """:meth:`abort` for a caller already on a worker thread."""
         if self._fh is not None:
             self._fh.close()
         self._buf.clear()
         self.partial.unlink(missing_ok=True)
 
     async def abort(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._abort_sync)
+        await asyncio.get_running_loop().run_in_executor(None, self.discard)
+
+
+class _Memory:
+    """Small blobs kept in memory as well as on disk, up to ``limit`` bytes in all (oldest
+    dropped first; one blob at most a sixteenth of it). The file stays the record."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def keep(self, task_id: str, content: bytes | None) -> None:
+        if content is None or len(content) > self.limit // 16:
+            return
+        self.forget(task_id)
+        self._blobs[task_id] = content
+        self._bytes += len(content)
+        while self._bytes > self.limit:
+            _, dropped = self._blobs.popitem(last=False)
+            self._bytes -= len(dropped)
+
+    def get(self, task_id: str) -> bytes | None:
+        return self._blobs.get(task_id)
+
+    def forget(self, task_id: str) -> None:
+        content = self._blobs.pop(task_id, None)
+        if content is not None:
+            self._bytes -= len(content)
 
 
 class BlobStore:
-    #: Small inputs also kept in memory (up to this many bytes in all, oldest dropped first),
-    #: so dispatching a small photo costs no file I/O. The file stays the record.
+    #: Small inputs kept in memory until their task ends, so dispatching one costs no file I/O.
     MEMORY_BYTES = 32 * 1024 * 1024
+    #: Small results kept in memory (the most recent first), so downloading one costs no file I/O.
+    RESULT_MEMORY_BYTES = 32 * 1024 * 1024
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -89,26 +129,25 @@ class BlobStore:
         self.results = root / "results"
         for folder in (self.inputs, self.results):
             folder.mkdir(parents=True, exist_ok=True)
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
-        self._memory_bytes = 0
+        self._inputs = _Memory(self.MEMORY_BYTES)
+        self._results = _Memory(self.RESULT_MEMORY_BYTES)
 
     def keep_input(self, task_id: str, content: bytes | None) -> None:
-        """Remember a committed input's bytes (``BlobWriter.content``) for its dispatch."""
-        if content is None or len(content) > self.MEMORY_BYTES // 16:
-            return
-        self._memory[task_id] = content
-        self._memory_bytes += len(content)
-        while self._memory_bytes > self.MEMORY_BYTES:
-            _, dropped = self._memory.popitem(last=False)
-            self._memory_bytes -= len(dropped)
+        """Remember a stored input's bytes for its dispatch."""
+        self._inputs.keep(task_id, content)
 
     def input_in_memory(self, task_id: str) -> bytes | None:
-        return self._memory.get(task_id)
+        return self._inputs.get(task_id)
 
     def forget_input(self, task_id: str) -> None:
-        content = self._memory.pop(task_id, None)
-        if content is not None:
-            self._memory_bytes -= len(content)
+        self._inputs.forget(task_id)
+
+    def keep_result(self, task_id: str, content: bytes | None) -> None:
+        """Remember a stored (published, checked) result's bytes for its download."""
+        self._results.keep(task_id, content)
+
+    def result_in_memory(self, task_id: str) -> bytes | None:
+        return self._results.get(task_id)
 
     @staticmethod
     def _check(task_id: str) -> str:
@@ -135,7 +174,8 @@ class BlobStore:
             path.with_name(path.name + ".part").unlink(missing_ok=True)
 
     async def delete(self, task_id: str) -> None:
-        self.forget_input(task_id)
+        self._inputs.forget(task_id)
+        self._results.forget(task_id)
         await asyncio.get_running_loop().run_in_executor(None, self._delete_sync, task_id)
 
     def _sweep_partials_sync(self, older_than: float | None) -> int:

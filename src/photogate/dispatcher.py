@@ -22,7 +22,7 @@ import structlog
 
 from .access import OPEN_ACCESS, AccessPolicy
 from .balancing import JobView, Strategy
-from .blobs import BlobStore
+from .blobs import BlobStore, BlobWriter
 from .config import DispatchConfig
 from .errors import PhotogateError, ServiceUnavailable, StoreUnavailable
 from .imagecheck import MIME, ImageInfo, probe_image
@@ -54,7 +54,10 @@ class JobRejected(Exception):
 
 
 class StorageFailure(Exception):
-    """The gateway could not store a result (its disk is full): no node is to blame."""
+    """The gateway's own storage failed the job (a full disk, a missing input): no node is to blame."""
+
+
+INPUT_MISSING = "the uploaded photo is no longer stored on the gateway (its file was removed); upload it again"
 
 
 async def _stored(write: Any) -> Any:
@@ -335,9 +338,14 @@ class Dispatcher:
             self.metrics.task_started(task)
             try:
                 try:
-                    mime, size = await self._send(task, state, node_done)
+                    writer, checked = await self._send(task, state, node_done)
                 finally:
                     await processing
+                await self.store.update_task(
+                    task.task_id, prepare=lambda: self._result_columns(writer, checked),
+                    status=TaskStatus.COMPLETED, finished_at=time.time(), error=None,
+                )
+                self.blobs.keep_result(task.task_id, writer.content)
             except StorageFailure as exc:
                 await self._fail(task, str(exc))
             except JobRejected as exc:
@@ -360,10 +368,6 @@ class Dispatcher:
             else:
                 ok = True
                 await self.registry.record_dispatch_success(server_id)
-                await self.store.update_task(
-                    task.task_id, status=TaskStatus.COMPLETED, result_mime=mime, result_bytes=size,
-                    finished_at=time.time(), error=None,
-                )
                 log.info("task_completed", task_id=task.task_id, server_id=server_id,
                          seconds=round(time.monotonic() - started, 3))
                 self.metrics.task_completed(task, server_id, time.monotonic() - started)
@@ -391,9 +395,11 @@ class Dispatcher:
         self._finished(task.task_id)
 
     async def _send(self, task: TaskRecord, state: NodeState,
-                    node_done: Callable[[bool], Awaitable[None]] | None = None) -> tuple[str, int]:
-        """Send the photo to the node and store its answer; ``node_done(True)`` as soon as
-        the answer is fully received."""
+                    node_done: Callable[[bool], Awaitable[None]] | None = None
+                    ) -> tuple[BlobWriter, ImageInfo | PhotogateError | None]:
+        """Send the photo to the node and receive its answer; ``node_done(True)`` as soon as
+        the answer is fully received. A large result is published and checked here (its
+        check returned); a small one is left in memory (``None``) for :meth:`_result_columns`."""
         params = {k: str(v) for k, v in task.params.items() if k in ("scale", "format", "quality") and v is not None}
         headers = {
             "Content-Type": task.input_mime,
@@ -402,7 +408,10 @@ class Dispatcher:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout, sock_connect=self.config.connect_timeout)
         url = state.record.base_url + "/v1/enhance"
         kept = self.blobs.input_in_memory(task.task_id)
-        fh = None if kept is not None else await _open_for_read(self.blobs.input_path(task.task_id))
+        try:
+            fh = None if kept is not None else await _open_for_read(self.blobs.input_path(task.task_id))
+        except FileNotFoundError:
+            raise StorageFailure(INPUT_MISSING) from None
         writer = self.blobs.result_writer(task.task_id)
         try:
             async with self.session.post(
@@ -424,6 +433,10 @@ class Dispatcher:
                     await _stored(writer.write(chunk))
             if node_done is not None:
                 await node_done(True)
+            if writer.small:
+                # Published and checked on the store's thread, in the same trip that marks
+                # the task completed (_run_job).
+                return writer, None
             checked = await _stored(writer.commit(then=self._verify_result))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             await writer.abort()
@@ -435,13 +448,27 @@ class Dispatcher:
         finally:
             if fh is not None:
                 fh.close()  # a read-only local file: closing it does not block
+        return writer, checked
+
+    def _result_columns(self, writer: BlobWriter, checked: ImageInfo | PhotogateError | None) -> dict[str, Any]:
+        """On a worker thread (the ``prepare`` of the completed update): the result's columns,
+        after publishing and checking its file when ``_send`` left that to be done here.
+        Raises :class:`StorageFailure` or :class:`NodeFailure`."""
+        if checked is None:
+            try:
+                checked = writer.publish(then=self._verify_result)
+            except OSError as exc:
+                writer.discard()
+                raise StorageFailure(f"the gateway could not store the result ({exc.strerror or exc}); "
+                                     "try again later") from exc
+            assert checked is not None
         if isinstance(checked, PhotogateError):
             raise NodeFailure(f"node returned an unreadable image: {checked}") from checked
         # The bytes decide the type, not the node's label (a PNG labelled JPEG downloads as .png).
-        return checked.mime, writer.size
+        return {"result_mime": checked.mime, "result_bytes": writer.size}
 
     def _verify_result(self, path: Path) -> ImageInfo | PhotogateError:
-        """In the hop that publishes the result: never call a task completed with a result
+        """In the trip that publishes the result: never call a task completed with a result
         that is not an image. A bad one is removed and its reason returned."""
         try:
             return probe_image(path, self.max_pixels * 64)

@@ -483,8 +483,11 @@ class RedisStore:
     # -- tasks ---------------------------------------------------------------------------
 
     @unavailable
-    async def insert_task(self, task: TaskRecord) -> None:
-        """Store the task and put it in the shared queue, in one transaction."""
+    async def insert_task(self, task: TaskRecord | Callable[[], TaskRecord]) -> TaskRecord:
+        """Store the task and put it in the shared queue, in one transaction. ``task`` may be
+        a function that builds the record (in the executor: it may do file I/O)."""
+        if callable(task):
+            task = await asyncio.get_running_loop().run_in_executor(None, task)
         fields = {
             "task_id": task.task_id, "status": task.status.value, "created_at": repr(task.created_at),
             "updated_at": repr(task.updated_at), "input_mime": task.input_mime, "input_bytes": str(task.input_bytes),
@@ -505,13 +508,19 @@ class RedisStore:
             if task.owner:  # a WeChat user's own list of tasks
                 pipe.zadd(f"{self.prefix}owner:{task.owner}", {task.task_id: task.created_at})
             await pipe.execute()
+        return task
 
     _UPDATABLE = frozenset(
         {"status", "server_id", "attempts", "result_mime", "result_bytes", "error", "started_at", "finished_at"}
     )
 
     @unavailable
-    async def update_task(self, task_id: str, **changes: Any) -> None:
+    async def update_task(self, task_id: str, *, prepare: Callable[[], dict[str, Any]] | None = None,
+                          **changes: Any) -> None:
+        """Change a task's fields. ``prepare``, if given, runs first (in the executor: it may
+        do file I/O) and returns more changes; what it raises, this raises."""
+        if prepare is not None:
+            changes = {**changes, **await asyncio.get_running_loop().run_in_executor(None, prepare)}
         unknown = set(changes) - self._UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")

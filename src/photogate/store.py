@@ -239,9 +239,10 @@ class SQLiteStore:
         while len(self._cache) > self.CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    async def insert_task(self, task: TaskRecord) -> None:
-        await self._call(
-            self._exec,
+    def _insert_sync(self, task: TaskRecord | Callable[[], TaskRecord]) -> TaskRecord:
+        if callable(task):
+            task = task()
+        self.conn.execute(
             f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})",
             (
                 task.task_id,
@@ -263,13 +264,24 @@ class SQLiteStore:
                 task.finished_at,
             ),
         )
+        return task
+
+    async def insert_task(self, task: TaskRecord | Callable[[], TaskRecord]) -> TaskRecord:
+        """Store a task. ``task`` may be a function that builds the record on the store's
+        thread (after publishing and checking the photo's file, say), so that both cost one
+        trip to a thread; what it raises, this raises, and nothing is stored."""
+        task = await self._call(self._insert_sync, task)
         self._remember(task)
+        return task
 
     _UPDATABLE = frozenset(
         {"status", "server_id", "attempts", "result_mime", "result_bytes", "error", "started_at", "finished_at"}
     )
 
-    async def update_task(self, task_id: str, **changes: Any) -> None:
+    def _update_sync(self, task_id: str, changes: dict[str, Any],
+                     prepare: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
+        if prepare is not None:
+            changes = {**changes, **prepare()}
         unknown = set(changes) - self._UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {sorted(unknown)}")
@@ -277,7 +289,18 @@ class SQLiteStore:
         if isinstance(changes.get("status"), TaskStatus):
             changes["status"] = changes["status"].value
         assignments = ", ".join(f"{k} = ?" for k in changes)
-        await self._call(self._exec, f"UPDATE tasks SET {assignments} WHERE task_id = ?", (*changes.values(), task_id))
+        self.conn.execute(f"UPDATE tasks SET {assignments} WHERE task_id = ?", (*changes.values(), task_id))
+        return changes
+
+    async def update_task(self, task_id: str, *, prepare: Callable[[], dict[str, Any]] | None = None,
+                          **changes: Any) -> None:
+        """Change a task's fields. ``prepare``, if given, runs first on the store's thread
+        (publishing the result's file, say) and returns more changes; what it raises, this
+        raises, and nothing is changed."""
+        unknown = set(changes) - self._UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        changes = await self._call(self._update_sync, task_id, changes, prepare)
         cached = self._cache.get(task_id)
         if cached is not None:
             if "status" in changes:

@@ -21,6 +21,10 @@ class WechatAccess:
         self.service = service
         self.cfg = cfg
 
+    @property
+    def charges(self) -> bool:
+        return self.cfg.billing_enabled
+
     async def session(self, request: web.Request) -> str | None:
         """The openid of the request's valid session, if any."""
         token = bearer(request)
