@@ -6,6 +6,7 @@ import asyncio
 import errno
 import io
 import struct
+import threading
 import time
 import zlib
 
@@ -317,6 +318,40 @@ async def test_small_upload_on_a_full_disk_leaves_nothing(gateway: Gateway, node
     task_id = await gateway.submit()
     assert (await gateway.wait_done(task_id))["status"] == "completed"
     assert left() == [task_id]
+
+
+async def test_server_stopping_mid_upload_keeps_file_and_record_together(gateway: Gateway,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # The handler is cancelled while its photo is being recorded on the store's thread: the
+    # record, the file and the queue must still agree (a restart runs what was recorded).
+    from photogate import api
+    from photogate.access import OPEN_ACCESS
+
+    gw = gateway.app[GATEWAY]
+    entered, proceed = threading.Event(), threading.Event()
+    original = gw.store._insert_sync
+
+    def slow_insert(task):  # type: ignore[no-untyped-def]
+        entered.set()
+        proceed.wait(5)
+        return original(task)
+
+    monkeypatch.setattr(gw.store, "_insert_sync", slow_insert)
+    task_id = "c" * 32
+    writer = gw.blobs.input_writer(task_id)
+    await writer.write(image_bytes())
+    handler = asyncio.ensure_future(api._accept(gw, OPEN_ACCESS, None, task_id, writer, {}))
+    assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+    handler.cancel()
+    await asyncio.sleep(0.05)
+    assert not handler.done(), "a cancelled handler must wait for the store's trip"
+    proceed.set()
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    stored = await gw.store.get_task(task_id)
+    assert stored is not None and stored.status.value == "queued"
+    assert gw.blobs.input_path(task_id).read_bytes() == image_bytes()
+    assert gw.dispatcher.queued == 1
 
 
 async def test_status_answer_follows_the_task(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]

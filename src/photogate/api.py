@@ -213,7 +213,23 @@ def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[st
 async def _accept(gw: Any, access: Any, owner: str | None, task_id: str, writer: BlobWriter,
                   params: dict[str, Any]) -> TaskRecord:
     """Publish and check the upload's file, charge for it, record the task and queue it;
-    on any failure nothing of it is kept (and a charge is refunded)."""
+    on any failure nothing of it is kept (and a charge is refunded).
+
+    It runs to its end even when the handler is cancelled (the server stopping): its trips
+    to threads go on regardless, and stopping halfway could leave a file without its record
+    or a record without its file. What it accepted then waits in the store for the restart."""
+    accepting = asyncio.ensure_future(_store_upload(gw, access, owner, task_id, writer, params))
+    try:
+        return await asyncio.shield(accepting)
+    except asyncio.CancelledError:
+        await asyncio.wait([accepting])
+        if not accepting.cancelled():
+            accepting.exception()  # its own failure is its own to clean up; nobody hears of it
+        raise
+
+
+async def _store_upload(gw: Any, access: Any, owner: str | None, task_id: str, writer: BlobWriter,
+                        params: dict[str, Any]) -> TaskRecord:
     limits = gw.config.limits
 
     def check(path: Path) -> ImageInfo:
@@ -244,6 +260,7 @@ async def _accept(gw: Any, access: Any, owner: str | None, task_id: str, writer:
     gw.blobs.keep_input(task_id, writer.content)
     gw.dispatcher.accept(task)
     return task
+
 
 #: Results up to this size are read in one go rather than streamed from the file.
 SMALL_RESULT = 512 * 1024
