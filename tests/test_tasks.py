@@ -354,6 +354,21 @@ async def test_server_stopping_mid_upload_keeps_file_and_record_together(gateway
     assert gw.dispatcher.queued == 1
 
 
+async def test_task_whose_photo_was_removed_fails_clearly(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    node = await nodes(delay=0.5)
+    await gateway.register(node)
+    gw = gateway.app[GATEWAY]
+    busy = await gateway.submit()
+    waiting = await gateway.submit()  # queued behind it: the node has one slot
+    gw.blobs.input_path(waiting).unlink()  # an operator's clean-up gone wrong
+    gw.blobs.forget_input(waiting)
+    final = await gateway.wait_done(waiting)
+    assert final["status"] == "failed" and "no longer stored" in final["error"], final
+    assert (await gateway.wait_done(busy))["status"] == "completed"
+    state = gw.registry.get(node.server_id)
+    assert state is not None and state.healthy and state.failures == 0, "the node was blamed"
+
+
 async def test_status_answer_follows_the_task(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
     # Status answers are encoded once per change of the task: polls must still see each change.
     node = await nodes(delay=0.6)
