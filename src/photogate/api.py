@@ -17,7 +17,7 @@ import structlog
 from aiohttp import BodyPartReader, hdrs, web
 
 from . import __version__
-from .access import access_policy
+from .access import AccessPolicy, access_policy
 from .blobs import BlobWriter
 from .errors import (
     BadRequest,
@@ -210,7 +210,7 @@ def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[st
     )
 
 
-async def _accept(gw: Any, access: Any, owner: str | None, task_id: str, writer: BlobWriter,
+async def _accept(gw: Any, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
                   params: dict[str, Any]) -> TaskRecord:
     """Publish and check the upload's file, charge for it, record the task and queue it;
     on any failure nothing of it is kept (and a charge is refunded).
@@ -228,7 +228,7 @@ async def _accept(gw: Any, access: Any, owner: str | None, task_id: str, writer:
         raise
 
 
-async def _store_upload(gw: Any, access: Any, owner: str | None, task_id: str, writer: BlobWriter,
+async def _store_upload(gw: Any, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
                         params: dict[str, Any]) -> TaskRecord:
     limits = gw.config.limits
 

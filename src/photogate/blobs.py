@@ -119,7 +119,7 @@ class _Memory:
 
 class BlobStore:
     #: Small inputs kept in memory until their task ends, so dispatching one costs no file I/O.
-    MEMORY_BYTES = 32 * 1024 * 1024
+    INPUT_MEMORY_BYTES = 32 * 1024 * 1024
     #: Small results kept in memory (the most recent first), so downloading one costs no file I/O.
     RESULT_MEMORY_BYTES = 32 * 1024 * 1024
 
@@ -129,7 +129,7 @@ class BlobStore:
         self.results = root / "results"
         for folder in (self.inputs, self.results):
             folder.mkdir(parents=True, exist_ok=True)
-        self._inputs = _Memory(self.MEMORY_BYTES)
+        self._inputs = _Memory(self.INPUT_MEMORY_BYTES)
         self._results = _Memory(self.RESULT_MEMORY_BYTES)
 
     def keep_input(self, task_id: str, content: bytes | None) -> None:

@@ -60,12 +60,15 @@ class StorageFailure(Exception):
 INPUT_MISSING = "the uploaded photo is no longer stored on the gateway (its file was removed); upload it again"
 
 
+def _not_stored(exc: OSError) -> StorageFailure:
+    return StorageFailure(f"the gateway could not store the result ({exc.strerror or exc}); try again later")
+
+
 async def _stored(write: Any) -> Any:
     try:
         return await write
     except OSError as exc:
-        raise StorageFailure(f"the gateway could not store the result ({exc.strerror or exc}); "
-                             "try again later") from exc
+        raise _not_stored(exc) from exc
 
 
 @dataclass(order=True)
@@ -459,8 +462,7 @@ class Dispatcher:
                 checked = writer.publish(then=self._verify_result)
             except OSError as exc:
                 writer.discard()
-                raise StorageFailure(f"the gateway could not store the result ({exc.strerror or exc}); "
-                                     "try again later") from exc
+                raise _not_stored(exc) from exc
             assert checked is not None
         if isinstance(checked, PhotogateError):
             raise NodeFailure(f"node returned an unreadable image: {checked}") from checked

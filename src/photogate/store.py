@@ -297,9 +297,6 @@ class SQLiteStore:
         """Change a task's fields. ``prepare``, if given, runs first on the store's thread
         (publishing the result's file, say) and returns more changes; what it raises, this
         raises, and nothing is changed."""
-        unknown = set(changes) - self._UPDATABLE
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
         changes = await self._call(self._update_sync, task_id, changes, prepare)
         cached = self._cache.get(task_id)
         if cached is not None:
