@@ -48,7 +48,7 @@ async def run(args: argparse.Namespace) -> int:
                     port, node_port = free_port(), free_port()
                     url = f"http://127.0.0.1:{port}"
                     config = work / f"{name}.yaml"
-                    config.write_text(f"webhook: {{secret: {SECRET}}}\nlogging: {{level: warning}}\n")
+                    config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nlogging: {{level: warning}}\n")
                     env = {"PYTHONPATH": str(Path(tree).resolve())}
                     procs.start(f"gateway-{name}", gateway_argv(config, port, work / f"data-{name}"), env=env)
 

@@ -136,7 +136,7 @@ async def setup(work: Path, name: str, gateways: int, redis_url: str | None, wrk
     config = work / name / "gateway.yaml"
     storage = (f"storage: {{backend: redis, redis_url: '{redis_url}', redis_prefix: '{name}:'}}\n"
                if redis_url else "")
-    config.write_text(f"webhook: {{secret: {SECRET}}}\nlogging: {{level: warning}}\n{storage}")
+    config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nlogging: {{level: warning}}\n{storage}")
     ports = [free_port() for _ in range(gateways)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     result: dict[str, object] = {"setup": name, "gateways": gateways}

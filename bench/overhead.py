@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace) -> int:
         port, node_port, bare_port = free_port(), free_port(), free_port()
         url = f"http://127.0.0.1:{port}"
         config = work / "gateway.yaml"
-        config.write_text(f"webhook: {{secret: {SECRET}}}\nlogging: {{level: warning}}\n"
+        config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nlogging: {{level: warning}}\n"
                           "limits: {max_upload_bytes: 16777216, max_pixels: 50000000}\n")
         gateway = procs.start("photogate", gateway_argv(config, port, work / "data"))
         try:

@@ -220,7 +220,7 @@ async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: 
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 config = workdir / "gateway.yaml"
-                config.write_text(f"webhook: {{secret: {SECRET}}}\nbalancer: {{strategy: {system}}}\n"
+                config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nbalancer: {{strategy: {system}}}\n"
                                   "health_check: {interval: 2, timeout: 2}\nlogging: {level: warning}\n"
                                   "limits: {max_queue: 100000}\n")
                 procs.start("photogate", gateway_argv(config, port, workdir / "data"))

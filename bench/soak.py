@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 FAULTS_NODE = REPO / "tests" / "faults" / "faults_node.py"
 ADMIN = "soak-admin-token-0123456789"
 GATEWAY_CONFIG = """
+webhook: {allowed_node_networks: [127.0.0.0/8]}  # the nodes run on this machine
 health_check: {interval: 0.5, timeout: 1, failure_threshold: 2}
 dispatch: {timeout: 2, connect_timeout: 1, max_attempts: 4, retry_backoff: 0.3}
 limits: {max_queue: 10000}

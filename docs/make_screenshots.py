@@ -59,6 +59,7 @@ async def run(tmp: Path) -> None:
     config = load_config(None, env={}, overrides={
         "webhook.secret": SECRET, "admin.token": ADMIN_TOKEN, "storage.data_dir": str(tmp / "gateway"),
         "health_check.interval": 0.5, "health_check.timeout": 1.0, "ui.refresh": 0.5,
+        "webhook.allowed_node_networks": ["127.0.0.0/8"],  # the nodes run here
     })
     app = create_app(config)
     runner = web.AppRunner(app)

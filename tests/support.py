@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
@@ -23,6 +24,8 @@ from photogate.config import Config, load_config
 SECRET = "test-secret-0123456789"
 ADMIN_TOKEN = "test-admin-token-0123456789"
 REPO = Path(__file__).resolve().parent.parent
+#: Where the tests' nodes live (``webhook.allowed_node_networks`` of every test gateway).
+LOOPBACK_NODES = ("127.0.0.0/8", "::1/128")
 
 
 def image_bytes(width: int = 64, height: int = 48, fmt: str = "PNG", color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
@@ -129,6 +132,8 @@ def make_config(tmp_path: Path, **overrides: Any) -> Config:
         "health_check.interval": 0.2,
         "health_check.timeout": 1.0,
         "dispatch.timeout": 10.0,
+        # The fake nodes live on loopback, which production refuses unless listed explicitly.
+        "webhook.allowed_node_networks": list(LOOPBACK_NODES),
     }
     base.update(overrides)
     return load_config(None, overrides=base, env={})
@@ -211,7 +216,9 @@ class GatewayProcess(ChildProcess):
     def __init__(self, tmp_path: Path, config_text: str) -> None:
         self.port = free_port()
         self.config_file = tmp_path / "gateway.yaml"
-        self.config_file.write_text(config_text)
+        config = yaml.safe_load(config_text) or {}
+        config.setdefault("webhook", {}).setdefault("allowed_node_networks", list(LOOPBACK_NODES))
+        self.config_file.write_text(yaml.safe_dump(config))
         self.data_dir = tmp_path / "gwdata"
         self.log = tmp_path / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None

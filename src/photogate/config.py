@@ -62,8 +62,9 @@ class ServerConfig:
 @dataclass(frozen=True)
 class WebhookConfig:
     secret: str = ""
-    #: Networks a node may register from (issue 6). Link-local, multicast and unspecified
-    #: addresses are always refused; loopback is allowed in --dev whatever the list says.
+    #: Networks a node may register from (issues 6, 13). 0.0.0.0/8, broadcast, link-local,
+    #: multicast and reserved addresses are always refused; loopback only in --dev or when a
+    #: listed network is all loopback. IPv6 spellings of an IPv4 address are judged as it.
     allowed_node_networks: tuple[str, ...] = ("0.0.0.0/0", "::/0")
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from .allowlist import node_address_refused
+from .allowlist import canonical, node_address_refused
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
 from .netutil import client_ip, same_secret
@@ -52,7 +51,7 @@ def _ip(value: Any) -> str:
     if not isinstance(value, str):
         raise BadRequest("ip: expected an IPv4 or IPv6 address string")
     try:
-        return str(ipaddress.ip_address(value.strip()))
+        return str(canonical(value.strip()))  # ::ffff:a.b.c.d is a.b.c.d: one address, one spelling
     except ValueError:
         raise BadRequest(f"ip: not an IP address: {value[:64]!r}") from None
 
