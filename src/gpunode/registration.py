@@ -4,6 +4,10 @@ The loop runs as a background task owned by the app's ``cleanup_ctx``: startup h
 before the port listens, so registering there could announce a node that is not yet up.
 
 - Registration retries with capped exponential backoff (with jitter) until it succeeds.
+  A 409 (our address is registered to a node with another ``node_key``, e.g. after the
+  state dir was lost) is logged as ``register_conflict`` with the gateway's instructions
+  (an operator runs ``photogate-admin remove GPU-00N``), and retried every
+  ``backoff_max`` s, so the node joins as a new id by itself once that is done.
 - A stable ``node_key`` kept in the state dir makes the gateway hand back the same
   ``GPU-00N`` after a restart or an IP change.
 - Every ``ip_check_interval`` s the advertised IP is read again; a change re-registers.
@@ -109,6 +113,8 @@ class Registrar:
         self._token: str | None = None
         self.registrations = 0
         self.attempts = 0
+        #: The gateway answered 409: our address is another node's (see register_conflict).
+        self.conflict = False
         self.registered = asyncio.Event()
 
     @property
@@ -132,7 +138,14 @@ class Registrar:
                 body = await resp.json(content_type=None) if resp.content_length != 0 else {}
                 if resp.status != 200 or not isinstance(body, dict) or not body.get("success", True):
                     err = body.get("error") or body.get("message") if isinstance(body, dict) else None
-                    log.warning("register_refused", status=resp.status, error=err, gateway=self.gateway_url)
+                    if resp.status == 409:
+                        # Our address belongs to a node with another key (we lost our state
+                        # directory?). Only an operator can settle it; keep asking, slowly.
+                        self.conflict = True
+                        log.error("register_conflict", status=409, error=err, gateway=self.gateway_url,
+                                  retry_in_s=self.backoff_max)
+                    else:
+                        log.warning("register_refused", status=resp.status, error=err, gateway=self.gateway_url)
                     return False
         except (asyncio.TimeoutError, aiohttp.ClientError, ValueError) as exc:  # noqa: UP041
             log.warning("register_failed", error=str(exc) or type(exc).__name__, gateway=self.gateway_url)
@@ -143,6 +156,7 @@ class Registrar:
             log.warning("register_answer_incomplete", has_server_id=bool(server_id), has_token=bool(token))
             return False
         previous = self.server_id
+        self.conflict = False
         self.server_id, self._token, self.ip = str(server_id), str(token), ip
         self.registrations += 1
         self.registered.set()
@@ -156,6 +170,8 @@ class Registrar:
             ip = await self._current_ip()
             if ip and await self.register_once(ip):
                 return
+            if self.conflict:  # nothing changes until an operator acts: no need to ask often
+                delay = self.backoff_max
             wait = min(self.backoff_max, delay) * random.uniform(0.8, 1.2)
             log.info("register_retry", in_s=round(wait, 2))
             await asyncio.sleep(wait)

@@ -41,6 +41,15 @@ class Conflict(PhotogateError):
     status = 409
 
 
+class NodeIdentityConflict(Conflict):
+    """A registration would take over another node (DESIGN §9 "Identity"): see identity.py."""
+
+    def __init__(self, message: str, *, holder: str, reason: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+        self.reason = reason
+
+
 class RequestTimeout(PhotogateError):
     """The client stopped sending its request body (slow-loris)."""
 

@@ -51,6 +51,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import redacted_url
+from . import identity
 from .errors import StoreUnavailable
 from .models import NodeRecord, TaskRecord, TaskStatus
 
@@ -219,21 +220,25 @@ redis.call('SREM', p .. 'gateways', gid)
 return back
 """
 
-#: Find a node by key, then by address; update it, or mint the next id (INCR).
-#: ARGV: prefix, ip, port, node_key, slots, weight, info JSON, new token, now.
+#: Apply a registration :func:`identity.decide` made from a read of the records: update the
+#: node it names, or mint the next id (INCR). It first checks that what the decision read is
+#: unchanged (compare and set) and answers {'retry'} when not. A key is attached, never replaced.
+#: ARGV: prefix, ip, port, node_key, slots, weight, info JSON, new token, now,
+#:       sid by key, its record, sid at the address, its record (each '' for none),
+#:       sid to update ('' for a new node), '1' to rotate the token.
 #: Returns {record JSON, created 0/1, previous address or ''}.
 REGISTER = """
 local p, ip, port, nkey = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local slots, weight, info, token, now = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local key_sid, key_raw, addr_sid, addr_raw = ARGV[10], ARGV[11], ARGV[12], ARGV[13]
+local sid, rotate = ARGV[14], ARGV[15] == '1'
 local addr = ip .. ':' .. port
-local sid = false
-if nkey ~= '' then sid = redis.call('HGET', p .. 'node_key', nkey) end
-if not sid then sid = redis.call('HGET', p .. 'node_addr', addr) end
+if nkey ~= '' and (redis.call('HGET', p .. 'node_key', nkey) or '') ~= key_sid then return {'retry'} end
+if (redis.call('HGET', p .. 'node_addr', addr) or '') ~= addr_sid then return {'retry'} end
+if key_sid ~= '' and (redis.call('HGET', p .. 'nodes', key_sid) or '') ~= key_raw then return {'retry'} end
+if addr_sid ~= '' and (redis.call('HGET', p .. 'nodes', addr_sid) or '') ~= addr_raw then return {'retry'} end
 local rec = false
-if sid then
-  local raw = redis.call('HGET', p .. 'nodes', sid)
-  if raw then rec = cjson.decode(raw) end
-end
+if sid ~= '' then rec = cjson.decode(redis.call('HGET', p .. 'nodes', sid)) end
 local created, previous = 0, ''
 local health = false
 if rec then
@@ -242,10 +247,8 @@ if rec then
     previous = old_addr
     if redis.call('HGET', p .. 'node_addr', old_addr) == sid then redis.call('HDEL', p .. 'node_addr', old_addr) end
   end
-  if nkey ~= '' then
-    if rec.node_key ~= cjson.null and rec.node_key ~= nkey then redis.call('HDEL', p .. 'node_key', rec.node_key) end
-    rec.node_key = nkey
-  end
+  if nkey ~= '' and rec.node_key == cjson.null then rec.node_key = nkey end
+  if rotate then rec.node_token = token end
   rec.ip, rec.port = ip, port
   if slots ~= '' then rec.slots = tonumber(slots) end
   if weight ~= '' then rec.weight = tonumber(weight) end
@@ -268,7 +271,7 @@ if previous ~= '' then health.health = {} end
 local encoded = cjson.encode(rec)
 redis.call('HSET', p .. 'nodes', sid, encoded)
 redis.call('HSET', p .. 'node_addr', addr, sid)
-if nkey ~= '' then redis.call('HSET', p .. 'node_key', nkey, sid) end
+if nkey ~= '' and rec.node_key == nkey then redis.call('HSET', p .. 'node_key', nkey, sid) end
 redis.call('HSET', p .. 'health', sid, cjson.encode(health))
 return {encoded, created, previous}
 """
@@ -652,16 +655,34 @@ class RedisStore:
 
     # -- nodes ---------------------------------------------------------------------------
 
+    #: Registrations of one node racing each other: a compare-and-set retries this often.
+    REGISTER_TRIES = 20
+
     @unavailable
     async def register_node(
         self, ip: str, port: int, node_key: str | None, fields: dict[str, Any], new_token: str
     ) -> tuple[NodeRecord, bool, str | None]:
-        encoded, created, previous = await self._register(keys=[], args=[
-            self.prefix, ip, port, node_key or "", "" if fields["slots"] is None else fields["slots"],
-            "" if fields["weight"] is None else fields["weight"], json.dumps(fields.get("info") or {}),
-            new_token, repr(time.time()),
-        ])
-        return _node(encoded)[1], bool(created), previous or None
+        """Read the records :func:`identity.decide` needs, decide, apply with compare-and-set."""
+        address = f"{ip}:{port}"
+        for _ in range(self.REGISTER_TRIES):
+            key_sid = (await self.redis.hget(self.prefix + "node_key", node_key)) if node_key else None
+            addr_sid = await self.redis.hget(self.prefix + "node_addr", address)
+            key_raw, addr_raw = await self.redis.hmget(self.prefix + "nodes", [key_sid or "", addr_sid or ""])
+            by_key = _node(key_raw)[1] if key_raw else None
+            at_address = _node(addr_raw)[1] if addr_raw else None
+            claim = identity.decide(address, node_key, by_key, at_address)
+            answer = await self._register(keys=[], args=[
+                self.prefix, ip, port, node_key or "", "" if fields["slots"] is None else fields["slots"],
+                "" if fields["weight"] is None else fields["weight"], json.dumps(fields.get("info") or {}),
+                new_token, repr(time.time()),
+                key_sid or "", key_raw or "", addr_sid or "", addr_raw or "",
+                claim.server_id or "", "1" if claim.rotate_token else "0",
+            ])
+            if answer[0] != "retry":
+                encoded, created, previous = answer
+                return _node(encoded)[1], bool(created), previous or None
+        raise StoreUnavailable(f"registration of {address} kept racing other registrations; try again",
+                               headers={"Retry-After": str(StoreUnavailable.RETRY_AFTER)})
 
     @unavailable
     async def fleet(self) -> tuple[list[NodeRecord], dict[str, dict[str, Any]], dict[str, int]]:

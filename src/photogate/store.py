@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import identity
 from .models import NodeRecord, TaskRecord, TaskStatus
 
 T = TypeVar("T")
@@ -159,10 +160,8 @@ class SQLiteStore:
     def _register_sync(
         self, ip: str, port: int, node_key: str | None, fields: dict[str, Any], new_token: str
     ) -> tuple[NodeRecord, bool, str | None]:
-        """Find the node by key, then by address; update it in place or mint the next id.
-
-        Returns ``(record, created, previous_address)``.
-        """
+        """Apply :func:`identity.decide` in one transaction: update the node it names in place
+        or mint the next id. Returns ``(record, created, previous_address)``."""
         conn = self.conn
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
@@ -170,19 +169,23 @@ class SQLiteStore:
             row = None
             if node_key:
                 row = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE node_key = ?", (node_key,)).fetchone()
-            if row is None:
-                row = conn.execute(
-                    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ip = ? AND port = ? ORDER BY ordinal LIMIT 1",
-                    (ip, port),
-                ).fetchone()
+            by_key = _node(row) if row else None
+            row = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ip = ? AND port = ? ORDER BY ordinal LIMIT 1",
+                (ip, port),
+            ).fetchone()
+            at_address = _node(row) if row else None
+            claim = identity.decide(f"{ip}:{port}", node_key, by_key, at_address)
             info = json.dumps(fields.get("info", {}))
-            if row is not None:
-                old = _node(row)
+            if claim.server_id is not None:
+                old = by_key if by_key is not None and by_key.server_id == claim.server_id else at_address
+                assert old is not None
                 conn.execute(
-                    "UPDATE nodes SET ip = ?, port = ?, node_key = COALESCE(?, node_key), slots = COALESCE(?, slots),"
-                    " weight = COALESCE(?, weight),"
-                    " updated_at = ?, info = ? WHERE server_id = ?",
-                    (ip, port, node_key, fields["slots"], fields["weight"], now, info, old.server_id),
+                    "UPDATE nodes SET ip = ?, port = ?, node_key = COALESCE(node_key, ?),"
+                    " node_token = CASE WHEN ? THEN ? ELSE node_token END, slots = COALESCE(?, slots),"
+                    " weight = COALESCE(?, weight), updated_at = ?, info = ? WHERE server_id = ?",
+                    (ip, port, claim.attach_key, claim.rotate_token, new_token, fields["slots"], fields["weight"],
+                     now, info, old.server_id),
                 )
                 previous = old.address if (old.ip, old.port) != (ip, port) else None
                 created = False

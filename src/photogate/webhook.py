@@ -9,7 +9,7 @@ import structlog
 from aiohttp import web
 
 from .allowlist import canonical, node_address_refused
-from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .errors import BadRequest, Forbidden, NodeIdentityConflict, NotFound, Unauthorized
 from .keys import GATEWAY
 from .netutil import client_ip, same_secret
 from .registry import NodeState
@@ -88,9 +88,14 @@ async def register(request: web.Request) -> web.Response:
     if node_key is not None and (not isinstance(node_key, str) or not 8 <= len(node_key) <= 128):
         raise BadRequest("node_key: expected a string of 8 to 128 characters")
     info = {k: body[k] for k in ("model", "scale", "provider", "version") if isinstance(body.get(k), (str, int, float))}
-    state, created, previous = await gw.registry.register(
-        ip, port, node_key=node_key, slots=slots, weight=weight, info=info
-    )
+    try:
+        state, created, previous = await gw.registry.register(
+            ip, port, node_key=node_key, slots=slots, weight=weight, info=info
+        )
+    except NodeIdentityConflict as exc:  # 409: a takeover attempt, or a node that lost its key
+        audit("register_refused", who="anonymous", ip=client_ip(request, gw.config.server.trusted_proxies),
+              reason=exc.reason, address=f"{ip}:{port}", server_id=exc.holder, with_key=bool(node_key))
+        raise
     sid = state.server_id
     audit(
         "node_registered" if created else ("node_address_changed" if previous else "node_reregistered"),
