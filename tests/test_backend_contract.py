@@ -180,7 +180,8 @@ async def test_register_list_unregister(start_gateway: Callable[..., Awaitable[G
     listed = (await resp.json())["data"]
     assert [(s["server_id"], s["port"]) for s in listed["servers"]] == [("GPU-001", first.port),
                                                                         ("GPU-002", second.port)]
-    resp = await gw.client.post("/webhook/unregister", json={"ip": "127.0.0.1", "port": first.port, "secret": SECRET})
+    resp = await gw.client.post("/webhook/unregister", json={"ip": "127.0.0.1", "port": first.port, "secret": SECRET,
+                                                               "node_key": "node-key-1"})
     assert resp.status == 200 and (await resp.json())["server_id"] == "GPU-001"
     resp = await gw.client.get("/webhook/servers", headers={"X-Webhook-Secret": SECRET})
     assert [s["server_id"] for s in (await resp.json())["data"]["servers"]] == ["GPU-002"]

@@ -127,6 +127,13 @@ async def unregister(request: web.Request) -> web.Response:
         state = gw.registry.find(_ip(body.get("ip")), _int(body, "port", 1, 65535))
     if state is None:
         raise NotFound("no such server registered")
+    if state.record.node_key and not same_secret(str(body.get("node_key") or ""), state.record.node_key):
+        # DESIGN §9: the secret alone may not take a keyed node out of the fleet (and then
+        # let someone else claim its address); only the node itself or an operator may.
+        audit("unregister_refused", who="anonymous", ip=client_ip(request, gw.config.server.trusted_proxies),
+              reason="node_key missing or wrong", server_id=state.server_id)
+        raise Forbidden(f"{state.server_id} registered with a node_key: unregister it with that node_key, "
+                        f"or an operator removes it (photogate-admin remove {state.server_id})")
     await gw.registry.remove(state.server_id)
     audit("node_unregistered", who=state.server_id, ip=client_ip(request, gw.config.server.trusted_proxies),
           address=state.record.address)

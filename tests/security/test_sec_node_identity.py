@@ -315,3 +315,25 @@ async def test_a_rotated_token_reaches_every_gateway(aiohttp_client: Any, tmp_pa
     task_id = await b.submit()
     assert (await b.wait_done(task_id))["status"] == "completed"
     assert node.seen_tokens == [f"Bearer {second['node_token']}"]
+
+
+async def test_the_secret_alone_cannot_unregister_a_keyed_node(
+        start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:
+    """Unregistering a keyed node with the webhook secret alone would let a secret holder
+    delete it and then claim its address with a key of their own: it needs the node's key."""
+    gw = await start_gateway()
+    victim = await nodes()
+    await gw.register(victim, node_key=VICTIM_KEY)
+    for extra in ({}, {"node_key": ATTACKER_KEY}, {"server_id": "GPU-001"}):
+        resp = await gw.client.post("/webhook/unregister",
+                                    json={"secret": SECRET, "ip": "127.0.0.1", "port": victim.port, **extra})
+        assert resp.status == 403, await resp.text()
+        assert "photogate-admin remove GPU-001" in _error(await resp.text())
+    assert [s["server_id"] for s in await _servers(gw)] == ["GPU-001"]
+    status, text = await _post_register(gw, {"ip": "127.0.0.1", "port": victim.port, "node_key": ATTACKER_KEY})
+    assert status == 409, text
+    # The node itself, with its key, still leaves the fleet.
+    resp = await gw.client.post("/webhook/unregister", json={"secret": SECRET, "ip": "127.0.0.1",
+                                                             "port": victim.port, "node_key": VICTIM_KEY})
+    assert resp.status == 200, await resp.text()
+    assert await _servers(gw) == []
