@@ -569,8 +569,15 @@ async def cmd_info(ctx: Context, args: argparse.Namespace) -> None:
     ctx.emit(data, "\n".join(lines))
 
 
+async def _config(ctx: Context) -> dict[str, Any]:
+    """The full configuration with the admin token; without one, the public view clients get."""
+    if ctx.config.admin_token:
+        return await ctx.client.call("GET", "/api/v1/admin/config", auth="admin")
+    return await ctx.client.call("GET", "/api/v1/config")
+
+
 async def cmd_config_show(ctx: Context, args: argparse.Namespace) -> None:
-    data = _masked(await ctx.client.call("GET", "/api/v1/config"))
+    data = _masked(await _config(ctx))
     key = getattr(args, "key", None)
     items = flatten(data)
     if key:
@@ -626,7 +633,7 @@ async def cmd_strategy(ctx: Context, args: argparse.Namespace) -> None:
         return
     if options:
         raise UsageError("strategy: --option needs a strategy NAME (e.g. strategy weighted -o weights='{...}')")
-    balancer = (await ctx.client.call("GET", "/api/v1/config")).get("balancer") or {}
+    balancer = (await _config(ctx)).get("balancer") or {}
     text = f"strategy: {balancer.get('strategy')}"
     if balancer.get("options"):
         text += f"\noptions: {json.dumps(balancer['options'], ensure_ascii=False)}"
