@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import random
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import structlog
 from PIL import Image
 from support import ADMIN_TOKEN, SECRET, Gateway
 
+from photogate.blobs import BlobWriter
 from photogate.keys import GATEWAY
 from photogate.ratelimit import RATE_LIMITS
 from photogate.ui import COOKIE
@@ -156,49 +155,40 @@ async def test_register_on_a_full_database_is_503_and_writes_nothing(gateway: Ga
     assert resp.status == 200 and body["server_id"] == f"GPU-{ok + 1:03d}", body  # the counter did not move
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    root = tmp_path / "tiny"
-    root.mkdir()
-    try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(root)],
-                                 capture_output=True, timeout=10, check=False).returncode == 0
-    except OSError:
-        mounted = False
-    if not mounted:
-        pytest.skip("needs a real full disk: run as root, where a tmpfs can be mounted")
-    yield root
-    subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=10, check=False)
-
-
-def _noise_png(side: int = 420) -> bytes:
+def _noise_png(side: int = 300) -> bytes:
     buf = io.BytesIO()
     Image.frombytes("RGB", (side, side), random.Random(side).randbytes(side * side * 3)).save(buf, "PNG")
     return buf.getvalue()
 
 
-async def test_upload_on_a_full_disk_is_503_and_leaves_no_part(make_gateway, nodes, tiny_disk: Path) -> None:  # type: ignore[no-untyped-def]
-    gw: Gateway = await make_gateway(**{"storage.data_dir": str(tiny_disk / "data")})
+@pytest.fixture
+def disk_full_on_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes are taken (into a large buffer, as NFS or a quota'd disk take them) and fail
+    with ENOSPC when they reach the disk: at flush or close. The ``.part`` file is real."""
+
+    def flush(self: BlobWriter) -> None:
+        if self._fh is None:
+            self.partial.touch()
+            self._fh = open("/dev/full", "wb", buffering=8 * 1024 * 1024)  # noqa: SIM115 - the writer closes it
+        self._fh.write(self._buf)
+        self._buf.clear()
+
+    monkeypatch.setattr(BlobWriter, "_flush_sync", flush)
+
+
+async def test_upload_on_a_full_disk_answers_clearly_and_leaves_no_part(  # type: ignore[no-untyped-def]
+        make_gateway, nodes, disk_full_on_close: None) -> None:
+    gw: Gateway = await make_gateway(**{"limits.max_upload_bytes": 300 * 1024})
     await gw.register(await nodes())
-    filler = tiny_disk / "filler"
-    with filler.open("wb") as fh:  # fill it up
-        try:
-            while True:
-                fh.write(b"\0" * 65536)
-                fh.flush()
-        except OSError:
-            pass
-    full_size = filler.stat().st_size
-    photo = _noise_png()
-    assert len(photo) > 400_000
-    # Room for part of the photo, or next to none: the write, the flush or the close fails (ENOSPC).
-    for room in (96 * 1024, 10_000, 4096):
-        with filler.open("r+b") as fh:
-            fh.truncate(full_size - room)
+    blobs = Path(gw.app[GATEWAY].config.storage.data_dir)
+    for side, status, words in ((300, 503, "storage is full"),  # ~270 KB: fails when published
+                                (330, 413, "exceeds the limit")):  # ~330 KB: over the limit while the disk is full
+        photo = _noise_png(side)
         form = aiohttp.FormData()
         form.add_field("file", photo, filename="big.png", content_type="image/png")
         resp = await gw.client.post("/api/v1/enhance", data=form)
         body = await resp.json()
-        assert resp.status == 503 and "storage is full" in body["error"], (room, body)
-        assert int(resp.headers["Retry-After"]) >= 1
-    assert not list((tiny_disk / "data").rglob("*.part"))
+        assert resp.status == status and words in body["error"], (len(photo), resp.status, body)
+        if status == 503:
+            assert int(resp.headers["Retry-After"]) >= 1
+        assert not list(blobs.rglob("*.part"))
