@@ -8,9 +8,9 @@ One middleware, outside the error middleware so that it sees the final status:
   secret, the admin token, a dashboard login, bearer or session cookie, the metrics
   token) takes a token from the client's ``auth_failures_per_minute`` bucket; once that
   is empty, every request from that client to a path that checks a credential (webhook,
-  admin API, WeChat admin, dashboard, metrics) gets 429
-  until it refills (a brute-force loop), the right credential included, audited once
-  per episode.
+  admin API, WeChat admin, dashboard, metrics) gets 429 until it refills (a brute-force
+  loop), the right credential included, audited once per episode. The handler marks the
+  refusal, not the status: a login page's 401 or a refused node address is no guess.
 
 An empty bucket answers 429 ``{"error": ...}`` with ``Retry-After``. Clients in
 ``rate_limit.exempt`` (loopback by default) are never limited.
