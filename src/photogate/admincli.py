@@ -572,7 +572,12 @@ async def cmd_info(ctx: Context, args: argparse.Namespace) -> None:
 async def _config(ctx: Context) -> dict[str, Any]:
     """The full configuration with the admin token; without one, the public view clients get."""
     if ctx.config.admin_token:
-        return await ctx.client.call("GET", "/api/v1/admin/config", auth="admin")
+        try:
+            return await ctx.client.call("GET", "/api/v1/admin/config", auth="admin")
+        except Refused as exc:
+            if exc.data.get("http_status") != 404:
+                raise
+            # A gateway from before the public/admin split: its /api/v1/config is the full one.
     return await ctx.client.call("GET", "/api/v1/config")
 
 
