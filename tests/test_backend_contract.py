@@ -255,7 +255,7 @@ async def test_rate_limits_answer_429(start_gateway: Callable[..., Awaitable[Gat
 async def test_backend_shown_in_config_without_the_password(start_gateway: Callable[..., Awaitable[Gateway]],
                                                             backend: dict[str, Any]) -> None:
     gw = await start_gateway()
-    data = await (await gw.client.get("/api/v1/config")).json()
+    data = await (await gw.client.get("/api/v1/admin/config", headers=gw.admin_headers())).json()
     assert data["storage"]["backend"] == ("redis" if backend else "sqlite")
     assert data["storage"]["redis_url"] == backend.get("storage.redis_url", "")
 

@@ -243,7 +243,7 @@ async def test_multi_backend_off_sends_everything_to_the_primary(gateway: Gatewa
     await gateway.client.post("/webhook/unregister", json={"server_id": "GPU-001", "secret": SECRET})
     await gateway.wait_done(await gateway.submit())
     assert fleet[1].jobs == 1
-    config = await (await gateway.client.get("/api/v1/config")).json()
+    config = await (await gateway.client.get("/api/v1/admin/config", headers=gateway.admin_headers())).json()
     assert config["multi_backend"] == {"enabled": False}
     assert config["webhook"]["secret"] == "***" and ADMIN_TOKEN not in repr(config)
 

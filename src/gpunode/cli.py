@@ -20,7 +20,9 @@ from .model import ModelError
 
 ENV_HELP = """environment:
   GATEWAY_URL        gateway base URL (--gateway)
-  SHARED_SECRET      registration secret (--secret)
+  SHARED_SECRET      registration secret (--secret); prefer it, or a file, to the flag,
+                     which any user on the machine can read in `ps`
+  GPUNODE_SECRET_FILE  file holding the registration secret (--secret-file)
   PORT               listen port (--port)
   GPUNODE_STATE_DIR  where the node key lives (--state-dir)
   GPUNODE_TOKEN      standalone inference token (--token)
@@ -35,7 +37,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"gpunode {__version__}")
     p.add_argument("--gateway", default=env.get("GATEWAY_URL", ""), help="gateway base URL to register with")
-    p.add_argument("--secret", default=env.get("SHARED_SECRET", ""), help="the gateway's webhook secret")
+    p.add_argument("--secret", default=None,
+                   help="the gateway's webhook secret (visible in `ps`: prefer $SHARED_SECRET or --secret-file)")
+    p.add_argument("--secret-file", type=Path, default=env.get("GPUNODE_SECRET_FILE") or None,
+                   help="read the webhook secret from this file (first line; e.g. a systemd credential)")
+    p.set_defaults(env_secret=env.get("SHARED_SECRET", ""))
     p.add_argument("--token", default=env.get("GPUNODE_TOKEN", ""),
                    help="standalone mode (no --gateway): the bearer token inference requests must carry")
     p.add_argument("--host", default=d.host, help="listen address (default %(default)s)")
@@ -75,13 +81,31 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return p
 
 
+def read_secret(args: argparse.Namespace) -> str:
+    """The webhook secret: ``--secret``, else ``--secret-file``, else ``$SHARED_SECRET``."""
+    if args.secret is not None and args.secret_file is not None:
+        raise ValueError("--secret and --secret-file: give one of them")
+    if args.secret is not None:
+        return str(args.secret)
+    if args.secret_file is None:
+        return str(args.env_secret)
+    try:
+        secret = args.secret_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--secret-file {args.secret_file}: cannot read it ({exc.__class__.__name__})") from None
+    if not secret:
+        raise ValueError(f"--secret-file {args.secret_file}: the file is empty")
+    return secret
+
+
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    secret = read_secret(args)
     if args.tile_overlap < 8:
         raise ValueError("--tile-overlap must be at least 8")
     if args.tile_size and args.tile_size < 4 * args.tile_overlap:
         raise ValueError("--tile-size must be at least 4 x --tile-overlap")
-    if args.gateway and not args.secret:
-        raise ValueError("--gateway needs --secret (or SHARED_SECRET)")
+    if args.gateway and not secret:
+        raise ValueError("--gateway needs the webhook secret: $SHARED_SECRET, --secret-file or --secret")
     if args.queue_size < 0:
         raise ValueError("--queue-size must be >= 0")
     if args.simulate and args.speed <= 0:
@@ -89,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if not 0 <= args.jitter < 1:
         raise ValueError("--jitter must be in [0, 1)")
     return NodeConfig(
-        host=args.host, port=args.port, gateway_url=args.gateway, secret=args.secret, token=args.token,
+        host=args.host, port=args.port, gateway_url=args.gateway, secret=secret, token=args.token,
         advertise_ip=args.advertise_ip, ip_url=args.ip_url, ip_check_interval=args.ip_check_interval,
         gateway_check_interval=args.gateway_check_interval, register_backoff_max=args.register_backoff_max,
         state_dir=args.state_dir, model_path=args.model, tile_size=args.tile_size,
@@ -109,6 +133,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))  # exits 2
+    if args.secret is not None:
+        log.warning("secret_on_command_line", hint="every user of this machine can read --secret in `ps`; "
+                    "set SHARED_SECRET (e.g. systemd EnvironmentFile=) or use --secret-file")
     # Bind first so --port 0 knows its port before registering.
     sock = socket.create_server((config.host, config.port), reuse_port=False)
     port = sock.getsockname()[1]

@@ -12,7 +12,7 @@ from .balancing import StrategyError
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
 from .models import TaskStatus
-from .netutil import bearer, client_ip, same_secret
+from .netutil import bearer, client_ip, credential_refused, same_secret
 from .service import audit
 
 routes = web.RouteTableDef()
@@ -26,12 +26,38 @@ def _admin(request: web.Request) -> str:
         raise Forbidden("the admin API is disabled: set admin.token or PHOTOGATE_ADMIN_TOKEN")
     token = bearer(request)
     if token is None:
+        credential_refused(request)
         audit("admin_refused", who="anonymous", ip=ip, reason="missing token", path=request.path)
         raise Unauthorized("admin token required (Authorization: Bearer ...)", headers={"WWW-Authenticate": "Bearer"})
     if not same_secret(token, gw.config.admin.token):
+        credential_refused(request)
         audit("admin_refused", who="anonymous", ip=ip, reason="wrong token", path=request.path)
         raise Forbidden("wrong admin token")
     return ip
+
+
+@routes.get("/api/v1/config")
+async def client_config(request: web.Request) -> web.Response:
+    """Public: what a client needs. It never looks at credentials (a mini program sends its
+    WeChat session as a bearer), so it is no oracle for the admin token."""
+    gw = request.app[GATEWAY]
+    data = gw.config.client_dict()
+    data["balancer"] = {"strategy": gw.strategy_name}
+    data["multi_backend"] = {"enabled": gw.multi_backend}
+    return web.json_response(data)
+
+
+@routes.get("/api/v1/admin/config")
+async def config(request: web.Request) -> web.Response:
+    """The effective configuration, secrets masked: paths, networks, proxies and key files
+    are the operator's business."""
+    _admin(request)
+    gw = request.app[GATEWAY]
+    data = gw.config.public_dict()
+    data["balancer"] = {"strategy": gw.strategy_name, "options": gw.strategy_options}
+    data["multi_backend"] = {"enabled": gw.multi_backend}
+    data["health_check"]["interval"] = gw.monitor.interval
+    return web.json_response(data)
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

@@ -569,8 +569,20 @@ async def cmd_info(ctx: Context, args: argparse.Namespace) -> None:
     ctx.emit(data, "\n".join(lines))
 
 
+async def _config(ctx: Context) -> dict[str, Any]:
+    """The full configuration with the admin token; without one, the public view clients get."""
+    if ctx.config.admin_token:
+        try:
+            return await ctx.client.call("GET", "/api/v1/admin/config", auth="admin")
+        except Refused as exc:
+            if exc.data.get("http_status") != 404:
+                raise
+            # A gateway from before the public/admin split: its /api/v1/config is the full one.
+    return await ctx.client.call("GET", "/api/v1/config")
+
+
 async def cmd_config_show(ctx: Context, args: argparse.Namespace) -> None:
-    data = _masked(await ctx.client.call("GET", "/api/v1/config"))
+    data = _masked(await _config(ctx))
     key = getattr(args, "key", None)
     items = flatten(data)
     if key:
@@ -626,7 +638,7 @@ async def cmd_strategy(ctx: Context, args: argparse.Namespace) -> None:
         return
     if options:
         raise UsageError("strategy: --option needs a strategy NAME (e.g. strategy weighted -o weights='{...}')")
-    balancer = (await ctx.client.call("GET", "/api/v1/config")).get("balancer") or {}
+    balancer = (await _config(ctx)).get("balancer") or {}
     text = f"strategy: {balancer.get('strategy')}"
     if balancer.get("options"):
         text += f"\noptions: {json.dumps(balancer['options'], ensure_ascii=False)}"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import re
 import secrets
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,8 @@ from .errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
+    StorageFull,
+    storage_full,
 )
 from .imagecheck import EXTENSION, ImageInfo, probe_image
 from .keys import GATEWAY
@@ -58,16 +58,9 @@ def _no_capacity(retry_after: int) -> ServiceUnavailable:
     return ServiceUnavailable(UNAVAILABLE, headers={"Retry-After": str(retry_after)})
 
 
-def _storage_full(exc: BaseException) -> bool:
-    """A full disk, as the blob writer (ENOSPC, EDQUOT) or SQLite reports it."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
-
-
-def _no_storage(retry_after: int) -> ServiceUnavailable:
-    return ServiceUnavailable("the gateway's storage is full: no photo can be accepted now; try again later",
-                              headers={"Retry-After": str(retry_after)})
+def _no_storage(retry_after: int) -> StorageFull:
+    return StorageFull("the gateway's storage is full: no photo can be accepted now; try again later",
+                       retry_after=retry_after)
 
 
 class _BodyReads:
@@ -182,7 +175,7 @@ async def enhance(request: web.Request) -> web.StreamResponse:
         params = _parse_params(fields)
     except BaseException as exc:
         await writer.abort()
-        if _storage_full(exc):
+        if storage_full(exc):
             raise _no_storage(cfg.limits.retry_after) from None
         raise
 
@@ -254,7 +247,7 @@ async def _store_upload(gw: Any, access: AccessPolicy, owner: str | None, task_i
         await gw.blobs.delete(task_id)
         if charged:
             await access.refund(owner, task_id)
-        if _storage_full(exc):
+        if storage_full(exc):
             raise _no_storage(limits.retry_after) from None
         raise
     gw.blobs.keep_input(task_id, writer.content)
@@ -409,12 +402,3 @@ async def info(request: web.Request) -> web.Response:
                              if r.method not in ("HEAD", "OPTIONS") and r.resource is not None}),
     })
 
-
-@routes.get("/api/v1/config")
-async def config(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    data = gw.config.public_dict()
-    data["balancer"] = {"strategy": gw.strategy_name, "options": gw.strategy_options}
-    data["multi_backend"] = {"enabled": gw.multi_backend}
-    data["health_check"]["interval"] = gw.monitor.interval
-    return web.json_response(data)

@@ -8,6 +8,7 @@ I/O runs in the default executor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -79,11 +80,17 @@ class BlobWriter:
         return await asyncio.get_running_loop().run_in_executor(None, self.publish, then)
 
     def discard(self) -> None:
-        """:meth:`abort` for a caller already on a worker thread."""
-        if self._fh is not None:
-            self._fh.close()
+        """:meth:`abort` for a caller already on a worker thread. Never raises for the file
+        it drops: on a full disk, closing flushes what is buffered and fails (ENOSPC) —
+        the file is closed all the same, and removed."""
+        fh, self._fh = self._fh, None
         self._buf.clear()
-        self.partial.unlink(missing_ok=True)
+        try:
+            if fh is not None:
+                with contextlib.suppress(OSError):
+                    fh.close()
+        finally:
+            self.partial.unlink(missing_ok=True)
 
     async def abort(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.discard)

@@ -286,8 +286,26 @@ class Config:
     def data_path(self) -> Path:
         return Path(self.storage.data_dir)
 
+    def client_dict(self) -> dict[str, Any]:
+        """What a client needs (the public ``GET /api/v1/config``): limits and timeouts, rate
+        limits, output formats, how long results are kept, whether WeChat login and billing
+        are on. Nothing about the gateway's host, files, networks or peers."""
+        limits, rate = self.limits, self.rate_limit
+        return {
+            "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels,
+                       "max_side": limits.max_side, "read_timeout": limits.read_timeout,
+                       "upload_timeout": limits.upload_timeout, "retry_after": limits.retry_after},
+            "formats": {"input": ["jpeg", "png", "webp", "bmp"], "output": ["jpeg", "png", "webp"]},
+            "rate_limit": {"enabled": rate.enabled, "requests_per_second": rate.requests_per_second,
+                           "burst": rate.burst, "uploads_per_minute": rate.uploads_per_minute,
+                           "upload_burst": rate.upload_burst},
+            "storage": {"task_ttl": self.storage.task_ttl},
+            "wechat": {"login_enabled": self.wechat.login_enabled, "billing_enabled": self.wechat.billing_enabled,
+                       "credits_per_enhancement": self.wechat.credits_per_enhancement},
+        }
+
     def public_dict(self) -> dict[str, Any]:
-        """The effective configuration minus secrets (for ``GET /api/v1/config``)."""
+        """The effective configuration minus secrets (the admin's ``GET /api/v1/config``)."""
         data = dataclasses.asdict(self)
         data["webhook"]["secret"] = "***" if self.webhook.secret else ""
         data["admin"]["token"] = "***" if self.admin.token else ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
@@ -90,6 +92,23 @@ class StoreUnavailable(ServiceUnavailable):
         )
 
 
+class StorageFull(ServiceUnavailable):
+    """The gateway's disk is full: nothing new can be stored now. 503 with ``Retry-After``."""
+
+    RETRY_AFTER = 30
+
+    def __init__(self, message: str = "the gateway's storage is full: nothing new can be stored now; try again later",
+                 *, retry_after: int = RETRY_AFTER) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+def storage_full(exc: BaseException) -> bool:
+    """A full disk, as a file write (ENOSPC, EDQUOT) or SQLite ("database or disk is full") reports it."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -106,6 +125,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in {"content-type", "content-length"}}
         return web.json_response({"error": message}, status=exc.status, headers=headers)
-    except Exception:
+    except Exception as exc:
+        if storage_full(exc):  # every write path: a full disk is a 503 to retry later, never a 500
+            log.error("storage_full", path=request.path, error=str(exc))
+            full = StorageFull()
+            return web.json_response({"error": full.message}, status=full.status, headers=full.headers)
         log.exception("unhandled_error", path=request.path)
         return web.json_response({"error": "internal error; see the gateway log"}, status=500)

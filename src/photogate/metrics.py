@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .errors import Handler, Unauthorized
-from .netutil import bearer, same_secret
+from .netutil import bearer, credential_refused, same_secret
 
 if TYPE_CHECKING:
     from .models import TaskRecord
@@ -262,6 +262,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     gateway = gw_metrics.gateway
     token = gateway.config.metrics.token if gateway is not None else ""
     if token and not same_secret(bearer(request), token):
+        credential_refused(request)
         raise Unauthorized("metrics token required (Authorization: Bearer ...)", headers={"WWW-Authenticate": "Bearer"})
     body = await gw_metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})

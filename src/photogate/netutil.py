@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -35,6 +36,17 @@ def same_secret(given: str | None, expected: str) -> bool:
     if not given or not expected:
         return False
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+#: Set on a request whose credential (webhook secret, admin token, dashboard session) was
+#: refused; the rate limiter counts it against the client's failed-credential bucket.
+CREDENTIAL_REFUSED: Any = (web.RequestKey("photogate.credential_refused", bool) if hasattr(web, "RequestKey")
+                           else "photogate.credential_refused")  # aiohttp < 3.12 has no RequestKey
+
+
+def credential_refused(request: web.Request) -> None:
+    """Mark ``request`` as a failed credential check (one bucket for every credential)."""
+    request[CREDENTIAL_REFUSED] = True
 
 
 def bearer(request: web.Request) -> str | None:

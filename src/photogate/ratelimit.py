@@ -4,10 +4,13 @@ One middleware, outside the error middleware so that it sees the final status:
 
 - every request under ``/api/`` and ``/webhook/`` takes a token from the client's
   ``requests_per_second`` bucket; ``POST /api/v1/enhance`` also from its upload bucket;
-- a 401/403 answered on the webhook or admin API takes a token from the client's
-  ``auth_failures_per_minute`` bucket; once that is empty, every webhook and admin
-  request from that client gets 429 until it refills (a brute-force loop), audited once
-  per episode.
+- a refused credential (:func:`~photogate.netutil.credential_refused`: the webhook
+  secret, the admin token, a dashboard login, bearer or session cookie, the metrics
+  token) takes a token from the client's ``auth_failures_per_minute`` bucket; once that
+  is empty, every request from that client to a path that checks a credential (webhook,
+  admin API, WeChat admin, dashboard, metrics) gets 429 until it refills (a brute-force
+  loop), the right credential included, audited once per episode. The handler marks the
+  refusal, not the status: a login page's 401 or a refused node address is no guess.
 
 An empty bucket answers 429 ``{"error": ...}`` with ``Retry-After``. Clients in
 ``rate_limit.exempt`` (loopback by default) are never limited.
@@ -27,7 +30,7 @@ from aiohttp import web
 from .config import RateLimitConfig
 from .errors import Handler, StoreUnavailable
 from .keys import GATEWAY
-from .netutil import client_ip
+from .netutil import CREDENTIAL_REFUSED, client_ip
 from .service import audit
 
 if TYPE_CHECKING:
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
 #: Buckets kept per limiter before idle (full) ones are dropped: bounds memory under a scan.
 MAX_CLIENTS = 50_000
 ADMIN_PREFIXES = ("/api/v1/admin/", "/api/v1/config/")
+#: Paths that check a credential: a client out of failed-credential tokens gets 429 there.
+GUARDED_PREFIXES = ("/webhook/", *ADMIN_PREFIXES, "/api/wechat/admin/", "/dashboard", "/metrics")
 
 
 @dataclass
@@ -160,20 +165,21 @@ def _too_many(wait: float, message: str) -> web.Response:
     return web.json_response({"error": message}, status=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
-def _guarded(path: str) -> bool:
-    return path.startswith("/webhook/") or path.startswith(ADMIN_PREFIXES)
+def _guarded(request: web.Request) -> bool:
+    return request.path.startswith(GUARDED_PREFIXES)
 
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     limits = request.app.get(RATE_LIMITS)
     path = request.path
-    if limits is None or not limits.config.enabled or not path.startswith(("/api/", "/webhook/")):
+    guarded = _guarded(request)
+    if limits is None or not limits.config.enabled or not (guarded or path.startswith("/api/")):
         return await handler(request)
     ip = client_ip(request, request.app[GATEWAY].config.server.trusted_proxies)
     if limits.exempt(ip):
         return await handler(request)
-    if _guarded(path):
+    if guarded:
         wait = await limits.auth_failures.apeek(ip)
         if wait > 0:
             if ip not in limits._blocked:
@@ -181,14 +187,15 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
                 audit("auth_rate_limited", who="anonymous", ip=ip, path=path, retry_after=math.ceil(wait))
             return _too_many(wait, "too many failed credentials from your address; wait and try again")
         limits._blocked.discard(ip)
-    wait = await limits.requests.atake(ip)
-    if wait > 0:
-        return _too_many(wait, "too many requests from your address; slow down")
+    if path.startswith(("/api/", "/webhook/")):
+        wait = await limits.requests.atake(ip)
+        if wait > 0:
+            return _too_many(wait, "too many requests from your address; slow down")
     if request.method == "POST" and path == "/api/v1/enhance":
         wait = await limits.uploads.atake(ip)
         if wait > 0:
             return _too_many(wait, "too many uploads from your address; wait and try again")
     response = await handler(request)
-    if _guarded(path) and response.status in (401, 403):
+    if request.get(CREDENTIAL_REFUSED):
         await limits.auth_failures.atake(ip)
     return response

@@ -209,7 +209,8 @@ class SQLiteStore:
             row = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE server_id = ?", (server_id,)).fetchone()
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite already rolled back on "database or disk is full"
+                conn.execute("ROLLBACK")
             raise
         return _node(row), created, previous
 

@@ -3,7 +3,9 @@
 Static HTML/JS/CSS ship in ``photogate/web`` (no build step, nothing from a CDN). The
 dashboard needs the admin token: ``Authorization: Bearer`` (scripts, curl) or the login
 form, which sets an HttpOnly, SameSite=Strict cookie holding a signed expiry, never the
-token itself (and the token never travels in a URL). The page follows the fleet by
+token itself (and the token never travels in a URL). Logging out revokes the cookie on
+the gateway, not only in the browser. Every refused token, bearer or cookie counts
+against the client's failed-credential bucket (:mod:`photogate.ratelimit`). The page follows the fleet by
 Server-Sent Events (``/dashboard/events``); its actions (drain, strategy, multi-backend)
 are POSTs that also need a custom header, which no cross-site form can send.
 """
@@ -28,7 +30,7 @@ from .balancing import StrategyError, known_names
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
 from .models import TaskStatus
-from .netutil import bearer, client_ip, same_secret
+from .netutil import bearer, client_ip, credential_refused, same_secret
 from .service import Gateway, audit
 
 WEB_DIR = Path(__file__).with_name("web")
@@ -79,14 +81,48 @@ def session_valid(value: str | None, token: str, now: float | None = None) -> bo
     return expiry.isdigit() and int(expiry) > (now or time.time())
 
 
-def _authorized(request: web.Request) -> bool:
+class RevokedSessions:
+    """Sessions logged out before their expiry, refused until it passes.
+
+    Held in memory by each gateway (bounded: an entry goes once its session would have
+    expired anyway). A gateway restart forgets it, and so does another gateway sharing the
+    token: there a logged-out cookie stays good until its expiry (``ui.session_hours``).
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, int] = {}
+
+    @staticmethod
+    def _nonce(value: str) -> str:
+        return value.split(".")[1]
+
+    def revoke(self, value: str, now: float | None = None) -> None:
+        """Revoke ``value``, a session that :func:`session_valid` accepted."""
+        now = now or time.time()
+        self._until = {nonce: expiry for nonce, expiry in self._until.items() if expiry > now}
+        self._until[self._nonce(value)] = int(value.split(".")[0])
+
+    def __contains__(self, value: str) -> bool:
+        return self._nonce(value) in self._until
+
+
+REVOKED = web.AppKey("photogate.ui.revoked", RevokedSessions)
+
+
+def _credential(request: web.Request) -> bool | None:
+    """``True``: a good admin bearer or live session; ``False``: a wrong one; ``None``: none sent."""
     token = request.app[GATEWAY].config.admin.token
-    if not token:
-        return False
     given = bearer(request)
     if given is not None:
         return same_secret(given, token)
-    return session_valid(request.cookies.get(COOKIE), token)
+    cookie = request.cookies.get(COOKIE)
+    if cookie is None:
+        return None
+    return session_valid(cookie, token) and cookie not in request.app[REVOKED]
+
+
+def _authorized(request: web.Request) -> bool:
+    return bool(request.app[GATEWAY].config.admin.token) and _credential(request) is True
 
 
 def _require(request: web.Request) -> str:
@@ -96,6 +132,7 @@ def _require(request: web.Request) -> str:
     if not gw.config.admin.token:
         raise Forbidden("the dashboard is disabled: set admin.token or PHOTOGATE_ADMIN_TOKEN")
     if not _authorized(request):
+        credential_refused(request)
         raise Unauthorized("log in at /dashboard, or send Authorization: Bearer <admin token>",
                            headers={"WWW-Authenticate": "Bearer"})
     return ip
@@ -138,7 +175,10 @@ def _login_page(message: str = "", status: int = 401) -> web.Response:
 async def dashboard(request: web.Request) -> web.Response:
     if not request.app[GATEWAY].config.admin.token:
         return _login_page("The dashboard is disabled: set admin.token (or PHOTOGATE_ADMIN_TOKEN).", 403)
-    if not _authorized(request):
+    known = _credential(request)
+    if known is False:  # a wrong bearer, or a forged, expired or logged-out cookie
+        credential_refused(request)
+    if not known:
         return _login_page()
     return _page("dashboard.html", replace={"{{version}}": __version__})
 
@@ -152,6 +192,7 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     given = form.get("token")
     if not isinstance(given, str) or not same_secret(given.strip(), gw.config.admin.token):
+        credential_refused(request)
         audit("dashboard_login_refused", who="anonymous", ip=ip)
         return _login_page("Wrong admin token.", 403)
     audit("dashboard_login", who="admin", ip=ip)
@@ -164,6 +205,11 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.post("/dashboard/logout")
 async def logout(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    cookie = request.cookies.get(COOKIE)
+    if cookie and session_valid(cookie, gw.config.admin.token) and cookie not in request.app[REVOKED]:
+        request.app[REVOKED].revoke(cookie)
+        audit("dashboard_logout", who="admin", ip=client_ip(request, gw.config.server.trusted_proxies))
     resp = web.Response(status=303, headers={"Location": "/dashboard"})
     resp.del_cookie(COOKIE, path="/dashboard")
     return resp
@@ -292,6 +338,7 @@ def setup_ui(app: web.Application) -> None:
     """The pages, their static files, and the signal that ends open event streams at shutdown."""
     closing = asyncio.Event()
     app[CLOSING] = closing
+    app[REVOKED] = RevokedSessions()
 
     async def close_streams(_app: web.Application) -> None:
         closing.set()

@@ -11,7 +11,7 @@ from aiohttp import web
 from .allowlist import canonical, node_address_refused
 from .errors import BadRequest, Forbidden, NodeIdentityConflict, NotFound, Unauthorized
 from .keys import GATEWAY
-from .netutil import client_ip, same_secret
+from .netutil import client_ip, credential_refused, same_secret
 from .registry import NodeState
 from .service import audit
 
@@ -38,10 +38,12 @@ def _check_secret(request: web.Request, given: Any, action: str) -> None:
     gw = request.app[GATEWAY]
     ip = client_ip(request, gw.config.server.trusted_proxies)
     if not isinstance(given, str) or not given:
+        credential_refused(request)
         audit(f"{action}_refused", who="anonymous", ip=ip, reason="missing secret")
         gw.metrics.webhook_auth_failed(action, "missing secret")
         raise Unauthorized("missing secret")
     if not same_secret(given, gw.config.webhook.secret):
+        credential_refused(request)
         audit(f"{action}_refused", who="anonymous", ip=ip, reason="wrong secret")
         gw.metrics.webhook_auth_failed(action, "wrong secret")
         raise Forbidden("wrong secret")

@@ -167,7 +167,11 @@ async def test_no_secret_in_any_response_or_log(wx_gateway: Gateway, fake_wechat
             assert secret not in text
     assert token not in log_text  # the session token is a credential too
     assert "session_key" not in "".join(texts)
-    config = json.loads(texts[7])
+    assert set(json.loads(texts[7])["wechat"]) == {"login_enabled", "billing_enabled", "credits_per_enhancement"}
+    admin_text = await (await gateway.client.get("/api/v1/admin/config", headers=gateway.admin_headers())).text()
+    for secret in secrets_:
+        assert secret not in admin_text
+    config = json.loads(admin_text)
     assert config["wechat"]["secret"] == "***" and config["wechat"]["apiv3_key"] == "***"
     # The merchant key is a file path in the config, never its content.
     assert serialization.load_pem_private_key(merchant_pem.encode(), None)

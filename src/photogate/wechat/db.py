@@ -12,6 +12,7 @@ whatever arrives at which gateway. Keys (``P`` is ``storage.redis_prefix``)::
     P wx:orders:created       zset   orders still ``created`` (the reconciler's sweep)
     P wx:charge:{task_id}     hash   openid, credits, state, created_at, updated_at
     P wx:charged              set    task ids whose charge stands
+    P wx:clawback:{no}        hash   credits a refund took back: openid, refund_id, granted, taken, shortfall
     P owner:{openid}          zset   a user's tasks by created_at (kept by the task store)
 """
 
@@ -141,6 +142,30 @@ return 1
 """
 
 
+#: WeChat reports the order refunded. ARGV: prefix, no, refund_id, now.
+#: Returns {taken, shortfall}, or {-1, 0} when it was refunded already or is unknown.
+REFUND_SUCCEEDED = """
+local key = ARGV[1] .. 'wx:order:' .. ARGV[2]
+local state = redis.call('HGET', key, 'state')
+if not state or state == 'refunded' then return {-1, 0} end
+local taken, shortfall = 0, 0
+if state == 'paid' then
+  local openid, credits = unpack(redis.call('HMGET', key, 'openid', 'credits'))
+  credits = tonumber(credits)
+  local user = ARGV[1] .. 'wx:user:' .. openid
+  taken = math.min(tonumber(redis.call('HGET', user, 'credits') or '0'), credits)
+  shortfall = credits - taken
+  if taken > 0 then redis.call('HINCRBY', user, 'credits', -taken) end
+  redis.call('HSET', ARGV[1] .. 'wx:clawback:' .. ARGV[2], 'openid', openid, 'refund_id', ARGV[3],
+             'granted', credits, 'taken', taken, 'shortfall', shortfall, 'created_at', ARGV[4])
+end
+redis.call('HSET', key, 'state', 'refunded', 'updated_at', ARGV[4])
+if ARGV[3] ~= '' then redis.call('HSET', key, 'refund_id', ARGV[3]) end
+redis.call('ZREM', ARGV[1] .. 'wx:orders:created', ARGV[2])
+return {taken, shortfall}
+"""
+
+
 def _s(value: Any) -> str | None:
     if value is None:
         return None
@@ -171,6 +196,7 @@ class RedisWechatDB:
         self._charge, self._refund_charge = reg(CHARGE), reg(REFUND_CHARGE)
         self._update_order, self._mark_paid, self._mark_closed = reg(UPDATE_ORDER), reg(MARK_PAID), reg(MARK_CLOSED)
         self._begin_refund, self._undo_refund = reg(BEGIN_REFUND), reg(UNDO_REFUND)
+        self._refund_succeeded = reg(REFUND_SUCCEEDED)
 
     async def create_schema(self) -> None:
         """Nothing to create in Redis."""
@@ -257,6 +283,12 @@ class RedisWechatDB:
     @unavailable
     async def undo_refund(self, out_trade_no: str, error: str) -> None:
         await self._undo_refund(keys=[], args=[self.p, out_trade_no, error, repr(time.time())])
+
+    @unavailable
+    async def refund_succeeded(self, out_trade_no: str, refund_id: str) -> tuple[int, int] | None:
+        taken, shortfall = await self._refund_succeeded(keys=[], args=[self.p, out_trade_no, refund_id,
+                                                                        repr(time.time())])
+        return None if int(taken) < 0 else (int(taken), int(shortfall))
 
     # -- credits for tasks ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from ..config import ConfigError, WechatConfig
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from ..redisstore import RedisStore
+from ..service import audit
 from ..store import SQLiteStore
 from . import store as db
 from .db import RedisWechatDB, SQLiteWechatDB, wechat_db
@@ -265,14 +266,28 @@ class WechatService:
             if tx.get("mchid") != self.cfg.mchid:
                 raise NotifyRejected("mchid does not match")
             if tx.get("refund_status") == "SUCCESS":
-                await self.db.update_order(out_trade_no, state=db.REFUNDED,
-                                                               refund_id=tx.get("refund_id"))
-                log.info("wechatpay_refund_succeeded", out_trade_no=out_trade_no)
+                await self._refunded(order, str(tx.get("refund_id") or "")[:64])
             return
         if event_type != "TRANSACTION.SUCCESS":
             log.info("wechatpay_notify_ignored", event_type=event_type[:64], out_trade_no=out_trade_no)
             return
         await self._settle(order, tx, "notify")
+
+    async def _refunded(self, order: db.Order, refund_id: str) -> None:
+        """Apply a verified ``REFUND.SUCCESS``: the credits the order granted go back, once.
+
+        Policy: a refund made outside the gateway (the merchant console) takes back what the
+        order granted; if the user spent some already, what remains is taken and the
+        shortfall recorded and audited. Nothing is taken twice."""
+        result = await self.db.refund_succeeded(order.out_trade_no, refund_id)
+        if result is None:
+            log.info("wechatpay_refund_already_applied", out_trade_no=order.out_trade_no)
+            return
+        taken, shortfall = result
+        log.info("wechatpay_refund_succeeded", out_trade_no=order.out_trade_no)
+        if taken or shortfall:
+            audit("wechat_refund_credits_taken_back", who="wechatpay", ip="", out_trade_no=order.out_trade_no,
+                  openid=order.openid, refund_id=refund_id, granted=order.credits, taken=taken, shortfall=shortfall)
 
     async def query(self, openid: str, out_trade_no: str) -> dict[str, Any]:
         """The caller's own order; an unpaid one is first asked of WeChat (a notification may be late)."""

@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS wx_charges (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_owner ON tasks (owner, created_at);
+CREATE TABLE IF NOT EXISTS wx_clawbacks (
+    out_trade_no TEXT PRIMARY KEY,
+    openid TEXT NOT NULL,
+    refund_id TEXT,
+    granted INTEGER NOT NULL,
+    taken INTEGER NOT NULL,
+    shortfall INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 #: Order states. ``created`` is written before WeChat is called, so a notification or a
@@ -107,7 +116,8 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite already rolled back on "database or disk is full"
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
@@ -237,6 +247,34 @@ def undo_refund(conn: sqlite3.Connection, out_trade_no: str, error: str) -> None
             conn.execute(
                 "UPDATE wx_users SET credits = credits + (SELECT credits FROM wx_orders WHERE out_trade_no = ?)"
                 " WHERE openid = (SELECT openid FROM wx_orders WHERE out_trade_no = ?)", (out_trade_no, out_trade_no))
+
+
+def refund_succeeded(conn: sqlite3.Connection, out_trade_no: str, refund_id: str) -> tuple[int, int] | None:
+    """WeChat reports the order refunded: mark it ``refunded``, once.
+
+    A ``paid`` order (refunded outside the gateway, in the merchant console) still holds
+    its credits: take them back, or all the user has left when some are spent, and record
+    the shortfall in ``wx_clawbacks``. A ``refunding`` order (an admin refund) gave its
+    credits back already. Returns ``(taken, shortfall)``; ``None`` when the order was
+    refunded already (a repeated notification) or is unknown.
+    """
+    now = time.time()
+    with _transaction(conn):
+        order = get_order(conn, out_trade_no)
+        if order is None or order.state == REFUNDED:
+            return None
+        taken = shortfall = 0
+        if order.state == PAID:
+            row = conn.execute("SELECT credits FROM wx_users WHERE openid = ?", (order.openid,)).fetchone()
+            taken = min(int(row[0]) if row else 0, order.credits)
+            shortfall = order.credits - taken
+            conn.execute("UPDATE wx_users SET credits = credits - ? WHERE openid = ?", (taken, order.openid))
+            conn.execute("INSERT INTO wx_clawbacks (out_trade_no, openid, refund_id, granted, taken, shortfall,"
+                         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (out_trade_no, order.openid, refund_id or None, order.credits, taken, shortfall, now))
+        conn.execute("UPDATE wx_orders SET state = ?, refund_id = COALESCE(?, refund_id), updated_at = ?"
+                     " WHERE out_trade_no = ?", (REFUNDED, refund_id or None, now, out_trade_no))
+    return taken, shortfall
 
 
 # -- credits for tasks --------------------------------------------------------------------------
