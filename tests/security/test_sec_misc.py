@@ -138,7 +138,7 @@ async def test_register_on_a_full_database_is_503_and_writes_nothing(gateway: Ga
     ok = 0
     for port in range(1, 200):
         resp = await gateway.client.post("/webhook/register", json={
-            "ip": "192.0.2.10", "port": port, "secret": SECRET, "node_key": f"key-{port:05d}", "model": "m" * 400})
+            "ip": "127.0.0.1", "port": port, "secret": SECRET, "node_key": f"key-{port:05d}", "model": "m" * 400})
         if resp.status != 200:
             break
         ok += 1
@@ -150,7 +150,7 @@ async def test_register_on_a_full_database_is_503_and_writes_nothing(gateway: Ga
 
     await store.run(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))  # room again
     resp = await gateway.client.post("/webhook/register", json={
-        "ip": "192.0.2.10", "port": port, "secret": SECRET, "node_key": f"key-{port:05d}", "model": "m" * 400})
+        "ip": "127.0.0.1", "port": port, "secret": SECRET, "node_key": f"key-{port:05d}", "model": "m" * 400})
     body = await resp.json()
     assert resp.status == 200 and body["server_id"] == f"GPU-{ok + 1:03d}", body  # the counter did not move
 
