@@ -40,6 +40,7 @@ class HostileNode(FakeNode):
     ``busy503``: 503 "busy" (``Retry-After: retry_after``) to every job, and ``/health``
     reports every slot taken.
     ``fail_once``: 500 to the first job, then ``ok``.
+    ``huge_health``: ``/health`` answers a valid JSON object of ``junk_bytes``, streamed.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -51,8 +52,11 @@ class HostileNode(FakeNode):
         #: When set, an ``ok`` job waits for it before answering.
         self.gate: asyncio.Event | None = None
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _health(self, request: web.Request) -> web.StreamResponse:
         self.health_hits += 1
+        if self.mode == "huge_health":
+            return await self._stream(request, 200, "application/json", b'{"status": "ok", "pad": "', None,
+                                      tail=b'"}')
         busy = self.slots if self.mode == "busy503" else self.busy
         return web.json_response({"status": "ok", "busy": busy, "queued": 0, "slots": self.slots,
                                   "model": "fake", "scale": 2, "provider": "none"})
@@ -83,7 +87,7 @@ class HostileNode(FakeNode):
         return await super()._enhance(request)
 
     async def _stream(self, request: web.Request, status: int, ctype: str, head: bytes,
-                      length: int | None) -> web.StreamResponse:
+                      length: int | None, tail: bytes = b"") -> web.StreamResponse:
         resp = web.StreamResponse(status=status, headers={"Content-Type": ctype})
         if length is not None:
             resp.content_length = length
@@ -95,7 +99,7 @@ class HostileNode(FakeNode):
             while self.sent < len(head) + self.junk_bytes:
                 await resp.write(chunk)
                 self.sent += len(chunk)
-            await resp.write_eof()
+            await resp.write_eof(tail)
         except (ConnectionError, RuntimeError):
             pass  # the gateway hung up: what it should do
         return resp
@@ -245,6 +249,24 @@ async def test_result_ceiling_is_configurable(make_gateway, hostile) -> None:  #
     assert _results(gw) == []
 
 
+async def test_huge_health_answer_is_a_failed_check(make_gateway, hostile) -> None:  # type: ignore[no-untyped-def]
+    gateway = await make_gateway(**{"health_check.failure_threshold": 2})
+    node = await hostile()
+    node.junk_bytes = 20 * MiB
+    await gateway.register(node)
+    node.mode = "huge_health"
+
+    async def refused() -> bool:
+        server = (await _servers(gateway))["GPU-001"]
+        return not server["healthy"]
+
+    with PeakRss() as rss:
+        await wait_until(refused, 20, "the node's oversized health answers to mark it down")
+    server = (await _servers(gateway))["GPU-001"]
+    assert "larger than 65536 bytes" in server["last_error"], server
+    assert rss.growth < 32 * MiB, f"gateway RSS grew {rss.growth / MiB:.0f} MiB reading health answers"
+
+
 # -- item 14(a): busy is not failure --------------------------------------------------------------
 
 
@@ -309,21 +331,11 @@ async def test_busy_node_without_probes_is_offered_work_after_its_retry_after(ma
 # -- item 15: a retry's wake-up is exact ------------------------------------------------------------
 
 
-async def test_retry_after_backoff_runs_with_no_other_event(make_gateway, hostile) -> None:  # type: ignore[no-untyped-def]
-    # One node, probed rarely: after its failure only the backoff's timer can wake the dispatcher.
-    gateway = await make_gateway(**{"dispatch.retry_backoff": 0.2, "health_check.interval": 3600})
-    node = await hostile()
-    await gateway.register(node)
-    for _ in range(5):
-        node.mode = "fail_once"
-        final = await gateway.wait_done(await gateway.submit(), timeout=10)
-        assert final["status"] == "completed" and final["attempts"] == 2, final
-
-
 async def test_retry_wakes_on_time_in_the_gateway_process(gateway_process, hostile) -> None:  # type: ignore[no-untyped-def]
     # The gateway as it runs in production (uvloop, whose timers may fire up to a millisecond
     # early), with a backoff that is no whole number of milliseconds.
-    gw = gateway_process("dispatch:\n  retry_backoff: 0.1234\nhealth_check:\n  interval: 3600\n")
+    gw = gateway_process("webhook:\n  allowed_node_networks: [127.0.0.0/8]\n"
+                         "dispatch:\n  retry_backoff: 0.1234\nhealth_check:\n  interval: 3600\n")
     gw.start()
     node = await hostile()
     async with aiohttp.ClientSession() as session:
