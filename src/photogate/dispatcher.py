@@ -401,7 +401,8 @@ class Dispatcher:
                 await self._fail(task, str(exc))
             except NodeBusy as exc:
                 # Not a failure: no attempt spent, no health counted; the node is held (no
-                # work offered) until one of its jobs ends or a probe finds a slot free.
+                # work offered) until one of its jobs ends, a probe finds a slot free, or
+                # its Retry-After (0.5 to 30 s) passes.
                 self.metrics.dispatch_failed(server_id, "node_busy")
                 await node_done(False, hold=exc.hold)
                 log.info("node_busy", task_id=task.task_id, server_id=server_id, error=str(exc))

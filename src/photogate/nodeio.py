@@ -33,9 +33,11 @@ MAX_SCALE = 16.0
 
 
 #: How long a node that answered "busy" is offered no work when it sends no Retry-After,
-#: and the most its Retry-After can ask for (a job of ours ending on it, or a health
-#: report showing a slot free, ends the hold sooner).
+#: and the least and most its Retry-After can ask for (a job of ours ending on it, or a
+#: health report showing a slot free, ends the hold sooner). The least keeps a node that
+#: always says "busy, retry now" from pulling the same task back and forth in a tight loop.
 BUSY_HOLD = 2.0
+MIN_BUSY_HOLD = 0.5
 MAX_BUSY_HOLD = 30.0
 
 
@@ -47,7 +49,7 @@ def busy_hold(retry_after: str | None) -> float:
         seconds = BUSY_HOLD
     if not math.isfinite(seconds):
         seconds = BUSY_HOLD
-    return min(max(seconds, 0.1), MAX_BUSY_HOLD)
+    return min(max(seconds, MIN_BUSY_HOLD), MAX_BUSY_HOLD)
 
 
 class AnswerTooLarge(Exception):
