@@ -131,6 +131,8 @@ class LimitsConfig:
     upload_timeout: float = 300.0
     #: Longest side of an uploaded photo in pixels (413 above).
     max_side: int = 16384
+    #: Most bytes read from a node for one result (below it, the bound its pixels allow).
+    max_result_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -479,6 +481,7 @@ def _validate_abuse_limits(cfg: Config) -> None:
         (lim.read_timeout > 0, "limits.read_timeout: must be > 0"),
         (lim.upload_timeout > 0, "limits.upload_timeout: must be > 0"),
         (lim.max_side >= 1, "limits.max_side: must be >= 1"),
+        (lim.max_result_bytes >= 1024, "limits.max_result_bytes: must be >= 1024"),
         (rl.requests_per_second > 0, "rate_limit.requests_per_second: must be > 0"),
         (rl.burst >= 1, "rate_limit.burst: must be >= 1"),
         (rl.uploads_per_minute > 0, "rate_limit.uploads_per_minute: must be > 0"),

@@ -1,16 +1,21 @@
 """The dispatcher: a central queue of tasks handed, oldest first, to nodes with a free slot.
 
 Each dispatch streams the stored input to the node's ``POST /v1/enhance`` and streams
-the answer into the blob store. A node failure (connection error, timeout, 5xx) puts
-the task back at the head of the queue for another node, up to ``max_attempts``; a
-node's 4xx fails the task at once. In-flight counters are released in ``finally``.
+the answer into the blob store, reading no more than :mod:`photogate.nodeio` allows. A
+node failure (connection error, timeout, 5xx, a result over its bound) puts the task back
+at the head of the queue for another node, up to ``max_attempts``; a node's 4xx fails
+the task at once; a node's "busy" (503, 429) puts it back without spending an attempt and
+holds that node until it has a free slot. A task backing off after a failure waits in a
+second heap, by ready time, under one timer. In-flight counters are released in ``finally``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +33,7 @@ from .errors import PhotogateError, ServiceUnavailable, StoreUnavailable
 from .imagecheck import MIME, ImageInfo, probe_image
 from .metrics import GatewayMetrics
 from .models import TaskRecord, TaskStatus
+from .nodeio import AnswerTooLarge, busy_hold, error_text, iter_capped, result_bound
 from .registry import NodeState, Registry
 from .store import SQLiteStore
 
@@ -39,6 +45,9 @@ log = structlog.get_logger("photogate.dispatcher")
 #: How far past the head of the queue the dispatcher looks for a task it can place
 #: (a task that must avoid the node that just failed it should not block the rest).
 SCAN_LIMIT = 64
+#: A backing-off task this close to its ready time counts as ready: a timer may fire up to
+#: a millisecond early (uvloop's resolution), and such a task must not wait for another.
+TIMER_SLACK = 0.002
 
 
 class NodeFailure(Exception):
@@ -47,6 +56,15 @@ class NodeFailure(Exception):
     def __init__(self, message: str, *, counts: bool = True) -> None:
         super().__init__(message)
         self.counts = counts
+
+
+class NodeBusy(NodeFailure):
+    """The node has no free slot (503, 429): not a failure; the job waits for a free slot,
+    and the node is held for up to ``hold`` seconds (its Retry-After)."""
+
+    def __init__(self, message: str, hold: float) -> None:
+        super().__init__(message, counts=False)
+        self.hold = hold
 
 
 class JobRejected(Exception):
@@ -96,6 +114,7 @@ class Dispatcher:
         config: DispatchConfig,
         max_queue: int,
         max_pixels: int,
+        max_result_bytes: int = 256 * 1024 * 1024,
         multi_backend: bool,
         metrics: GatewayMetrics | None = None,
         shared: bool = False,
@@ -114,8 +133,13 @@ class Dispatcher:
         self.config = config
         self.max_queue = max_queue
         self.max_pixels = max_pixels
+        self.max_result_bytes = max_result_bytes
         self.multi_backend = multi_backend
         self._heap: list[_Queued] = []
+        #: Tasks backing off after a failure, by ready time (loop time); moved to ``_heap``
+        #: by the pass that finds them ready, under one timer armed for the earliest.
+        self._delayed: list[tuple[float, int, _Queued]] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._workers: set[asyncio.Task[None]] = set()
@@ -129,7 +153,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._heap) + self.registry.queue_depth
+        return len(self._heap) + len(self._delayed) + self.registry.queue_depth
 
     @property
     def in_flight(self) -> int:
@@ -143,10 +167,30 @@ class Dispatcher:
             raise ServiceUnavailable("队列已满，请稍后重试 (the queue is full; try again later)", headers={"Retry-After": "30"})
 
     def submit(self, task: TaskRecord, tried: set[str] | None = None, delay: float = 0.0) -> None:
-        ready_at = time.monotonic() + delay if delay > 0 else 0.0
-        heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task, tried or set(), ready_at))
+        item = _Queued(task.created_at, next(self._seq), task, tried or set())
         if delay > 0:
-            asyncio.get_running_loop().call_later(delay, self.wake)
+            item.ready_at = asyncio.get_running_loop().time() + delay
+            heapq.heappush(self._delayed, (item.ready_at, item.seq, item))
+        else:
+            heapq.heappush(self._heap, item)
+        self.wake()
+
+    def _promote_ready(self) -> None:
+        """Move the tasks whose backoff is over to the queue; arm the timer for the next.
+        Every pass does this, so a timer that fires a little early (uvloop rounds to the
+        millisecond) only re-arms itself, and no backing-off task is ever left without one."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._delayed and self._delayed[0][0] <= now + TIMER_SLACK:
+            heapq.heappush(self._heap, heapq.heappop(self._delayed)[2])
+        if self._timer is not None and (not self._delayed or self._timer.when() != self._delayed[0][0]):
+            self._timer.cancel()
+            self._timer = None
+        if self._delayed and self._timer is None:
+            self._timer = loop.call_at(self._delayed[0][0], self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
         self.wake()
 
     def accept(self, task: TaskRecord) -> None:
@@ -169,7 +213,7 @@ class Dispatcher:
                 log.warning("claims_returned", count=len(orphans))
             self._next_reconcile = time.monotonic() + 2.0
         free = sum(v.slots - v.inflight for v in self.registry.candidates(self.multi_backend))
-        want = min(free - len(self._heap), SCAN_LIMIT)
+        want = min(free - len(self._heap) - len(self._delayed), SCAN_LIMIT)
         if want <= 0:
             return
         for task in await store.claim(want):
@@ -246,12 +290,16 @@ class Dispatcher:
                     # Redis is away: the shared registry's heartbeat logs it and wakes us again.
                     log.debug("placement_deferred", reason="the state store is unreachable")
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             for worker in list(self._workers):
                 worker.cancel()
             if self._workers:
                 await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _place_ready(self) -> None:
+        self._promote_ready()
         if self.shared:
             await self._feed()
         skipped: list[_Queued] = []
@@ -274,9 +322,6 @@ class Dispatcher:
                 break  # no free slot anywhere: wait for a release or a node
             item = heapq.heappop(self._heap)
             scanned += 1
-            if item.ready_at > time.monotonic():
-                skipped.append(item)  # backing off after a failure
-                continue
             exclude = frozenset(item.tried)
             candidates = self.registry.candidates(self.multi_backend, exclude=exclude)
             if not candidates:
@@ -317,14 +362,14 @@ class Dispatcher:
         released = False
         attempts_before = task.attempts
 
-        async def node_done(answered: bool) -> None:
+        async def node_done(answered: bool, hold: float = 0.0) -> None:
             # The node is free once its answer is in: checking and storing the result must
-            # not keep the next photo off it.
+            # not keep the next photo off it. A busy answer holds it until it has a free slot.
             nonlocal released
             if released:
                 return
             released = True
-            await self.registry.release(state)
+            await self.registry.release(state, hold=hold)
             hook = getattr(self.strategy, "on_completed", None)
             if hook is not None:
                 hook(server_id, job, time.monotonic() - started, answered)
@@ -354,6 +399,18 @@ class Dispatcher:
             except JobRejected as exc:
                 self.metrics.dispatch_failed(server_id, "rejected")
                 await self._fail(task, str(exc))
+            except NodeBusy as exc:
+                # Not a failure: no attempt spent, no health counted; the node is held (no
+                # work offered) until one of its jobs ends, a probe finds a slot free, or
+                # its Retry-After (0.5 to 30 s) passes.
+                self.metrics.dispatch_failed(server_id, "node_busy")
+                await node_done(False, hold=exc.hold)
+                log.info("node_busy", task_id=task.task_id, server_id=server_id, error=str(exc))
+                task.attempts = attempts_before
+                await self.store.update_task(task.task_id, status=TaskStatus.QUEUED, server_id=None,
+                                             attempts=attempts_before)
+                task.status = TaskStatus.QUEUED
+                self.submit(task, item.tried)
             except NodeFailure as exc:
                 self.metrics.dispatch_failed(server_id, "node_error" if exc.counts else "node_busy")
                 if exc.counts:
@@ -415,25 +472,29 @@ class Dispatcher:
             fh = None if kept is not None else await _open_for_read(self.blobs.input_path(task.task_id))
         except FileNotFoundError:
             raise StorageFailure(INPUT_MISSING) from None
+        bound = result_bound(task.width, task.height, task.input_bytes, _expected_scale(task, state),
+                             self.max_result_bytes)
         writer = self.blobs.result_writer(task.task_id)
         try:
             async with self.session.post(
                 url, data=kept if fh is None else fh, params=params, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
                 if resp.status != 200:
-                    detail = await _error_text(resp)
+                    detail = await error_text(resp)
                     if resp.status in (401, 403):
                         raise NodeFailure(f"node refused the gateway's credential (HTTP {resp.status}): {detail}")
                     if resp.status in (429, 503):
-                        raise NodeFailure(f"node busy (HTTP {resp.status}): {detail}", counts=False)
+                        raise NodeBusy(f"node busy (HTTP {resp.status}): {detail}",
+                                       busy_hold(resp.headers.get("Retry-After")))
                     if 400 <= resp.status < 500:
                         raise JobRejected(f"the GPU server could not process this image: {detail}")
                     raise NodeFailure(f"node error HTTP {resp.status}: {detail}")
                 mime = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 if mime not in MIME.values():
                     raise NodeFailure(f"node answered {mime or 'no content type'}, not an image")
-                async for chunk in resp.content.iter_chunked(256 * 1024):
-                    await _stored(writer.write(chunk))
+                async with contextlib.aclosing(iter_capped(resp, bound, 256 * 1024)) as chunks:
+                    async for chunk in chunks:
+                        await _stored(writer.write(chunk))
             if node_done is not None:
                 await node_done(True)
             if writer.small:
@@ -441,6 +502,9 @@ class Dispatcher:
                 # the task completed (_run_job).
                 return writer, None
             checked = await _stored(writer.commit(then=self._verify_result))
+        except AnswerTooLarge as exc:
+            await writer.abort()
+            raise NodeFailure(str(exc)) from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             await writer.abort()
             name = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
@@ -489,14 +553,15 @@ async def _open_for_read(path: Path) -> BinaryIO:
         raise
 
 
-async def _error_text(resp: aiohttp.ClientResponse) -> str:
-    try:
-        body: Any = await resp.json(content_type=None)
-        if isinstance(body, dict) and body.get("error"):
-            return str(body["error"])[:300]
-    except Exception:
-        pass
-    try:
-        return (await resp.text(errors="replace"))[:300] or resp.reason or ""
-    except Exception:
-        return resp.reason or ""
+def _expected_scale(task: TaskRecord, state: NodeState) -> float | None:
+    """The scale the result is made at: the one asked for, else the one the node reports."""
+    for value in (task.params.get("scale"), state.health.get("scale"), state.record.info.get("scale")):
+        if isinstance(value, bool):
+            continue
+        try:
+            scale = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(scale) and scale > 0:
+            return scale
+    return None

@@ -13,6 +13,7 @@ import aiohttp
 import structlog
 
 from .errors import StoreUnavailable
+from .nodeio import read_json
 from .registry import Registry
 
 log = structlog.get_logger("photogate.health")
@@ -35,7 +36,7 @@ class HealthMonitor:
             ) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"HTTP {resp.status}")
-                report: Any = await resp.json(content_type=None)
+                report: Any = await read_json(resp)
                 if not isinstance(report, dict):
                     raise RuntimeError("health answer is not a JSON object")
         except asyncio.CancelledError:

@@ -8,6 +8,7 @@ methods here (:meth:`Registry.record_check`, :meth:`Registry.record_dispatch_fai
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable
@@ -34,6 +35,11 @@ class NodeState:
     health: dict[str, Any] = field(default_factory=dict)
     completed: int = 0
     failed: int = 0
+    #: When (wall clock) the node last answered "busy" to a job. It is offered no work
+    #: until a job of ours on it ends, a later health report shows a slot free, or
+    #: ``busy_until`` (monotonic: the node's Retry-After) passes.
+    busy_since: float | None = None
+    busy_until: float = 0.0
 
     @property
     def server_id(self) -> str:
@@ -45,6 +51,28 @@ class NodeState:
         if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 1:
             return reported
         return max(self.record.slots, 1)
+
+    @property
+    def free(self) -> bool:
+        """Whether the node can start one more job now."""
+        return self.inflight < self.slots and (self.busy_since is None or time.monotonic() >= self.busy_until)
+
+    def hold(self, seconds: float) -> None:
+        """The node answered "busy": offer it nothing for up to ``seconds``."""
+        self.busy_since, self.busy_until = time.time(), time.monotonic() + seconds
+
+    def note_report(self, checked_at: float | None) -> None:
+        """A health report checked at ``checked_at``: it frees a busy node when it is newer
+        than the busy answer and shows a slot free (``busy + queued < slots``; a report
+        without those numbers counts as free)."""
+        if self.busy_since is None or checked_at is None or checked_at <= self.busy_since:
+            return
+        numbers = [self.health.get(k) for k in ("busy", "queued", "slots")]
+        if all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+            busy, queued, slots = numbers
+            if busy + queued >= slots:  # type: ignore[operator]
+                return
+        self.busy_since = None
 
     def view(self) -> NodeView:
         return NodeView(
@@ -118,8 +146,8 @@ class Registry:
             self._nodes[record.server_id] = state
         else:
             state.record = record
-        # The node just reached us; it is up until a check says otherwise.
-        state.healthy, state.failures, state.last_error = True, 0, None
+        # The node just reached us; it is up (and its slots free) until a check says otherwise.
+        state.healthy, state.failures, state.last_error, state.busy_since = True, 0, None, None
         if previous:
             state.health = {}
         self._changed()
@@ -167,7 +195,11 @@ class Registry:
         state.last_check = time.time()
         if ok:
             state.health = dict(report or {})
+            held = state.busy_since is not None
+            state.note_report(state.last_check)
             self._mark_ok(state)
+            if held and state.busy_since is None:
+                self._changed()
         else:
             self._mark_failure(state, error or "health check failed")
 
@@ -212,7 +244,7 @@ class Registry:
         """Nodes that can start a job now. ``exclude`` (nodes that failed this job) is
         honoured only while another node could take it."""
         serving = self.serving(multi_backend)
-        free = [s.view() for s in serving if s.inflight < s.slots]
+        free = [s.view() for s in serving if s.free]
         preferred = [v for v in free if v.server_id not in exclude]
         if preferred:
             return preferred
@@ -231,9 +263,21 @@ class Registry:
         state.inflight += 1
         return state
 
-    async def release(self, state: NodeState) -> None:
+    async def release(self, state: NodeState, *, hold: float = 0.0) -> None:
+        """Give the slot back. ``hold`` > 0: the node answered that it had none free, so it
+        is offered no work until another of its jobs ends, a probe finds a slot free, or
+        ``hold`` seconds pass."""
         state.inflight = max(state.inflight - 1, 0)
+        self._hold(state, hold)
         self._changed()
+
+    def _hold(self, state: NodeState, seconds: float) -> None:
+        if seconds <= 0:
+            state.busy_since = None
+            return
+        state.hold(seconds)
+        # The hold's end is capacity appearing: wake the dispatcher then.
+        asyncio.get_running_loop().call_later(seconds, self._changed)
 
     def summary(self) -> dict[str, int]:
         nodes = self.all()

@@ -106,6 +106,7 @@ class Gateway:
         self.dispatcher = Dispatcher(
             self.store, self.blobs, self.registry, self.session, self.strategy,
             config=cfg.dispatch, max_queue=cfg.limits.max_queue, max_pixels=cfg.limits.max_pixels,
+            max_result_bytes=cfg.limits.max_result_bytes,
             multi_backend=self.multi_backend, metrics=self.metrics, shared=shared,
         )
         self.monitor = HealthMonitor(

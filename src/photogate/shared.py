@@ -92,6 +92,7 @@ class SharedRegistry(Registry):
         state.health = report if isinstance(report, dict) else {}
         state.completed = int(shared.get("completed") or 0)
         state.failed = int(shared.get("failed") or 0)
+        state.note_report(state.last_check)
 
     def _touch(self, server_id: str) -> None:
         self._touched[server_id] = self._touched.get(server_id, 0) + 1
@@ -155,6 +156,7 @@ class SharedRegistry(Registry):
         if ok:
             if report is not None:
                 state.health = report
+                state.note_report(state.last_check)
             state.failures, state.last_error, state.healthy = 0, None, True
         else:
             state.failures += 1
@@ -180,7 +182,8 @@ class SharedRegistry(Registry):
         state.inflight = count
         return state
 
-    async def release(self, state: NodeState) -> None:
+    async def release(self, state: NodeState, *, hold: float = 0.0) -> None:
+        self._hold(state, hold)
         try:
             state.inflight = await self.redis_store.release_slot(state.server_id)
             self._touch(state.server_id)
