@@ -175,7 +175,7 @@ async def run_tree(name: str, src: str, args: argparse.Namespace, bombs: dict[st
             procs.stop()
 
 
-def table(results: dict[str, LoadResult], args: argparse.Namespace) -> str:
+def table(results: dict[str, LoadResult], args: argparse.Namespace, names: list[str]) -> str:
     lines = [
         f"{args.clients} clients, {args.seconds:g} s, bombs at {args.max_pixels / 1e6:g} MP, {args.nodes} simulated nodes",
         "",
@@ -190,10 +190,13 @@ def table(results: dict[str, LoadResult], args: argparse.Namespace) -> str:
             f"{s['health_p50_ms']} / {s['health_p99_ms']} / {s['health_max_ms']} | "
             f"{r.health_failures}/{len(r.health_ms)} | {sum(r.accepted.values())} | {sum(r.refused.values())} |"
         )
-    lines += ["", "| tree | " + " | ".join(f"{k} acc/ref" for k in results[next(iter(results))].accepted or []) + " |"]
+    lines += ["", "| tree | " + " | ".join(f"{k} acc/ref" for k in names) + " |",
+              "| --- |" + " --- |" * len(names)]
     for name, r in results.items():
-        refused = Counter({k.split(":")[0]: v for k, v in r.refused.items()})
-        lines.append(f"| {name} | " + " | ".join(f"{r.accepted[k]}/{refused[k]}" for k in r.accepted) + " |")
+        refused: Counter[str] = Counter()
+        for key, count in r.refused.items():
+            refused[key.split(":")[0]] += count
+        lines.append(f"| {name} | " + " | ".join(f"{r.accepted[k]}/{refused[k]}" for k in names) + " |")
     return "\n".join(lines)
 
 
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     bombs = make_bombs(args.max_pixels)
     print("bombs: " + ", ".join(f"{k} {len(v[0]):,} B" for k, v in bombs.items()), flush=True)
     results = {name: asyncio.run(run_tree(name, src, args, bombs)) for name, src in trees}
-    print(table(results, args))
+    print(table(results, args, list(bombs)))
     if args.json:
         args.json.write_text(json.dumps({n: r.summary() for n, r in results.items()}, indent=2))
     return 0
