@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -69,6 +70,10 @@ class MemoryBudget:
 class ImageChecker:
     """Checks images in its own threads, each check's memory reserved from one budget."""
 
+    #: Reserved for the trip that reads the header: a check that costs no more (a PNG, a
+    #: baseline JPEG up to about 90 MP, a WebP up to 0.3 MP) is finished in that same trip.
+    FIRST_TRIP = 8 * 1024 * 1024
+
     def __init__(self, budget_bytes: int, threads: int = 2) -> None:
         self.budget = MemoryBudget(budget_bytes)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="photogate-imagecheck")
@@ -76,7 +81,10 @@ class ImageChecker:
     async def check(self, source: Source, max_pixels: int, max_side: int | None = None) -> ImageInfo:
         """The image's format and size once its check has passed; raises the 415/413/400
         errors of :mod:`photogate.imagecheck`."""
-        header = await self._run(read_header, source, max_pixels, max_side)
+        room = min(self.FIRST_TRIP, self.budget.capacity)
+        header, verified = await self._reserved(room, _header_then_verify, source, max_pixels, max_side, room)
+        if verified:
+            return header.info
         if header.cost > self.budget.capacity:
             if header.structural:
                 return header.info  # its structure is checked; a full decode would not fit
@@ -85,19 +93,26 @@ class ImageChecker:
                 f"{header.cost / 2**20:.0f} MiB, more than the gateway's image-check budget of "
                 f"{self.budget.capacity / 2**20:.0f} MiB: send a smaller or baseline (non-progressive) image"
             )
-        await self._decode(source, header)
+        await self._reserved(header.cost, verify, source, header)
         return header.info
 
-    async def _decode(self, source: Source, header: Header) -> None:
-        await self.budget.acquire(header.cost)
-        job = asyncio.get_running_loop().run_in_executor(self._pool, verify, source, header)
+    async def _reserved(self, cost: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on a checker thread with ``cost`` bytes reserved from the budget."""
+        await self.budget.acquire(cost)
+        job = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         # The bytes stay reserved until the thread itself is done, even if our caller is
         # cancelled meanwhile: only then is its memory free.
-        job.add_done_callback(lambda _: self.budget.release(header.cost))
-        await asyncio.shield(job)
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        job.add_done_callback(lambda _: self.budget.release(cost))
+        return await asyncio.shield(job)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _header_then_verify(source: Source, max_pixels: int, max_side: int | None, room: int) -> tuple[Header, bool]:
+    """Read the header, and finish the check at once if it costs no more than ``room``."""
+    header = read_header(source, max_pixels, max_side)
+    if header.cost > room:
+        return header, False
+    verify(source, header)
+    return header, True
