@@ -53,17 +53,16 @@ def png(side: int) -> bytes:
     return buf.getvalue()
 
 
-def bmp_rle8(side: int) -> bytes:
-    """An 8-bit RLE BMP (Pillow cannot write one): runs of 255 pixels, row by row."""
-    rows = bytearray()
-    for _ in range(side):
-        left = side
-        while left:
-            run = min(left, 255)
-            rows += bytes((run, 1))
-            left -= run
-        rows += b"\x00\x00"  # end of line
-    rows += b"\x00\x01"  # end of bitmap
+def bmp_rle8(side: int, run: int = 255) -> bytes:
+    """An 8-bit RLE BMP (Pillow cannot write one): runs of ``run`` pixels, row by row. Runs of
+    255 make a memory bomb; runs of 1 a CPU one (Pillow decodes RLE in Python)."""
+    row = bytearray()
+    left = side
+    while left:
+        row += bytes((min(left, run), 1))
+        left -= min(left, run)
+    row += b"\x00\x00"  # end of line
+    rows = bytes(row) * side + b"\x00\x01"  # end of bitmap
     palette = b"".join(bytes((i, 255 - i, (i * 7) & 255, 0)) for i in range(256))
     offset = 14 + 40 + len(palette)
     info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 8, 1, len(rows), 2835, 2835, 256, 0)

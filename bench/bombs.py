@@ -6,7 +6,8 @@ registering themselves; they answer the input as the result, so every bomb is ch
 twice: as an upload and as a node's result). ``--clients`` clients then upload, for
 ``--seconds``, one bomb after another of every accepted format at the ``max_pixels`` limit
 (bench/bomb_images.py: lossless and lossy WebP, progressive and baseline JPEG, PNG, RLE BMP).
-Meanwhile the gateway's RSS is sampled from /proc (VmRSS, VmHWM) every 50 ms and
+Meanwhile the gateway's RSS is sampled from /proc every 50 ms (its own VmHWM, and the VmRSS
+of it and its image-check process together: the larger is the peak) and
 ``GET /api/v1/health`` is polled back to back. Prints peak RSS, health latency p50/p99/max
 and uploads accepted/refused per format.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import statistics
 import sys
@@ -59,6 +61,23 @@ def memory_kib(pid: int) -> tuple[int, int]:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return rss, hwm
+
+
+def tree_rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` and of every process under it (the gateway's image-check process)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += memory_kib(current)[0]
+        todo += children.get(current, [])
+    return total
 
 
 @dataclass
@@ -101,7 +120,7 @@ async def hammer(url: str, pid: int, bombs: dict[str, tuple[bytes, str]], *, cli
     async def sample() -> None:
         while time.monotonic() < stop:
             rss, hwm = memory_kib(pid)
-            result.peak_rss_mib = max(result.peak_rss_mib, hwm / 1024, rss / 1024)
+            result.peak_rss_mib = max(result.peak_rss_mib, hwm / 1024, tree_rss_kib(pid) / 1024)
             if rss / 1024 > kill_rss_mib and kill is not None:
                 result.killed = True
                 kill()
@@ -128,7 +147,7 @@ async def hammer(url: str, pid: int, bombs: dict[str, tuple[bytes, str]], *, cli
             turn += 1
             data, mime = bombs[name]
             form = aiohttp.FormData()
-            form.add_field("file", data, filename=f"bomb.{mime.split('/')[1]}", content_type=mime)
+            form.add_field("file", io.BytesIO(data), filename=f"bomb.{mime.split('/')[1]}", content_type=mime)
             try:
                 async with session.post(url + "/api/v1/enhance", data=form, timeout=timeout) as resp:
                     await resp.read()
@@ -209,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=36_000_000)
     parser.add_argument("--tree", action="append", default=[], help="NAME=SRC (default: this=src)")
     parser.add_argument("--kill-rss-mib", type=float, default=4096.0)
+    parser.add_argument("--formats", help="comma-separated subset of the bombs (default: all)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     trees = [t.split("=", 1) for t in args.tree] or [["this", str(Path(__file__).resolve().parent.parent / "src")]]
     bombs = make_bombs(args.max_pixels)
+    if args.formats:
+        bombs = {name: bombs[name] for name in args.formats.split(",")}
     print("bombs: " + ", ".join(f"{k} {len(v[0]):,} B" for k, v in bombs.items()), flush=True)
     results = {name: asyncio.run(run_tree(name, src, args, bombs)) for name, src in trees}
     print(table(results, args, list(bombs)))

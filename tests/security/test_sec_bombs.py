@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import sys
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from support import REPO, SECRET, FakeNode, wait_until
 sys.path.insert(0, str(REPO / "bench"))
 from bomb_images import bombs as make_bombs  # noqa: E402
 from bomb_images import webp_lossless  # noqa: E402
-from bombs import hammer, memory_kib  # noqa: E402
+from bombs import hammer, memory_kib, tree_rss_kib  # noqa: E402
 
 MIB = 1024 * 1024
 #: The smallest budget config.py allows at the default 36 MP: one progressive JPEG at a time.
@@ -71,10 +72,17 @@ async def _gateway(gateway_process: Any, session: aiohttp.ClientSession, fleet: 
 
 async def _burst(session: aiohttp.ClientSession, url: str, pid: int,
                  files: list[tuple[bytes, str]]) -> tuple[list[Any], list[float], float]:
-    """Upload ``files`` all at once while health is polled: (answers, health seconds, RSS growth MiB)."""
+    """Upload ``files`` all at once while health is polled: (answers, health seconds, RSS growth
+    MiB of the gateway and its image-check process)."""
     before = memory_kib(pid)[0]
     health: list[float] = []
     done = asyncio.Event()
+    peak = [0]
+
+    async def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_kib(pid))
+            await asyncio.sleep(0.02)
 
     async def poll() -> None:
         while not done.is_set():
@@ -87,17 +95,18 @@ async def _burst(session: aiohttp.ClientSession, url: str, pid: int,
 
     async def upload(data: bytes, mime: str) -> Any:
         form = aiohttp.FormData()
-        form.add_field("file", data, filename="bomb", content_type=mime)
+        form.add_field("file", io.BytesIO(data), filename="bomb", content_type=mime)
         async with session.post(url + "/api/v1/enhance", data=form, timeout=aiohttp.ClientTimeout(total=60)) as resp:
             return resp.status, await resp.json()
 
-    poller = asyncio.create_task(poll())
+    poller, sampler = asyncio.create_task(poll()), asyncio.create_task(sample())
     try:
         answers = await asyncio.gather(*(upload(d, m) for d, m in files))
     finally:
         done.set()
         await poller
-    return answers, health, (memory_kib(pid)[1] - before) / 1024
+        await sampler
+    return answers, health, (max(peak[0], memory_kib(pid)[1]) - before) / 1024
 
 
 async def test_lossless_webp_bombs_leave_memory_and_health_alone(gateway_process, nodes) -> None:  # type: ignore[no-untyped-def]
