@@ -9,7 +9,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .errors import BadImage, UnsupportedImage
 
@@ -45,12 +45,18 @@ def _sixteen_bit_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr8.astype(np.uint8), "L")
 
 
-def decode(data: bytes, *, max_pixels: int) -> Decoded:
-    """Decode ``data`` into RGB (+ alpha), applying EXIF orientation.
+@dataclass(frozen=True)
+class Probe:
+    """What an input's header says, before any pixel is decoded."""
 
-    Raises :class:`UnsupportedImage` (415) for data Pillow cannot identify and
-    :class:`BadImage` (400) for a truncated, corrupt or too large image.
-    """
+    format: str
+    width: int
+    height: int
+    alpha: bool
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open ``data`` (header only) and check its pixel count."""
     if not data:
         raise BadImage("empty request body: send the image bytes as the body")
     try:
@@ -61,10 +67,54 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
         raise BadImage(f"image too large: {exc}") from None
     except (OSError, ValueError) as exc:
         raise BadImage(f"cannot read image: {exc}") from None
-    fmt = img.format or "UNKNOWN"
     w, h = img.size
     if w * h > max_pixels:
         raise BadImage(f"image too large: {w}x{h} is {w * h} pixels, this node accepts at most {max_pixels}")
+    return img
+
+
+def probe(data: bytes, *, max_pixels: int) -> Probe:
+    """The input's format, size and alpha from its header alone, so that every limit can be
+    checked before the photo is decoded or enhanced. Raises like :func:`decode`."""
+    with _open(data, max_pixels) as img:
+        alpha = img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (img.mode == "P" and "transparency" in img.info)
+        return Probe(format=img.format or "UNKNOWN", width=img.width, height=img.height, alpha=alpha)
+
+
+def check_output(fmt: str, width: int, height: int) -> None:
+    """Refuse a result the output format cannot hold (WebP's sides stop at 16383)."""
+    if max(width, height) > MAX_SIDE[fmt]:
+        raise BadImage(f"{fmt} cannot hold a {width}x{height} image: ask for png or a smaller scale")
+
+
+#: ICC colour space signatures (header bytes 16..20) of the profiles an output may carry.
+_PROFILE_SPACE = {False: b"RGB ", True: b"GRAY"}
+
+
+def _profile_space(icc: bytes | None) -> bytes | None:
+    return icc[16:20] if icc and len(icc) >= 128 else None
+
+
+def _to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """RGB pixels of a CMYK (or other non-RGB) image: through its embedded profile into sRGB
+    when it has one for its own colour space, else Pillow's plain conversion."""
+    if icc and _profile_space(icc) == {"CMYK": b"CMYK", "LAB": b"Lab "}.get(img.mode):
+        try:
+            return ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                             ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # a broken profile: the plain conversion below
+    return img.convert("RGB")
+
+
+def decode(data: bytes, *, max_pixels: int) -> Decoded:
+    """Decode ``data`` into RGB (+ alpha), applying EXIF orientation.
+
+    Raises :class:`UnsupportedImage` (415) for data Pillow cannot identify and
+    :class:`BadImage` (400) for a truncated, corrupt or too large image.
+    """
+    img = _open(data, max_pixels)
+    fmt = img.format or "UNKNOWN"
     try:
         img.load()
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bad image
@@ -110,15 +160,19 @@ def decode(data: bytes, *, max_pixels: int) -> Decoded:
         rgb = img
     else:  # CMYK, YCbCr, LAB, HSV, RGBX ...
         try:
-            rgb = img.convert("RGB")
+            rgb = _to_rgb(img, icc)
         except ValueError as exc:
             raise UnsupportedImage(f"image mode {mode} is not supported: {exc}") from None
+    # The result carries the input's profile only where it describes the result's pixels: a
+    # CMYK profile on RGB pixels would make every viewer misread the colours (converted above).
+    if _profile_space(icc) != _PROFILE_SPACE[gray]:
+        icc = None
     return Decoded(rgb=rgb, alpha=alpha, gray=gray, format=fmt, exif=exif_bytes, icc=icc)
 
 
-def default_format(decoded: Decoded) -> str:
+def default_format(source_format: str, alpha: bool) -> str:
     """PNG for PNG input (and for anything with alpha, which JPEG would lose), else JPEG."""
-    if decoded.format == "PNG" or decoded.alpha is not None:
+    if source_format == "PNG" or alpha:
         return "png"
     return "jpeg"
 
@@ -144,8 +198,7 @@ def assemble(rgb: Image.Image, decoded: Decoded) -> Image.Image:
 
 def encode(img: Image.Image, fmt: str, quality: int, *, exif: bytes | None = None, icc: bytes | None = None) -> bytes:
     """Encode to ``fmt`` (jpeg/png/webp); JPEG drops alpha."""
-    if max(img.size) > MAX_SIDE[fmt]:
-        raise BadImage(f"{fmt} cannot hold a {img.width}x{img.height} image: ask for png or a smaller scale")
+    check_output(fmt, img.width, img.height)
     buf = io.BytesIO()
     extra: dict[str, object] = {}
     if exif:

@@ -116,10 +116,15 @@ class Engine:
             fmt = imaging.normalize_format(req.format) if req.format else None
             if not 1 <= req.quality <= 100:
                 raise BadImage(f"quality must be 1..100, got {req.quality}")
+            # Every limit from the header first: no decode, no inference for a photo refused anyway.
+            header = await loop.run_in_executor(None, lambda: imaging.probe(data, max_pixels=self.max_input_pixels))
+            scale = self._check_scale(req, header.width, header.height)
+            imaging.check_output(fmt or imaging.default_format(header.format, header.alpha),
+                                 *tiling.output_size((header.width, header.height), scale))
             decoded = await loop.run_in_executor(None, lambda: imaging.decode(data, max_pixels=self.max_input_pixels))
             in_w, in_h = decoded.rgb.size
-            scale = self._check_scale(req, in_w, in_h)
-            fmt = fmt or imaging.default_format(decoded)
+            fmt = fmt or imaging.default_format(decoded.format, decoded.alpha is not None)
+            imaging.check_output(fmt, *tiling.output_size((in_w, in_h), scale))
             slot = await self._free.get()
             self.busy += 1
             try:

@@ -27,7 +27,7 @@ from .errors import (
     StorageFull,
     storage_full,
 )
-from .imagecheck import EXTENSION, ImageInfo, probe_image
+from .imagecheck import EXTENSION, ImageInfo
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
 
@@ -224,21 +224,23 @@ async def _accept(gw: Any, access: AccessPolicy, owner: str | None, task_id: str
 async def _store_upload(gw: Any, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
                         params: dict[str, Any]) -> TaskRecord:
     limits = gw.config.limits
-
-    def check(path: Path) -> ImageInfo:
-        # On a worker thread, in the trip that publishes the file: a 415/413/400 is raised there.
-        return probe_image(path, limits.max_pixels, limits.max_side)
-
     charged = False
     try:
+        # Checked on the image checker's threads under its memory budget (never on the
+        # store's thread): from memory when the photo is still all there, else from its file.
+        source: Path | bytes | None = writer.buffered
+        if source is None:
+            await writer.commit()
+            source = writer.final
+        info = await gw.images.check(source, limits.max_pixels, limits.max_side)
         if writer.small and not access.charges:
-            # Nothing to charge between the check and the record: published, checked and
-            # recorded in one trip to the store's thread.
-            task = await gw.store.insert_task(lambda: _new_task(task_id, writer, writer.publish(then=check),
+            # Nothing to charge between the check and the record: published and recorded
+            # in one trip to the store's thread.
+            task = await gw.store.insert_task(lambda: _new_task(task_id, writer, writer.publish(then=lambda _: info),
                                                                 params, owner))
         else:
-            info = await writer.commit(then=check)
-            assert info is not None
+            if isinstance(source, bytes):
+                await writer.commit()
             await access.charge(owner, task_id)
             charged = True
             task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))

@@ -56,6 +56,11 @@ class BlobWriter:
         """All written so far is still in memory (no file yet), and at most :attr:`SMALL` bytes."""
         return self._fh is None and self.size <= self.SMALL
 
+    @property
+    def buffered(self) -> bytes | None:
+        """The whole content while it is still only in memory (nothing flushed to a file yet)."""
+        return bytes(self._buf) if self._fh is None else None
+
     async def write(self, chunk: bytes) -> None:
         self._buf += chunk
         self.size += len(chunk)

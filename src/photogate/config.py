@@ -133,6 +133,9 @@ class LimitsConfig:
     max_side: int = 16384
     #: Most bytes read from a node for one result (below it, the bound its pixels allow).
     max_result_bytes: int = 256 * 1024 * 1024
+    #: Bytes all image checks in flight (uploads and node results) may hold at once
+    #: (``photogate.imagechecker``); a check waits until its estimated cost fits.
+    check_memory_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -482,6 +485,10 @@ def _validate_abuse_limits(cfg: Config) -> None:
         (lim.upload_timeout > 0, "limits.upload_timeout: must be > 0"),
         (lim.max_side >= 1, "limits.max_side: must be >= 1"),
         (lim.max_result_bytes >= 1024, "limits.max_result_bytes: must be >= 1024"),
+        # A progressive 4:4:4 JPEG at max_pixels holds 6 bytes a pixel while it is checked.
+        (lim.check_memory_bytes >= 6 * lim.max_pixels + 8 * 2**20,
+         "limits.check_memory_bytes: must be >= 6 x limits.max_pixels + 8 MiB (a progressive JPEG at the "
+         "pixel limit must fit); raise it or lower max_pixels"),
         (rl.requests_per_second > 0, "rate_limit.requests_per_second: must be > 0"),
         (rl.burst >= 1, "rate_limit.burst: must be >= 1"),
         (rl.uploads_per_minute > 0, "rate_limit.uploads_per_minute: must be > 0"),

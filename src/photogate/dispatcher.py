@@ -30,7 +30,7 @@ from .balancing import JobView, Strategy
 from .blobs import BlobStore, BlobWriter
 from .config import DispatchConfig
 from .errors import PhotogateError, ServiceUnavailable, StoreUnavailable
-from .imagecheck import MIME, ImageInfo, probe_image
+from .imagecheck import MIME, ImageInfo
 from .metrics import GatewayMetrics
 from .models import TaskRecord, TaskStatus
 from .nodeio import AnswerTooLarge, busy_hold, error_text, iter_capped, result_bound
@@ -38,6 +38,7 @@ from .registry import NodeState, Registry
 from .store import SQLiteStore
 
 if TYPE_CHECKING:
+    from .imagechecker import ImageChecker
     from .redisstore import RedisStore
 
 log = structlog.get_logger("photogate.dispatcher")
@@ -118,8 +119,11 @@ class Dispatcher:
         multi_backend: bool,
         metrics: GatewayMetrics | None = None,
         shared: bool = False,
+        images: ImageChecker,
     ) -> None:
         self.store = store
+        #: Checks each node's result under the gateway's image-check memory budget.
+        self.images = images
         #: Several gateways on Redis: accepted tasks wait in Redis's shared queue and each
         #: gateway claims what its free node slots can start (``_feed``).
         self.shared = shared
@@ -386,7 +390,8 @@ class Dispatcher:
             self.metrics.task_started(task)
             try:
                 try:
-                    writer, checked = await self._send(task, state, node_done)
+                    writer = await self._send(task, state, node_done)
+                    checked = await self._verify_result(writer)
                 finally:
                     await processing
                 await self.store.update_task(
@@ -456,10 +461,10 @@ class Dispatcher:
 
     async def _send(self, task: TaskRecord, state: NodeState,
                     node_done: Callable[[bool], Awaitable[None]] | None = None
-                    ) -> tuple[BlobWriter, ImageInfo | PhotogateError | None]:
+                    ) -> BlobWriter:
         """Send the photo to the node and receive its answer; ``node_done(True)`` as soon as
-        the answer is fully received. A large result is published and checked here (its
-        check returned); a small one is left in memory (``None``) for :meth:`_result_columns`."""
+        the answer is fully received. A large result is published here; a small one is left
+        in memory, to be published with the task's record (:meth:`_result_columns`)."""
         params = {k: str(v) for k, v in task.params.items() if k in ("scale", "format", "quality") and v is not None}
         headers = {
             "Content-Type": task.input_mime,
@@ -497,11 +502,8 @@ class Dispatcher:
                         await _stored(writer.write(chunk))
             if node_done is not None:
                 await node_done(True)
-            if writer.small:
-                # Published and checked on the store's thread, in the same trip that marks
-                # the task completed (_run_job).
-                return writer, None
-            checked = await _stored(writer.commit(then=self._verify_result))
+            if not writer.small:
+                await _stored(writer.commit())
         except AnswerTooLarge as exc:
             await writer.abort()
             raise NodeFailure(str(exc)) from exc
@@ -515,31 +517,33 @@ class Dispatcher:
         finally:
             if fh is not None:
                 fh.close()  # a read-only local file: closing it does not block
-        return writer, checked
+        return writer
 
-    def _result_columns(self, writer: BlobWriter, checked: ImageInfo | PhotogateError | None) -> dict[str, Any]:
+    def _result_columns(self, writer: BlobWriter, checked: ImageInfo | PhotogateError) -> dict[str, Any]:
         """On a worker thread (the ``prepare`` of the completed update): the result's columns,
-        after publishing and checking its file when ``_send`` left that to be done here.
+        after publishing its (checked) file when ``_send`` left that to be done here.
         Raises :class:`StorageFailure` or :class:`NodeFailure`."""
-        if checked is None:
+        if isinstance(checked, PhotogateError):
+            raise NodeFailure(f"node returned an unreadable image: {checked}") from checked
+        if writer.small:
             try:
-                checked = writer.publish(then=self._verify_result)
+                writer.publish()
             except OSError as exc:
                 writer.discard()
                 raise _not_stored(exc) from exc
-            assert checked is not None
-        if isinstance(checked, PhotogateError):
-            raise NodeFailure(f"node returned an unreadable image: {checked}") from checked
         # The bytes decide the type, not the node's label (a PNG labelled JPEG downloads as .png).
         return {"result_mime": checked.mime, "result_bytes": writer.size}
 
-    def _verify_result(self, path: Path) -> ImageInfo | PhotogateError:
-        """In the trip that publishes the result: never call a task completed with a result
-        that is not an image. A bad one is removed and its reason returned."""
+    async def _verify_result(self, writer: BlobWriter) -> ImageInfo | PhotogateError:
+        """Never call a task completed with a result that is not an image: checked like an
+        upload (from memory while it is all there), under the same memory budget. A bad one
+        already published is removed; its reason is returned."""
+        source = writer.buffered
         try:
-            return probe_image(path, self.max_pixels * 64)
+            return await self.images.check(writer.final if source is None else source, self.max_pixels * 64)
         except PhotogateError as exc:
-            path.unlink(missing_ok=True)
+            if source is None:
+                await asyncio.get_running_loop().run_in_executor(None, writer.final.unlink, True)
             return exc
 
 

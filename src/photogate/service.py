@@ -24,6 +24,7 @@ from .config import Config, load_config
 from .dispatcher import Dispatcher
 from .errors import StoreUnavailable
 from .health import HealthMonitor
+from .imagechecker import ImageChecker
 from .metrics import GatewayMetrics
 from .registry import Registry
 from .store import SQLiteStore
@@ -75,6 +76,8 @@ class Gateway:
         self.session: aiohttp.ClientSession
         self.dispatcher: Dispatcher
         self.monitor: HealthMonitor
+        #: Every image check (uploads, node results) goes through it, under one memory budget.
+        self.images: ImageChecker
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
@@ -101,13 +104,14 @@ class Gateway:
             await self.blobs.sweep_partials()
             self.registry = Registry(self.store, cfg.health_check.failure_threshold)
         await self.registry.load()
+        self.images = ImageChecker(cfg.limits.check_memory_bytes)
         # No cookie jar: a proxy must never carry one node's cookies to another.
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
         self.dispatcher = Dispatcher(
             self.store, self.blobs, self.registry, self.session, self.strategy,
             config=cfg.dispatch, max_queue=cfg.limits.max_queue, max_pixels=cfg.limits.max_pixels,
             max_result_bytes=cfg.limits.max_result_bytes,
-            multi_backend=self.multi_backend, metrics=self.metrics, shared=shared,
+            multi_backend=self.multi_backend, metrics=self.metrics, shared=shared, images=self.images,
         )
         self.monitor = HealthMonitor(
             self.registry, self.session, interval=cfg.health_check.interval, timeout=cfg.health_check.timeout
@@ -133,6 +137,7 @@ class Gateway:
                 await self.registry.close()  # type: ignore[attr-defined]
             await self.session.close()
             await self.store.close()
+            await asyncio.get_running_loop().run_in_executor(None, self.images.close)
             log.info("gateway_stopped")
 
     # -- runtime settings ------------------------------------------------------------------
