@@ -1,13 +1,15 @@
 """Decode bombs: small files of every format photogate accepts whose pixels sit at a limit.
 
 Used by ``bench/bombs.py`` and ``tests/security/test_sec_bombs.py``. Each is a valid image
-(it decodes), so only a memory bound on the gateway's check keeps it harmless.
+(it decodes), so only a memory bound on the gateway's check keeps it harmless. ``cpu_bombs``
+are cheap in memory and expensive for a decoder that walks them in Python.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 from PIL import Image
 
@@ -70,6 +72,46 @@ def bmp_rle8(side: int, run: int = 255) -> bytes:
     return header + info + palette + bytes(rows)
 
 
+def bmp(side: int) -> bytes:
+    """An uncompressed 1-bit BMP: the smallest BMP at a pixel limit (RLE ones are refused)."""
+    buf = io.BytesIO()
+    img = Image.new("1", (side, side), 0)
+    img.paste(1, (0, 0, side, side // 2))
+    img.save(buf, "BMP")
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_chunks(count: int) -> bytes:
+    """A valid 64x64 PNG with ``count`` empty private chunks before its pixels: a CPU bomb
+    for a decoder that walks chunks in Python (12 bytes a chunk)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "PNG")
+    data = buf.getvalue()
+    return data[:33] + _png_chunk(b"pgBm") * count + data[33:]
+
+
+def jpeg_segments(count: int) -> bytes:
+    """A valid 64x64 JPEG with ``count`` empty APP15 segments before its scan (4 bytes each)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
+    data = buf.getvalue()
+    return data[:2] + b"\xff\xef\x00\x02" * count + data[2:]
+
+
+def cpu_bombs(upload_bytes: int) -> dict[str, tuple[bytes, str]]:
+    """Name -> (bytes, MIME type) of files that are cheap in memory but, walked in Python,
+    expensive in CPU, filling ``upload_bytes``; photogate refuses each after a short walk."""
+    return {
+        "png_chunks": (png_chunks(upload_bytes // 12 - 100), "image/png"),
+        "jpeg_segments": (jpeg_segments(upload_bytes // 4 - 1000), "image/jpeg"),
+        "bmp_rle_runs_of_1": (bmp_rle8(1500, run=1), "image/bmp"),
+    }
+
+
 def bombs(max_pixels: int) -> dict[str, tuple[bytes, str]]:
     """Name -> (bytes, MIME type) of one bomb per accepted format at ``max_pixels``."""
     side = _side(max_pixels)
@@ -79,5 +121,5 @@ def bombs(max_pixels: int) -> dict[str, tuple[bytes, str]]:
         "jpeg_progressive": (jpeg(side, progressive=True), "image/jpeg"),
         "jpeg_baseline": (jpeg(side, progressive=False), "image/jpeg"),
         "png": (png(side), "image/png"),
-        "bmp_rle8": (bmp_rle8(side), "image/bmp"),
+        "bmp": (bmp(side), "image/bmp"),
     }

@@ -12,7 +12,7 @@ Each format's check, and its measured cost (Pillow 13, a 6000x6000 file):
 - JPEG, baseline: a DCT-scaled decode at 1/8 per side reads every scan (5 MiB).
 - JPEG, progressive: the same decode, but libjpeg must hold every coefficient of the image,
   2 bytes per sample (212 MiB for 4:4:4).
-- BMP: a full decode; an RLE one is unpacked in Python, about 3 bytes per pixel (106 MiB).
+- BMP: a full decode, uncompressed only (Pillow unpacks RLE in Python: a CPU bomb).
 - WebP: its RIFF chunks and VP8/VP8L/VP8X headers, whole and consistent, when the header is
   read (:mod:`photogate.webpcheck`); then a full decode if it fits in the budget: Pillow holds
   about 16 bytes per pixel (557 MiB), so above the budget the structural check is the check.
@@ -31,12 +31,15 @@ from typing import BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from . import segments
 from .webpcheck import read_webp
 
 #: Formats photogate accepts, by Pillow name -> MIME type.
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
 EXTENSION = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/bmp": "bmp"}
 SUPPORTED_TEXT = "JPEG, PNG, WebP or BMP"
+#: BMP compression methods (BITMAPINFOHEADER ``biCompression``) refused: run-length encoded.
+BMP_RLE8, BMP_RLE4 = 1, 2
 
 #: Memory a check holds besides its pixels: file buffers, decoder state.
 SLACK = 2 * 1024 * 1024
@@ -102,10 +105,20 @@ def read_header(source: Source, max_pixels: int, max_side: int | None = None) ->
                 _check_limits(width, height, max_pixels, max_side)
                 return Header(ImageInfo(fmt, MIME[fmt], width, height),
                               cost=WEBP_BYTES_PER_PIXEL * width * height + SLACK, structural=True)
+            if fmt == "PNG":
+                segments.check_png(fh)
+            elif fmt == "JPEG":
+                segments.check_jpeg(fh)
             fh.seek(0)
             with _opened(fh, fmt) as im:
                 width, height = im.size
                 _check_limits(width, height, max_pixels, max_side)
+                if fmt == "BMP" and im.info.get("compression") in (BMP_RLE8, BMP_RLE4):
+                    # Pillow unpacks RLE in Python with the GIL held: one-pixel runs are a CPU
+                    # bomb (2.8 s for 8 MB). Cameras, phones and Paint write uncompressed BMP.
+                    raise UnsupportedMediaType(
+                        "RLE-compressed BMP is not accepted: save the picture as PNG, JPEG or an "
+                        "uncompressed BMP")
                 return Header(ImageInfo(fmt, MIME[fmt], width, height), cost=_cost(im, fmt))
         except Image.DecompressionBombError:
             raise PayloadTooLarge(f"image exceeds the {max_pixels / 1e6:.1f} megapixel limit") from None
@@ -168,9 +181,5 @@ def _cost(im: Image.Image, fmt: str) -> int:
             mcus = math.ceil(width / (8 * hmax)) * math.ceil(height / (8 * vmax))
             cost += sum(mcus * h * v * 128 for _, h, v, _ in layers)
         return cost
-    # BMP: the decoded image (1 or 4 bytes a pixel); an RLE one also builds two copies in Python.
-    pixels = width * height
-    cost = pixels * (1 if im.mode in ("1", "L", "P") else 4) + SLACK
-    if im.info.get("compression") in (1, 2):
-        cost += 2 * pixels
-    return cost
+    # BMP (uncompressed): the decoded image, 1 or 4 bytes a pixel.
+    return width * height * (1 if im.mode in ("1", "L", "P") else 4) + SLACK

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .segments import MAX_SEGMENTS, too_many
+
 _VP8_START = b"\x9d\x01\x2a"
 _ANIMATION = 0x02
 
@@ -71,8 +73,8 @@ def _chunks(fh: BinaryIO, start: int, end: int) -> list[tuple[bytes, int, bytes,
         if pos + 8 + size > end:
             raise ValueError(f"chunk {fourcc!r} truncated")
         found.append((fourcc, pos + 8, head[8:], size))
-        if len(found) > 100_000:
-            raise ValueError("too many chunks")
+        if len(found) > MAX_SEGMENTS:
+            raise too_many("WebP", MAX_SEGMENTS)
         pos += 8 + size + (size & 1)
     return found
 

@@ -129,7 +129,7 @@ async def test_concurrent_bombs_hold_no_more_than_the_check_budget(gateway_proce
     node = await nodes()
     node.mode = "reject400"
     b = _bombs()
-    files = [b["jpeg_progressive"]] * 6 + [b["webp_lossy"]] * 6 + [b["bmp_rle8"]] * 2 + [b["jpeg_baseline"]] * 2
+    files = [b["jpeg_progressive"]] * 6 + [b["webp_lossy"]] * 6 + [b["bmp"]] * 2 + [b["jpeg_baseline"]] * 2
     async with aiohttp.ClientSession() as session:
         gw = await _gateway(gateway_process, session, [node], f"limits: {{check_memory_bytes: {TIGHT_BUDGET}}}\n")
         answers, health, grown = await _burst(session, gw.url, gw.proc.pid, files)
