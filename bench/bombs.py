@@ -5,7 +5,9 @@ Starts a photogate process and ``--nodes`` simulated GPU nodes (``gpunode --simu
 registering themselves; they answer the input as the result, so every bomb is checked
 twice: as an upload and as a node's result). ``--clients`` clients then upload, for
 ``--seconds``, one bomb after another of every accepted format at the ``max_pixels`` limit
-(bench/bomb_images.py: lossless and lossy WebP, progressive and baseline JPEG, PNG, RLE BMP).
+(bench/bomb_images.py: lossless and lossy WebP, progressive and baseline JPEG, PNG, BMP), and
+the CPU bombs of 20 MiB (a PNG of 1.7 million empty chunks, a JPEG of 5 million empty
+segments, an RLE BMP of one-pixel runs), which photogate refuses after a bounded walk.
 Meanwhile the gateway's RSS is sampled from /proc every 50 ms (its own VmHWM, and the VmRSS
 of it and its image-check process together: the larger is the peak) and
 ``GET /api/v1/health`` is polled back to back. Prints peak RSS, health latency p50/p99/max
@@ -40,6 +42,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bomb_images import bombs as make_bombs
+from bomb_images import cpu_bombs
 from fleet import SECRET, Procs, free_port, gateway_argv, sim_node_argv, wait_for
 
 GATEWAY_CONFIG = """
@@ -229,10 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree", action="append", default=[], help="NAME=SRC (default: this=src)")
     parser.add_argument("--kill-rss-mib", type=float, default=4096.0)
     parser.add_argument("--formats", help="comma-separated subset of the bombs (default: all)")
+    parser.add_argument("--no-cpu-bombs", action="store_true", help="leave out the CPU bombs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     trees = [t.split("=", 1) for t in args.tree] or [["this", str(Path(__file__).resolve().parent.parent / "src")]]
     bombs = make_bombs(args.max_pixels)
+    if not args.no_cpu_bombs:
+        bombs.update(cpu_bombs(20 * 1024 * 1024))
     if args.formats:
         bombs = {name: bombs[name] for name in args.formats.split(",")}
     print("bombs: " + ", ".join(f"{k} {len(v[0]):,} B" for k, v in bombs.items()), flush=True)
