@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 MAX_SKEW = 300
 #: WeChat's signature probes carry signatures starting with this; they must fail verification.
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
+_HEX = re.compile(r"[0-9A-F]{1,128}")
 
 
 class SignatureError(ValueError):
@@ -93,10 +95,7 @@ def serial_key(serial: str) -> str:
     """How serials are compared: a hex serial by its value (``0A57F...`` is ``A57F...``), any other
     (``PUB_KEY_ID_...``) by its upper-case text."""
     text = serial.strip().upper()
-    try:
-        return format(int(text, 16), "X") if text and text.isalnum() else text
-    except ValueError:
-        return text
+    return format(int(text, 16), "X") if _HEX.fullmatch(text) else text
 
 
 def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
