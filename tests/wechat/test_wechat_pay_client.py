@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from support import make_config
 from wechat_fake import (
@@ -34,6 +38,7 @@ from photogate.wechat.pay import (
     PayError,
     PayUnavailable,
     SignatureError,
+    certificate_serial,
     decrypt_resource,
     load_public_key,
     request_payment_params,
@@ -171,3 +176,76 @@ def test_secrets_from_the_environment(tmp_path: Path) -> None:
                                                                                           "/k.pem")
     public = cfg.public_dict()["wechat"]
     assert public["secret"] == "***" and public["apiv3_key"] == "***"
+
+
+# -- issue 14, item 9: certificate serials with a leading zero ----------------------------------------------
+
+
+def test_certificate_serial_keeps_its_leading_zero(wx_keys: WxKeys) -> None:
+    cert = x509.load_pem_x509_certificate(wx_keys.platform_cert_path.read_bytes())
+    assert cert.serial_number >> 152 == 0x0A  # the fake's certificate: a serial whose hex starts with 0
+    # As openssl writes it (and WeChat sends it): its own upper-case hex, the zero kept.
+    out = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(wx_keys.platform_cert_path)],
+                         capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    assert out == f"serial={wx_keys.platform_serial}" and wx_keys.platform_serial.startswith("0A")
+    assert certificate_serial(cert) == wx_keys.platform_serial
+    ring = _ring(wx_keys, pubkey=False)
+    assert ring.serials == [wx_keys.platform_serial]
+    fake = FakeWechat(wx_keys)
+    body = b'{"ok":true}'
+    headers = fake.sign_headers(body, mode="cert")
+    assert headers["Wechatpay-Serial"] == wx_keys.platform_serial
+    # The same serial however it is written: compared by value, as WeChat's SDKs do.
+    for serial in (wx_keys.platform_serial, wx_keys.platform_serial[1:], wx_keys.platform_serial.lower(),
+                   "00" + wx_keys.platform_serial):
+        ring.check_headers({**headers, "Wechatpay-Serial": serial}, body)
+    other = format(int(wx_keys.platform_serial, 16) + 1, "X")
+    with pytest.raises(SignatureError, match="unknown Wechatpay-Serial"):
+        ring.check_headers({**headers, "Wechatpay-Serial": other}, body)
+
+
+# -- issue 14, item 11: error answers are WeChat's business errors, 2xx answers must be signed ---------------
+
+
+async def test_unsigned_error_answers_are_business_errors(session: aiohttp.ClientSession,
+                                                          fake_wechat: FakeWechat) -> None:
+    client = _client(session, fake_wechat, _ring(fake_wechat.keys))
+    with pytest.raises(PayError) as err:
+        await client.query("PG-nowhere")  # WeChat's 404 comes unsigned
+    assert (err.value.status, err.value.code, err.value.message, err.value.retry) == (
+        404, "ORDER_NOT_EXIST", "订单不存在", False)
+    with pytest.raises(PayError) as err:
+        await client.query_refund("RF-nowhere")
+    assert (err.value.status, err.value.code) == (404, "RESOURCE_NOT_EXISTS")
+    fake_wechat.outage = 500
+    with pytest.raises(PayError) as err:
+        await client.jsapi(**ORDER)
+    assert (err.value.status, err.value.code, err.value.retry) == (500, "SYSTEM_ERROR", True)
+    # A signed error answer must verify: a forged one is refused, not believed.
+    fake_wechat.outage, fake_wechat.sign_errors, fake_wechat.sign_mode = 0, True, "forged"
+    with pytest.raises(PayUnavailable, match="failed verification"):
+        await client.query("PG-nowhere")
+    fake_wechat.sign_mode = "pubkey"
+    with pytest.raises(PayError) as err:
+        await client.query("PG-nowhere")
+    assert err.value.code == "ORDER_NOT_EXIST"
+
+
+async def test_sign_error_reaches_the_user_as_what_it_is(make_wx_gateway, fake_wechat: FakeWechat,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    """A wrong merchant key: WeChat's unsigned 401 SIGN_ERROR, not "WeChat Pay is unreachable"."""
+    wrong = tmp_path / "wrong_key.pem"
+    wrong.write_bytes(fake_wechat.keys.other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    gateway = await make_wx_gateway(**{"wechat.merchant_private_key": str(wrong)})
+    resp = await gateway.client.post("/api/wechat/auth/openid", json={"code": "ok-quinn"})
+    token = (await resp.json())["token"]
+    with structlog.testing.capture_logs() as logs:
+        resp = await gateway.client.post("/api/wechat/pay/create", json={"product": "credits10"},
+                                         headers={"Authorization": f"Bearer {token}"})
+    body = await resp.json()
+    assert resp.status == 502 and "SIGN_ERROR" in body["error"] and "merchant key" in body["error"], body
+    assert fake_wechat.auth_failures == ["signature"]
+    refused = [e for e in logs if e["event"] == "wechatpay_request_refused"]
+    assert len(refused) == 1 and refused[0]["log_level"] == "error" and refused[0]["code"] == "SIGN_ERROR"
+    assert not [e for e in logs if e["event"] == "wechatpay_response_unverified"]

@@ -2,7 +2,9 @@
 
 It holds locally generated keys (merchant, WeChat Pay public key, platform certificate),
 checks our ``Authorization`` header over the raw path and body like WeChat does, signs
-every Pay answer, and builds and POSTs signed, encrypted notifications.
+its 2xx Pay answers and answers errors unsigned (WeChat signs only once it has verified the
+request), and builds and POSTs signed, encrypted notifications. The platform certificate's
+serial starts with ``0x0A``: WeChat writes it as the certificate's own hex, leading zero kept.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography import x509
@@ -65,12 +68,19 @@ def make_keys(folder: Path) -> WxKeys:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA (fake)")])
     now = datetime.datetime.now(datetime.UTC)
+    # 20 bytes like WeChat's, the first 0x0A: a serial whose hex starts with a zero (1 in 16 real ones).
+    serial = int.from_bytes(b"\x0a" + secrets.token_bytes(19), "big")
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(platform.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .serial_number(serial).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=365)).sign(platform, hashes.SHA256()))
     (folder / "wechatpay_cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return WxKeys(merchant, folder / "apiclient_key.pem", pay, folder / "pub_key.pem", platform,
-                  folder / "wechatpay_cert.pem", format(cert.serial_number, "X"), other)
+                  folder / "wechatpay_cert.pem", wechat_serial(cert), other)
+
+
+def wechat_serial(cert: x509.Certificate) -> str:
+    """``Wechatpay-Serial`` as WeChat sends it: the 20 serial bytes in upper-case hex (``0A57F...``)."""
+    return cert.serial_number.to_bytes(20, "big").hex().upper()
 
 
 def rsa_sign(key: rsa.RSAPrivateKey, message: bytes) -> str:
@@ -96,16 +106,32 @@ class FakeWechat:
         self.sec_check_tokens: list[str] = []
         self.orders: dict[str, dict[str, Any]] = {}
         self.closed: list[str] = []
-        self.refunds: list[dict[str, Any]] = []
+        self.refunds: list[dict[str, Any]] = []  # every refund request's body
+        #: Refunds by out_refund_no: what the query answers and what a notification reports.
+        self.refund_records: dict[str, dict[str, Any]] = {}
         self.refund_status = "SUCCESS"
+        #: Where notifications for our notify_url really go (the test gateway's base URL).
+        self.notify_base = ""
+        #: Sign error answers too (WeChat does not; a forged signed error must still be refused).
+        self.sign_errors = False
+        #: A status (e.g. 500) that every Pay call answers with SYSTEM_ERROR; 0: none.
+        self.outage = 0
         self.pay_requests: list[tuple[str, str]] = []
+        #: Every Pay request as it came on the wire: method, raw path, Authorization, body.
+        self.pay_wire: list[tuple[str, str, str, bytes]] = []
         self.auth_failures: list[str] = []
         self.server: TestServer | None = None
 
     # -- life -------------------------------------------------------------------------------
 
+    @web.middleware
+    async def _outage(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.outage and request.path.startswith("/v3/"):
+            return self._answer(self.outage, {"code": "SYSTEM_ERROR", "message": "系统错误，请稍后重试"})
+        return await handler(request)
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._outage])
         app.router.add_get("/sns/jscode2session", self._jscode2session)
         app.router.add_post("/cgi-bin/stable_token", self._stable_token)
         app.router.add_post("/wxa/msg_sec_check", self._msg_sec_check)
@@ -113,6 +139,7 @@ class FakeWechat:
         app.router.add_get("/v3/pay/transactions/out-trade-no/{no}", self._query)
         app.router.add_post("/v3/pay/transactions/out-trade-no/{no}/close", self._close)
         app.router.add_post("/v3/refund/domestic/refunds", self._refund)
+        app.router.add_get("/v3/refund/domestic/refunds/{no}", self._query_refund)
         return app
 
     async def start(self) -> None:
@@ -174,11 +201,13 @@ class FakeWechat:
         }[mode]
         signature = rsa_sign(key, b"%s\n%s\n%s\n" % (ts.encode(), nonce.encode(), body))
         return {"Wechatpay-Timestamp": ts, "Wechatpay-Nonce": nonce, "Wechatpay-Signature": signature,
-                "Wechatpay-Serial": serial, "Request-ID": secrets.token_hex(8)}
+                "Wechatpay-Serial": serial, "Wechatpay-Signature-Type": "WECHATPAY2-SHA256-RSA2048",
+                "Request-ID": secrets.token_hex(8)}
 
     def _answer(self, status: int, data: dict[str, Any] | None = None) -> web.Response:
         body = b"" if data is None else json.dumps(data).encode()
-        headers = self.sign_headers(body)
+        signed = 200 <= status < 300 or self.sign_errors
+        headers = self.sign_headers(body) if signed else {"Request-ID": secrets.token_hex(8)}
         if data is not None:
             headers["Content-Type"] = "application/json"
         return web.Response(status=status, body=body, headers=headers)
@@ -188,6 +217,7 @@ class FakeWechat:
         body = await request.read()
         self.pay_requests.append((request.method, request.raw_path))
         header = request.headers.get("Authorization", "")
+        self.pay_wire.append((request.method, request.raw_path, header, body))
         schema, _, rest = header.partition(" ")
         fields = dict(re.findall(r'(\w+)="([^"]*)"', rest))
         if schema != "WECHATPAY2-SHA256-RSA2048" or fields.get("mchid") != MCHID \
@@ -233,6 +263,8 @@ class FakeWechat:
         if await self._verified(request) is None:
             return self._sign_error()
         no = request.match_info["no"]
+        if no not in self.orders:
+            return self._answer(404, {"code": "ORDER_NOT_EXIST", "message": "订单不存在"})
         self.orders[no]["trade_state"] = "CLOSED"
         self.closed.append(no)
         return self._answer(204)
@@ -246,8 +278,27 @@ class FakeWechat:
         if order is None or order["trade_state"] != "SUCCESS" or body["amount"]["total"] != order["amount"]["total"]:
             return self._answer(400, {"code": "INVALID_REQUEST", "message": "cannot refund"})
         self.refunds.append(body)
-        return self._answer(200, {"refund_id": "50" + secrets.token_hex(8), "out_refund_no": body["out_refund_no"],
-                                  "status": self.refund_status, "amount": body["amount"]})
+        record = self.refund_records.get(body["out_refund_no"])
+        if record is None:  # WeChat dedupes on out_refund_no: a retry answers the same refund
+            record = {"refund_id": "50" + secrets.token_hex(8), "out_refund_no": body["out_refund_no"],
+                      "transaction_id": order.get("transaction_id", ""), "out_trade_no": body["out_trade_no"],
+                      "channel": "ORIGINAL", "user_received_account": "支付用户零钱",
+                      "create_time": "2024-06-14T10:05:00+08:00", "status": self.refund_status,
+                      "amount": body["amount"], "notify_url": body.get("notify_url")}
+            self.refund_records[body["out_refund_no"]] = record
+        return self._answer(200, self._refund_view(record))
+
+    async def _query_refund(self, request: web.Request) -> web.Response:
+        if await self._verified(request) is None:
+            return self._sign_error()
+        record = self.refund_records.get(request.match_info["no"])
+        if record is None:
+            return self._answer(404, {"code": "RESOURCE_NOT_EXISTS", "message": "退款单不存在"})
+        return self._answer(200, self._refund_view(record))
+
+    @staticmethod
+    def _refund_view(record: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in record.items() if k != "notify_url"}
 
     # -- test controls ------------------------------------------------------------------------------
 
@@ -255,6 +306,27 @@ class FakeWechat:
         """The user paid in WeChat."""
         self.orders[out_trade_no]["trade_state"] = "SUCCESS"
         self.orders[out_trade_no]["transaction_id"] = "4200" + secrets.token_hex(8)
+
+    async def finish_refund(self, out_refund_no: str, status: str = "SUCCESS") -> int | None:
+        """WeChat finishes a ``PROCESSING`` refund; it notifies (REFUND.{status}) only when the
+        refund request named a ``notify_url``. Returns our notify endpoint's HTTP status, or
+        ``None`` when no notification was sent."""
+        record = self.refund_records[out_refund_no]
+        record["status"] = status
+        url = record.get("notify_url")
+        if not url:
+            return None
+        assert self.notify_base, "set fake.notify_base to the gateway's URL"
+        target = self.notify_base.rstrip("/") + str(yarl.URL(url).raw_path)
+        resource = {"mchid": MCHID, "out_trade_no": record["out_trade_no"],
+                    "transaction_id": record["transaction_id"], "out_refund_no": out_refund_no,
+                    "refund_id": record["refund_id"], "refund_status": status,
+                    "user_received_account": record["user_received_account"],
+                    "amount": {"total": record["amount"]["total"], "refund": record["amount"]["refund"],
+                               "payer_total": record["amount"]["total"],
+                               "payer_refund": record["amount"]["refund"]}}
+        status_code, _ = await self.post(target, *self.notification(resource, event_type=f"REFUND.{status}"))
+        return status_code
 
     def transaction(self, out_trade_no: str, /, **overrides: Any) -> dict[str, Any]:
         order = self.orders[out_trade_no]

@@ -10,6 +10,7 @@ whatever arrives at which gateway. Keys (``P`` is ``storage.redis_prefix``)::
     P wx:order:{no}           hash   an order's fields (absent: None)
     P wx:orders:{openid}      zset   a user's orders by created_at
     P wx:orders:created       zset   orders still ``created`` (the reconciler's sweep)
+    P wx:orders:refunding     zset   orders ``refunding`` by when the refund began (the refund sweep)
     P wx:charge:{task_id}     hash   openid, credits, state, created_at, updated_at
     P wx:charged              set    task ids whose charge stands
     P wx:clawback:{no}        hash   credits a refund took back: openid, refund_id, granted, taken, shortfall
@@ -26,7 +27,7 @@ from typing import Any
 from ..redisstore import RedisStore, unavailable
 from ..store import SQLiteStore
 from . import store as db
-from .store import CREATED, Order
+from .store import CREATED, REFUNDING, Order
 
 
 class SQLiteWechatDB:
@@ -126,6 +127,7 @@ elseif redis.call('EXISTS', user) == 1 then
   redis.call('HSET', user, 'credits', 0)
 end
 redis.call('HSET', key, 'state', 'refunding', 'out_refund_no', ARGV[3], 'updated_at', ARGV[5])
+redis.call('ZADD', ARGV[1] .. 'wx:orders:refunding', ARGV[5], ARGV[2])
 return 'ok'
 """
 
@@ -135,6 +137,7 @@ local key = ARGV[1] .. 'wx:order:' .. ARGV[2]
 if redis.call('HGET', key, 'state') ~= 'refunding' then return 0 end
 redis.call('HSET', key, 'state', 'paid', 'error', ARGV[3], 'updated_at', ARGV[4])
 redis.call('HDEL', key, 'out_refund_no')
+redis.call('ZREM', ARGV[1] .. 'wx:orders:refunding', ARGV[2])
 local openid, credits = unpack(redis.call('HMGET', key, 'openid', 'credits'))
 local user = ARGV[1] .. 'wx:user:' .. openid
 if redis.call('EXISTS', user) == 1 then redis.call('HINCRBY', user, 'credits', tonumber(credits)) end
@@ -162,6 +165,7 @@ end
 redis.call('HSET', key, 'state', 'refunded', 'updated_at', ARGV[4])
 if ARGV[3] ~= '' then redis.call('HSET', key, 'refund_id', ARGV[3]) end
 redis.call('ZREM', ARGV[1] .. 'wx:orders:created', ARGV[2])
+redis.call('ZREM', ARGV[1] .. 'wx:orders:refunding', ARGV[2])
 return {taken, shortfall}
 """
 
@@ -266,6 +270,12 @@ class RedisWechatDB:
         numbers = await self.redis.zrangebyscore(f"{self.p}wx:orders:created", "-inf", f"({before!r}", start=0,
                                                  num=limit)
         return [o for o in await self._orders(numbers) if o.state == CREATED]
+
+    @unavailable
+    async def pending_refunds(self, before: float, limit: int = 100) -> list[Order]:
+        numbers = await self.redis.zrangebyscore(f"{self.p}wx:orders:refunding", "-inf", f"({before!r}", start=0,
+                                                 num=limit)
+        return [o for o in await self._orders(numbers) if o.state == REFUNDING and o.out_refund_no]
 
     @unavailable
     async def mark_paid(self, out_trade_no: str, transaction_id: str) -> bool:

@@ -1,11 +1,14 @@
 """The small WeChat Pay API v3 client: request signing, response verification, AES-256-GCM.
 
 Every request carries ``Authorization: WECHATPAY2-SHA256-RSA2048 ...`` signed with the
-merchant key over the exact bytes sent. Every answer (and every notification) must carry
+merchant key over the exact bytes sent. Every 2xx answer (and every notification) must carry
 a valid ``Wechatpay-Signature`` by a key in the :class:`KeyRing`: the WeChat Pay public key
 (``PUB_KEY_ID_...``) and/or the platform certificates, chosen by ``Wechatpay-Serial`` —
 both at once during WeChat's migration. A 2xx without a valid signature is forged.
-All crypto is ``cryptography``'s: RSA-SHA256 PKCS#1 v1.5 and AES-GCM.
+WeChat signs an answer only once it has verified our request, so an error answer (a 401
+``SIGN_ERROR`` above all) may come unsigned, as the official SDKs expect: a non-2xx answer
+is read as WeChat's business error ``{code, message}``; one that does carry a signature must
+verify. All crypto is ``cryptography``'s: RSA-SHA256 PKCS#1 v1.5 and AES-GCM.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -37,6 +41,7 @@ SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 MAX_SKEW = 300
 #: WeChat's signature probes carry signatures starting with this; they must fail verification.
 PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
+_HEX = re.compile(r"[0-9A-F]{1,128}")
 
 
 class SignatureError(ValueError):
@@ -44,11 +49,18 @@ class SignatureError(ValueError):
 
 
 class PayError(Exception):
-    """WeChat Pay answered a (verified) error; ``code`` is its error code, e.g. ``ORDER_NOT_EXIST``."""
+    """WeChat Pay answered an error (non-2xx); ``code`` is its error code, e.g. ``ORDER_NOT_EXIST``.
+
+    ``retry`` is true for the answers WeChat documents as "try the same request again"
+    (5xx ``SYSTEM_ERROR``, 429 ``FREQUENCY_LIMITED``): they decide nothing."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"WeChat Pay HTTP {status} {code}: {message}")
         self.status, self.code, self.message = status, code, message
+
+    @property
+    def retry(self) -> bool:
+        return self.status >= 500 or self.status == 429 or self.code in ("SYSTEM_ERROR", "FREQUENCY_LIMITED")
 
 
 class PayUnavailable(Exception):
@@ -73,8 +85,17 @@ def load_public_key(path: str | Path) -> rsa.RSAPublicKey:
 
 
 def certificate_serial(cert: x509.Certificate) -> str:
-    """The serial as WeChat writes it in ``Wechatpay-Serial``: upper-case hex."""
-    return format(cert.serial_number, "X")
+    """The certificate's own serial as WeChat (and ``openssl x509 -serial``) writes it in
+    ``Wechatpay-Serial``: upper-case hex of its bytes, a leading zero kept (``0A57...``)."""
+    n = cert.serial_number
+    return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big").hex().upper()
+
+
+def serial_key(serial: str) -> str:
+    """How serials are compared: a hex serial by its value (``0A57F...`` is ``A57F...``), any other
+    (``PUB_KEY_ID_...``) by its upper-case text."""
+    text = serial.strip().upper()
+    return format(int(text, 16), "X") if _HEX.fullmatch(text) else text
 
 
 def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
@@ -95,18 +116,21 @@ class KeyRing:
 
     def __init__(self, keys: Mapping[str, rsa.RSAPublicKey] | None = None) -> None:
         self._keys: dict[str, rsa.RSAPublicKey] = {}
+        self._names: dict[str, str] = {}  # as configured, for the logs
         for serial, key in (keys or {}).items():
             self.add(serial, key)
 
     def add(self, serial: str, key: rsa.RSAPublicKey) -> None:
-        self._keys[serial.strip().upper()] = key
+        self._keys[serial_key(serial)] = key
+        self._names[serial_key(serial)] = serial.strip().upper()
 
     def merge(self, other: KeyRing) -> None:
         self._keys.update(other._keys)
+        self._names.update(other._names)
 
     @property
     def serials(self) -> list[str]:
-        return sorted(self._keys)
+        return sorted(self._names.values())
 
     @classmethod
     def load(cls, public_key: str = "", public_key_id: str = "", certs: tuple[str, ...] = ()) -> KeyRing:
@@ -139,7 +163,7 @@ class KeyRing:
             raise SignatureError("malformed Wechatpay-Timestamp") from None
         if abs((time.time() if now is None else now) - stamp) > MAX_SKEW:
             raise SignatureError("Wechatpay-Timestamp more than 5 minutes off")
-        key = self._keys.get(serial.strip().upper())
+        key = self._keys.get(serial_key(serial))
         if key is None:
             raise SignatureError(f"unknown Wechatpay-Serial {serial[:64]!r}")
         message = b"%s\n%s\n%s\n" % (timestamp.encode(), nonce.encode(), body)
@@ -237,19 +261,21 @@ class PayClient:
                 status, resp_headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise PayUnavailable(f"WeChat Pay unreachable: {type(exc).__name__}") from None
-        try:
-            self.keyring.check_headers(resp_headers, answer)
-        except SignatureError as exc:
-            log.error("wechatpay_response_unverified", path=url.path, status=status, reason=str(exc))
-            raise PayUnavailable(f"WeChat Pay answer failed verification: {exc}") from None
+        ok = 200 <= status < 300
+        if ok or "Wechatpay-Signature" in resp_headers:
+            try:
+                self.keyring.check_headers(resp_headers, answer)
+            except SignatureError as exc:
+                log.error("wechatpay_response_unverified", path=url.path, status=status, reason=str(exc))
+                raise PayUnavailable(f"WeChat Pay answer failed verification: {exc}") from None
+        if not ok:
+            raise _business_error(url.path, status, answer)
         try:
             data = json.loads(answer) if answer else {}
         except ValueError:
             raise PayUnavailable("WeChat Pay answered malformed JSON") from None
         if not isinstance(data, dict):
             raise PayUnavailable("WeChat Pay answered malformed JSON")
-        if not 200 <= status < 300:
-            raise PayError(status, str(data.get("code", "")), str(data.get("message", ""))[:300])
         return data
 
     async def jsapi(self, **order: Any) -> str:
@@ -270,3 +296,24 @@ class PayClient:
 
     async def refund(self, **refund: Any) -> dict[str, Any]:
         return await self.request("POST", "/v3/refund/domestic/refunds", refund)
+
+    async def query_refund(self, out_refund_no: str) -> dict[str, Any]:
+        return await self.request("GET", f"/v3/refund/domestic/refunds/{out_refund_no}")
+
+
+def _business_error(path: str, status: int, answer: bytes) -> PayError:
+    """A non-2xx answer as WeChat's ``{code, message}``; a body that is not one still names its status."""
+    try:
+        data = json.loads(answer) if answer else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    code, message = str(data.get("code") or f"HTTP_{status}")[:64], str(data.get("message") or "")[:300]
+    if status == 401 or code == "SIGN_ERROR":
+        # Our request's signature was refused: a configuration fault, not an outage.
+        log.error("wechatpay_request_refused", path=path, status=status, code=code,
+                  hint="check wechat.mchid, wechat.merchant_serial and wechat.merchant_private_key")
+    else:
+        log.warning("wechatpay_error_answer", path=path, status=status, code=code)
+    return PayError(status, code, message)

@@ -43,6 +43,12 @@ from .pay import (
 
 log = structlog.get_logger("photogate.wechat")
 
+#: The refund sweep leaves a refund younger than this (or two request timeouts) alone: the
+#: admin's request for it may still be on its way to WeChat.
+REFUND_SWEEP_AFTER = 60.0
+#: What WeChat answers for an ``out_refund_no`` it never received.
+REFUND_NOT_FOUND = ("RESOURCE_NOT_EXISTS", "ORDER_NOT_EXIST")
+
 
 class NotifyRejected(Exception):
     """A payment notification we refuse (WeChat retries it); the message is safe to answer."""
@@ -191,7 +197,10 @@ class WechatService:
             error = str(exc)
             await self.db.update_order(order.out_trade_no, state=db.FAILED, error=error)
             log.error("wechatpay_order_failed", out_trade_no=order.out_trade_no, error=str(exc))
-            if isinstance(exc, PayError):
+            if isinstance(exc, PayError) and exc.status == 401:
+                raise UpstreamError(f"WeChat Pay refused this gateway's merchant signature ({exc.code}); "
+                                    "the operator must check the merchant key and serial") from None
+            if isinstance(exc, PayError) and not exc.retry:
                 raise UpstreamError(f"WeChat Pay refused the order ({exc.code}); try again later") from None
             raise ServiceUnavailable("WeChat Pay is unreachable; try again in a moment") from None
         await self.db.update_order(order.out_trade_no, prepay_id=prepay_id)
@@ -265,8 +274,7 @@ class WechatService:
         if event_type.startswith("REFUND."):
             if tx.get("mchid") != self.cfg.mchid:
                 raise NotifyRejected("mchid does not match")
-            if tx.get("refund_status") == "SUCCESS":
-                await self._refunded(order, str(tx.get("refund_id") or "")[:64])
+            await self._refund_status(order, tx, "notify")
             return
         if event_type != "TRANSACTION.SUCCESS":
             log.info("wechatpay_notify_ignored", event_type=event_type[:64], out_trade_no=out_trade_no)
@@ -303,13 +311,22 @@ class WechatService:
         return {"success": True, "order": order.public()}
 
     async def reconcile(self, now: float | None = None) -> dict[str, int]:
-        """Query orders left unpaid past ``order_ttl``: credit the paid ones, close the rest."""
-        counts = {"paid": 0, "closed": 0, "pending": 0, "errors": 0}
+        """Query orders left unpaid past ``order_ttl``: credit the paid ones, close the rest; then
+        ask WeChat about refunds still ``refunding`` (:meth:`_sweep_refunds`)."""
+        counts = {"paid": 0, "closed": 0, "pending": 0, "errors": 0,
+                  "refunded": 0, "refund_closed": 0, "refund_pending": 0}
         await self.db.purge_sessions()
         await self.refund_failed_tasks()
         if self.pay is None:
             return counts
-        cutoff = (time.time() if now is None else now) - self.cfg.order_ttl
+        now = time.time() if now is None else now
+        await self._sweep_orders(now - self.cfg.order_ttl, counts)
+        # A refund younger than a request's timeout may still be on its way to WeChat.
+        await self._sweep_refunds(now - max(REFUND_SWEEP_AFTER, 2 * self.cfg.timeout), counts)
+        return counts
+
+    async def _sweep_orders(self, cutoff: float, counts: dict[str, int]) -> None:
+        assert self.pay is not None
         for order in await self.db.stale_orders(cutoff):
             no = order.out_trade_no
             try:
@@ -334,7 +351,29 @@ class WechatService:
             except (PayError, PayUnavailable, NotifyRejected) as exc:
                 log.warning("wechatpay_reconcile_failed", out_trade_no=no, error=str(exc))
                 counts["errors"] += 1
-        return counts
+
+    async def _sweep_refunds(self, cutoff: float, counts: dict[str, int]) -> None:
+        """Query each refund still ``refunding`` (a notification may be lost, or never asked for
+        by an older gateway) and settle it as its notification would."""
+        assert self.pay is not None
+        for order in await self.db.pending_refunds(cutoff):
+            no, out_refund_no = order.out_trade_no, str(order.out_refund_no)
+            try:
+                try:
+                    refund = await self.pay.query_refund(out_refund_no)
+                except PayError as exc:
+                    if exc.retry or exc.code not in REFUND_NOT_FOUND:
+                        raise
+                    # The refund never reached WeChat (the admin's request was lost): as refused.
+                    refund = {"out_trade_no": no, "out_refund_no": out_refund_no, "status": "CLOSED"}
+                if refund.get("out_trade_no") != no or refund.get("out_refund_no") != out_refund_no:
+                    raise NotifyRejected("refund query answered another refund")
+                status = await self._refund_status(order, refund, "reconcile")
+                key = {"SUCCESS": "refunded", "CLOSED": "refund_closed"}.get(status, "refund_pending")
+                counts[key] += 1
+            except (PayError, PayUnavailable, NotifyRejected) as exc:
+                log.warning("wechatpay_refund_query_failed", out_trade_no=no, error=str(exc))
+                counts["errors"] += 1
 
     async def run_reconciler(self) -> None:
         while True:
@@ -360,23 +399,57 @@ class WechatService:
             if result == "spent":
                 raise Conflict("the user has already spent these credits; send \"force\": true to refund anyway")
         try:
+            # notify_url: WeChat sends REFUND.* only to a URL the request names (or the merchant
+            # platform's); the reconcile sweep queries the refund if the notification never comes.
             answer = await pay.refund(
-                out_trade_no=out_trade_no, out_refund_no=out_refund_no,
+                out_trade_no=out_trade_no, out_refund_no=out_refund_no, notify_url=self.cfg.notify_url,
                 amount={"refund": order.amount, "total": order.amount, "currency": order.currency},
                 **({"reason": reason[:80]} if reason else {}),
             )
         except PayError as exc:
-            error = str(exc)
-            await self.db.undo_refund(out_trade_no, error)
-            raise UpstreamError(f"WeChat Pay refused the refund ({exc.code}: {exc.message})") from None
+            if not exc.retry:
+                error = str(exc)
+                await self.db.undo_refund(out_trade_no, error)
+                raise UpstreamError(f"WeChat Pay refused the refund ({exc.code}: {exc.message})") from None
+            raise ServiceUnavailable(f"WeChat Pay is busy ({exc.code}); the refund may or may not have been made: "
+                                     "retry the same request (it is idempotent)") from None
         except PayUnavailable:
             raise ServiceUnavailable("WeChat Pay did not answer; the refund may or may not have been made: "
                                      "retry the same request (it is idempotent)") from None
-        state = db.REFUNDED if answer.get("status") == "SUCCESS" else db.REFUNDING
-        await self.db.update_order(out_trade_no, state=state, refund_id=answer.get("refund_id"))
-        log.info("wechatpay_refund_requested", out_trade_no=out_trade_no, status=answer.get("status"))
+        order = await self.db.get_order(out_trade_no) or order
+        status = await self._refund_status(order, {**answer, "out_refund_no": out_refund_no}, "refund")
+        log.info("wechatpay_refund_requested", out_trade_no=out_trade_no, status=status)
         order = await self.db.get_order(out_trade_no) or order
         return {"success": True, "order": order.public(), "refund_status": answer.get("status")}
+
+    async def _refund_status(self, order: db.Order, refund: Mapping[str, Any], source: str) -> str:
+        """Apply a verified refund status — from the refund's answer, its notification or the sweep's
+        query — to its order; return the status.
+
+        ``SUCCESS``: :meth:`_refunded`, the one path that marks an order refunded (and takes back
+        what a console refund's order granted). ``CLOSED`` (WeChat gave up; the money stayed with
+        the merchant): our refund is undone, the order is ``paid`` with its credits back, and an
+        admin may refund again. ``ABNORMAL`` (the money is stuck, e.g. the user's card is closed):
+        the order stays ``refunding`` with its credits taken — the user is owed money, not
+        credits — and an error is logged on every sweep until the operator settles it on the
+        merchant platform. ``PROCESSING``: wait.
+        """
+        status = str(refund.get("refund_status") or refund.get("status") or "")[:32]
+        refund_id = str(refund.get("refund_id") or "")[:64]
+        ours = bool(order.out_refund_no) and refund.get("out_refund_no") == order.out_refund_no
+        if status == "SUCCESS":
+            await self._refunded(order, refund_id)
+        elif status == "CLOSED" and ours:
+            await self.db.undo_refund(order.out_trade_no, f"refund {order.out_refund_no} closed by WeChat")
+            log.warning("wechatpay_refund_closed", out_trade_no=order.out_trade_no, source=source)
+            audit("wechat_refund_closed", who="wechatpay", ip="", out_trade_no=order.out_trade_no,
+                  openid=order.openid, out_refund_no=order.out_refund_no, credits=order.credits)
+        elif status == "ABNORMAL" and ours:
+            log.error("wechatpay_refund_abnormal", out_trade_no=order.out_trade_no, out_refund_no=order.out_refund_no,
+                      source=source, hint="settle this refund on the merchant platform")
+        if ours and refund_id and status in ("PROCESSING", "ABNORMAL"):
+            await self.db.update_order(order.out_trade_no, refund_id=refund_id)
+        return status
 
 
 WECHAT = web.AppKey("wechat", WechatService)

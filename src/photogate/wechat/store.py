@@ -190,6 +190,14 @@ def stale_orders(conn: sqlite3.Connection, before: float, limit: int = 100) -> l
     return [_order(r) for r in rows]
 
 
+def pending_refunds(conn: sqlite3.Connection, before: float, limit: int = 100) -> list[Order]:
+    """Orders ``refunding`` since before ``before``: the refund sweep asks WeChat about them."""
+    rows = conn.execute(
+        f"SELECT {_ORDER_COLUMNS} FROM wx_orders WHERE state = ? AND out_refund_no IS NOT NULL AND updated_at < ?"
+        " ORDER BY updated_at LIMIT ?", (REFUNDING, before, limit)).fetchall()
+    return [_order(r) for r in rows]
+
+
 def mark_paid(conn: sqlite3.Connection, out_trade_no: str, transaction_id: str) -> bool:
     """Mark the order paid and grant its credits, once: ``True`` only for the call that did it.
 
