@@ -25,6 +25,7 @@ from aiohttp import web
 
 from . import __version__
 from .balancing import StrategyError, known_names
+from .bodies import read_form, read_json
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
 from .models import TaskStatus
@@ -33,6 +34,8 @@ from .service import Gateway, audit
 
 WEB_DIR = Path(__file__).with_name("web")
 COOKIE = "photogate_dashboard"
+#: The dashboard's form and JSON bodies (a token, a strategy name): small.
+FORM_LIMIT = 16 * 1024
 #: Dashboard POSTs must carry this header: a cross-site form cannot, and a cross-site
 #: fetch would need a CORS preflight that the gateway never grants for /dashboard.
 ACTION_HEADER = "X-Photogate-Dashboard"
@@ -149,8 +152,7 @@ async def login(request: web.Request) -> web.Response:
     ip = client_ip(request, gw.config.server.trusted_proxies)
     if not gw.config.admin.token:
         return _login_page("The dashboard is disabled: set admin.token (or PHOTOGATE_ADMIN_TOKEN).", 403)
-    form = await request.post()
-    given = form.get("token")
+    given = (await read_form(request, FORM_LIMIT)).get("token")
     if not isinstance(given, str) or not same_secret(given.strip(), gw.config.admin.token):
         audit("dashboard_login_refused", who="anonymous", ip=ip)
         return _login_page("Wrong admin token.", 403)
@@ -243,13 +245,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.content.read(16 * 1024) or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("expected a JSON object")
-    return body
+    return await read_json(request, FORM_LIMIT, empty={})
 
 
 @routes.post("/dashboard/api/nodes/{server_id}/{action:drain|undrain}")
