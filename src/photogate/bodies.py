@@ -54,8 +54,8 @@ class BodyReads:
     """Each read of a request body within ``read_timeout`` s, all within ``total`` s (slow-loris).
 
     Wrap every awaited read in it: ``chunk = await reads(request.content.read(n))``. aiohttp's
-    own parse errors in the body (a multipart header line over its limit, a malformed chunk)
-    become a 400."""
+    own parse errors in the body (a multipart header line over its limit, a malformed chunk, a
+    multipart body without its boundary) become a 400."""
 
     def __init__(self, read_timeout: float, total: float, *, again: str = "send the request again") -> None:
         self.read_timeout = read_timeout
@@ -82,6 +82,8 @@ class BodyReads:
                                  headers={"Connection": "close"}) from None
         except HttpProcessingError as exc:
             raise BadRequest(f"malformed request body: {_short(exc.message)}") from None
+        except ValueError as exc:  # aiohttp's multipart reader: no starting boundary, a part cut short
+            raise BadRequest(f"malformed request body: {_short(exc)}") from None
 
 
 def _short(text: object, limit: int = 200) -> str:
