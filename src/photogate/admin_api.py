@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from .api import TASK_ID, _status_body
 from .balancing import StrategyError
+from .bodies import read_json
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .fields import parse_int
 from .keys import GATEWAY
 from .models import TaskStatus
 from .netutil import bearer, client_ip, credential_refused, same_secret
@@ -61,13 +62,7 @@ async def config(request: web.Request) -> web.Response:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.content.read(64 * 1024) or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("expected a JSON object")
-    return body
+    return await read_json(request, 64 * 1024, empty={})
 
 
 @routes.post("/api/v1/config/multi-backend")
@@ -150,10 +145,8 @@ async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Resp
         statuses = [TaskStatus(wanted)] if wanted else list(TaskStatus)
     except ValueError:
         raise BadRequest(f"status: one of {', '.join(s.value for s in TaskStatus)}") from None
-    limit = request.query.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 10_000:
-        raise BadRequest("limit: an integer from 1 to 10000")
-    found = await request.app[GATEWAY].store.list_tasks(statuses, int(limit), newest_first=newest_first)
+    limit = parse_int(request.query.get("limit", "100"), "limit", 1, 10_000)
+    found = await request.app[GATEWAY].store.list_tasks(statuses, limit, newest_first=newest_first)
     return web.json_response({"success": True, "tasks": [_status_body(t) for t in found]})
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import secrets
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,24 +16,20 @@ from aiohttp import BodyPartReader, hdrs, web
 from . import __version__
 from .access import AccessPolicy, access_policy
 from .blobs import BlobWriter
+from .bodies import BodyReads, FormBudget
 from .errors import (
     BadRequest,
     Conflict,
     NotFound,
     PayloadTooLarge,
-    RequestTimeout,
     ServiceUnavailable,
     StorageFull,
     storage_full,
 )
+from .fields import parse_int, parse_number
 from .imagecheck import EXTENSION, ImageInfo
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
-
-if sys.version_info >= (3, 11):  # noqa: UP036 - python_requires is >= 3.10
-    from asyncio import timeout as _timeout
-else:  # aiohttp's own dependency there
-    from async_timeout import timeout as _timeout
 
 log = structlog.get_logger("photogate.api")
 routes = web.RouteTableDef()
@@ -51,7 +46,6 @@ FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
 QUALITY_LEVELS = {"low": 75, "medium": 85, "high": 95}
 #: Multipart overhead allowed on top of limits.max_upload_bytes before the early 413.
 MULTIPART_SLACK = 64 * 1024
-FIELD_LIMIT = 1024
 
 
 def _no_capacity(retry_after: int) -> ServiceUnavailable:
@@ -63,38 +57,10 @@ def _no_storage(retry_after: int) -> StorageFull:
                        retry_after=retry_after)
 
 
-class _BodyReads:
-    """Each read of a request body within ``read_timeout`` s, all within ``total`` s (slow-loris)."""
-
-    def __init__(self, read_timeout: float, total: float) -> None:
-        self.read_timeout = read_timeout
-        self.total = total
-        self.deadline = time.monotonic() + total
-
-    async def __call__(self, read: Any) -> Any:
-        left = self.deadline - time.monotonic()
-        try:
-            # A timeout scope, not wait_for: no task is made for each read of the body.
-            async with _timeout(max(min(self.read_timeout, left), 0.001)):
-                return await read
-        except asyncio.TimeoutError:  # noqa: UP041 - not TimeoutError on 3.10
-            if left <= self.read_timeout:
-                raise RequestTimeout(f"the upload took longer than {self.total:g} s; send the photo again") from None
-            raise RequestTimeout(
-                f"the upload stalled for {self.read_timeout:g} s; send the photo again", headers={"Connection": "close"}
-            ) from None
-
-
 def _parse_params(fields: dict[str, str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if fields.get("scale"):
-        try:
-            scale = float(fields["scale"])
-        except ValueError:
-            raise BadRequest("scale: expected a number such as 2 or 4") from None
-        if not 1 <= scale <= 8:
-            raise BadRequest("scale: must be between 1 and 8")
-        params["scale"] = scale
+        params["scale"] = parse_number(fields["scale"], "scale", 1, 8, " such as 2 or 4")
     if fields.get("format"):
         fmt = FORMATS.get(fields["format"].lower())
         if fmt is None:
@@ -103,9 +69,7 @@ def _parse_params(fields: dict[str, str]) -> dict[str, Any]:
     quality = fields.get("quality") or ""
     level = (fields.get("quality_level") or "").lower()
     if quality:
-        if not quality.isdigit() or not 1 <= int(quality) <= 100:
-            raise BadRequest("quality: must be an integer from 1 to 100")
-        params["quality"] = int(quality)
+        params["quality"] = parse_int(quality, "quality", 1, 100)
     elif level in QUALITY_LEVELS:
         params["quality"] = QUALITY_LEVELS[level]
     # Old clients send these; kept with the task for the record.
@@ -134,10 +98,8 @@ async def enhance(request: web.Request) -> web.StreamResponse:
         raise BadRequest("send the photo as multipart/form-data with the field 'file'")
 
     wait = request.query.get("wait")
-    try:
-        seconds = min(max(float(wait), 0.0), 300.0) if wait else None
-    except ValueError:
-        raise BadRequest("wait: expected a number of seconds") from None
+    # Out of range is clamped (an old client's wait=-1 or wait=3600), never an error.
+    seconds = min(max(parse_number(wait, "wait", -1e18, 1e18), 0.0), 300.0) if wait else None
     inline = request.query.get("result", "url")
     if inline not in ("url", "inline"):
         raise BadRequest("result: must be url (the default: the status names result_url) or inline")
@@ -148,13 +110,15 @@ async def enhance(request: web.Request) -> web.StreamResponse:
     writer = gw.blobs.input_writer(task_id)
     fields: dict[str, str] = {}
     got_file = False
-    read = _BodyReads(cfg.limits.read_timeout, cfg.limits.upload_timeout)
+    read = BodyReads.of(request, again="send the photo again")
+    budget = FormBudget(read)  # every other field's bytes, and how many there are
     try:
         try:
             reader = await request.multipart()
         except ValueError as exc:  # no boundary, or one too long
             raise BadRequest(f"malformed multipart/form-data: {exc}") from None
         while (part := await read(reader.next())) is not None:
+            budget.count_part()
             if not isinstance(part, BodyPartReader):
                 raise BadRequest("nested multipart bodies are not supported")
             if part.name == "file":
@@ -165,11 +129,10 @@ async def enhance(request: web.Request) -> web.StreamResponse:
                     if writer.size + len(chunk) > limit:
                         raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
                     await writer.write(chunk)
-            elif part.name:
-                value = await read(part.read_chunk(FIELD_LIMIT + 1))
-                if len(value) > FIELD_LIMIT:
-                    raise BadRequest(f"form field {part.name!r} is too long")
-                fields[part.name] = value.decode("utf-8", "replace").strip()
+            else:  # unnamed parts too: read and counted, never skipped unread
+                value = await budget.field(part, part.name or "")
+                if part.name:
+                    fields[part.name] = value
         if not got_file:
             raise BadRequest("missing multipart field 'file' with the photo")
         params = _parse_params(fields)

@@ -14,6 +14,7 @@ from .errors import error_middleware
 from .keys import GATEWAY
 from .logsetup import request_id_middleware
 from .metrics import setup_metrics
+from .protocol_errors import json_protocol_errors
 from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
 from .service import Gateway
 from .ui import setup_ui
@@ -25,7 +26,8 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     # small JSON bodies of the webhook and admin APIs.
     # The rate limiter sits outside the error middleware: it counts the final 401/403s.
     app = web.Application(middlewares=[request_id_middleware, rate_limit_middleware, error_middleware],
-                          client_max_size=1024 * 1024)
+                          client_max_size=1024 * 1024, handler_args=_connection_limits(config))
+    json_protocol_errors(app)  # a request aiohttp cannot parse also gets {"error": ...}
     gateway = Gateway(config, config_path=config_path, rng=rng)  # a bad strategy fails here, at start
     app[GATEWAY] = gateway
     app[RATE_LIMITS] = RateLimits(config.rate_limit)
@@ -46,6 +48,17 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     setup_ui(app)  # / (try-it page), /dashboard (admin), /static/
     _setup_cors(app, config)
     return app
+
+
+def _connection_limits(config: Config) -> dict[str, float]:
+    """Deadlines of every connection, in the app so that they hold however it is served."""
+    return {
+        # Also bounds a client still sending its request headers (slow-loris), and idle keep-alives.
+        "keepalive_timeout": config.limits.read_timeout,
+        # After an answer given before the body was read (401, 413), how long the rest of the
+        # body is read and dropped before the connection closes (aiohttp's default: 10 s).
+        "lingering_time": config.limits.read_timeout,
+    }
 
 
 def _setup_cors(app: web.Application, config: Config) -> None:

@@ -90,9 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         web.run_app(
             app, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
             print=None, access_log=None, handle_signals=True, loop=_new_loop(),
-            # Also bounds a client still sending its request headers (slow-loris), and idle keep-alives.
-            keepalive_timeout=config.limits.read_timeout,
-        )
+        )  # the connections' deadlines are the app's (app.py: _connection_limits)
     except StoreUnavailable as exc:
         sys.stderr.write(f"photogate: state store error: {exc.message}; start Redis or fix storage.redis_url\n")
         return 3

@@ -125,9 +125,9 @@ class LimitsConfig:
     max_queue: int = 1000
     retry_after: int = 30
     # -- issue 6: slow clients and absurd shapes
-    #: Seconds a request body may stall before 408 (slow-loris uploads).
+    #: Seconds any request body may stall before 408 and close (slow-loris); also headers, keep-alive, lingering.
     read_timeout: float = 30.0
-    #: Seconds one upload may take in all before 408.
+    #: Seconds one request body (upload or JSON) may take in all before 408.
     upload_timeout: float = 300.0
     #: Longest side of an uploaded photo in pixels (413 above).
     max_side: int = 16384

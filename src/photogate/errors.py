@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import json
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = structlog.get_logger("photogate.errors")
 
@@ -109,6 +112,25 @@ def storage_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
+class ClosingResponse(web.Response):
+    """An answer after which the connection closes at once, once the answer is written.
+
+    For a client that stopped sending its body (408): aiohttp would otherwise wait up to its
+    lingering time for the rest of the body before closing."""
+
+    _closing: web.BaseRequest | None = None
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        self._closing = request
+        return await super().prepare(request)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        protocol = self._closing.protocol if self._closing is not None else None
+        if protocol is not None:
+            protocol.force_close()  # the transport sends what it holds, then closes
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -118,7 +140,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except PhotogateError as exc:
+        if exc.headers.get("Connection") == "close":
+            return ClosingResponse(body=json.dumps({"error": exc.message}).encode(), status=exc.status,
+                                   headers=exc.headers, content_type="application/json")
         return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+    except HttpProcessingError as exc:  # aiohttp's parser, on a body a handler read itself
+        return web.json_response({"error": f"malformed request: {str(exc.message)[:200]}"}, status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

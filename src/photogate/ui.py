@@ -27,6 +27,7 @@ from aiohttp import web
 
 from . import __version__
 from .balancing import StrategyError, known_names
+from .bodies import read_form, read_json
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .keys import GATEWAY
 from .models import TaskStatus
@@ -35,6 +36,8 @@ from .service import Gateway, audit
 
 WEB_DIR = Path(__file__).with_name("web")
 COOKIE = "photogate_dashboard"
+#: The dashboard's form and JSON bodies (a token, a strategy name): small.
+FORM_LIMIT = 16 * 1024
 #: Dashboard POSTs must carry this header: a cross-site form cannot, and a cross-site
 #: fetch would need a CORS preflight that the gateway never grants for /dashboard.
 ACTION_HEADER = "X-Photogate-Dashboard"
@@ -189,8 +192,7 @@ async def login(request: web.Request) -> web.Response:
     ip = client_ip(request, gw.config.server.trusted_proxies)
     if not gw.config.admin.token:
         return _login_page("The dashboard is disabled: set admin.token (or PHOTOGATE_ADMIN_TOKEN).", 403)
-    form = await request.post()
-    given = form.get("token")
+    given = (await read_form(request, FORM_LIMIT)).get("token")
     if not isinstance(given, str) or not same_secret(given.strip(), gw.config.admin.token):
         credential_refused(request)
         audit("dashboard_login_refused", who="anonymous", ip=ip)
@@ -289,13 +291,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.content.read(16 * 1024) or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("expected a JSON object")
-    return body
+    return await read_json(request, FORM_LIMIT, empty={})
 
 
 @routes.post("/dashboard/api/nodes/{server_id}/{action:drain|undrain}")
@@ -334,6 +330,19 @@ async def multi_backend(request: web.Request) -> web.Response:
     return web.json_response({"success": True, "multi_backend": enabled})
 
 
+#: The pages' scripts and style sheet, by name: nothing else is ever served from the folder.
+STATIC_FILES = {path.name: path for path in (WEB_DIR / "static").iterdir() if path.is_file()}
+
+
+@routes.get("/static/{name}")
+async def static(request: web.Request) -> web.FileResponse:
+    # Not add_static: its FileResponse answers a missing file with an empty 404, not a JSON error.
+    path = STATIC_FILES.get(request.match_info["name"])
+    if path is None:
+        raise NotFound("no such file")
+    return web.FileResponse(path)
+
+
 def setup_ui(app: web.Application) -> None:
     """The pages, their static files, and the signal that ends open event streams at shutdown."""
     closing = asyncio.Event()
@@ -345,4 +354,4 @@ def setup_ui(app: web.Application) -> None:
 
     app.on_shutdown.append(close_streams)
     app.add_routes(routes)
-    app.router.add_static("/static/", WEB_DIR / "static", name="static", append_version=False)
+

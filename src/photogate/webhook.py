@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from .allowlist import canonical, node_address_refused
+from .bodies import read_json
 from .errors import BadRequest, Forbidden, NodeIdentityConflict, NotFound, Unauthorized
+from .fields import parse_int
 from .keys import GATEWAY
 from .netutil import client_ip, credential_refused, same_secret
 from .registry import NodeState
@@ -22,16 +23,7 @@ MAX_BODY = 16 * 1024
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise BadRequest(f"request body over {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("expected a JSON object such as {\"ip\": ..., \"port\": ..., \"secret\": ...}")
-    return body
+    return await read_json(request, MAX_BODY, expected='a JSON object such as {"ip": ..., "port": ..., "secret": ...}')
 
 
 def _check_secret(request: web.Request, given: Any, action: str) -> None:
@@ -59,12 +51,7 @@ def _ip(value: Any) -> str:
 
 
 def _int(body: dict[str, Any], key: str, low: int, high: int, default: int | None = None) -> int:
-    value = body.get(key, default)
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest(f"{key}: expected an integer from {low} to {high}")
-    return value
+    return parse_int(body.get(key, default), key, low, high)
 
 
 def _node_json(state: NodeState) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -10,7 +9,8 @@ from aiohttp import web
 
 from ..access import ACCESS
 from ..admin_api import _admin
-from ..errors import BadRequest, Forbidden
+from ..bodies import read_body, read_json
+from ..errors import BadRequest, Forbidden, PayloadTooLarge
 from ..service import audit
 from .access import WechatAccess
 from .service import WECHAT, NotifyRejected
@@ -23,16 +23,7 @@ NOTIFY_LIMIT = 64 * 1024
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(16 * 1024 + 1)
-    if len(raw) > 16 * 1024:
-        raise BadRequest("request body too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadRequest("malformed JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("expected a JSON object")
-    return body
+    return await read_json(request, 16 * 1024, empty={})
 
 
 async def _openid(request: web.Request) -> str:
@@ -76,10 +67,12 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.post("/api/wechat/pay/notify")
 async def notify(request: web.Request) -> web.Response:
-    body = await request.content.read(NOTIFY_LIMIT + 1)
     try:
-        if len(body) > NOTIFY_LIMIT:
-            raise NotifyRejected("body too large")
+        try:
+            # WeChat may send the body in several TCP segments: read all of it.
+            body = await read_body(request, NOTIFY_LIMIT)
+        except PayloadTooLarge:
+            raise NotifyRejected("body too large") from None
         await request.app[WECHAT].handle_notify(request.headers, body)
     except NotifyRejected as exc:
         return web.json_response({"code": "FAIL", "message": str(exc)}, status=400)
