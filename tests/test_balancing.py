@@ -35,6 +35,18 @@ class PickLast:
         return max(candidates, key=lambda n: n.server_id)
 
 
+class PinSecond:
+    """A drop-in strategy that sends everything to GPU-002 while it can take work."""
+
+    name = "pin_second"
+
+    def __init__(self, options, rng) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView:
+        return next((n for n in candidates if n.server_id == "GPU-002"), candidates[0])
+
+
 def test_round_robin_cycles_in_id_order_and_skips_missing_nodes() -> None:
     rr = RoundRobin()
     nodes = [view("GPU-001"), view("GPU-002"), view("GPU-010")]
@@ -140,12 +152,57 @@ async def test_swapping_strategy_while_tasks_run_loses_none(gateway: Gateway, no
     assert gateway.app[GATEWAY].strategy_name == "weighted"
 
 
+async def placements(gateway: Gateway, count: int) -> list[str]:
+    """Where ``count`` photos ran, one after another (each node idle when the next is placed)."""
+    where = []
+    for _ in range(count):
+        final = await gateway.wait_done(await gateway.submit(), 30)
+        assert final["status"] == "completed", final
+        where.append(final["server_id"])
+    return where
+
+
+async def _swap(gateway: Gateway, name: str, options: dict | None = None) -> None:  # type: ignore[type-arg]
+    resp = await gateway.client.post("/api/v1/config/strategy", json={"strategy": name, "options": options or {}},
+                                     headers=gateway.admin_headers())
+    assert resp.status == 200, await resp.json()
+
+
+async def test_a_swap_changes_where_the_next_jobs_go(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    fleet = [await nodes() for _ in range(3)]
+    for node in fleet:
+        await gateway.register(node)
+    assert await placements(gateway, 6) == ["GPU-001", "GPU-002", "GPU-003"] * 2  # round_robin, the default
+    await _swap(gateway, "test_balancing:PinSecond")
+    assert await placements(gateway, 6) == ["GPU-002"] * 6
+    await _swap(gateway, "weighted", {"weights": {"GPU-001": 1, "GPU-002": 3, "GPU-003": 1}})
+    assert "".join(s[-1] for s in await placements(gateway, 10)) == "2123221232"  # smooth 1:3:1
+    await _swap(gateway, "round_robin")
+    assert await placements(gateway, 3) == ["GPU-001", "GPU-002", "GPU-003"]
+    assert [n.jobs for n in fleet] == [2 + 2 + 1, 2 + 6 + 6 + 1, 2 + 2 + 1]
+
+
 async def test_sighup_style_reload_swaps_the_strategy(aiohttp_client, tmp_path: Path, nodes) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "gw.yaml"
-    path.write_text(f"webhook:\n  secret: s3cret-value\nstorage:\n  data_dir: {tmp_path / 'd'}\n")
+    path.write_text(f"webhook:\n  secret: s3cret-value\n  allowed_node_networks: ['127.0.0.0/8']\n"
+                    f"storage:\n  data_dir: {tmp_path / 'd'}\nhealth_check:\n  interval: 0.2\n")
     client = await aiohttp_client(create_app(load_config(path, env={}), config_path=str(path)))
+    gateway = Gateway(client)
     gw = client.server.app[GATEWAY]
-    path.write_text(path.read_text() + "balancer:\n  strategy: least_busy\nmulti_backend:\n  enabled: false\n")
+    fleet = [await nodes() for _ in range(3)]
+    for node in fleet:
+        resp = await client.post("/webhook/register", json={"ip": "127.0.0.1", "port": node.port,
+                                                            "secret": "s3cret-value"})
+        assert resp.status == 200, await resp.json()
+        node.token = (await resp.json())["node_token"]
+    assert await placements(gateway, 3) == ["GPU-001", "GPU-002", "GPU-003"]
+    path.write_text(path.read_text() + "balancer:\n  strategy: test_balancing:PinSecond\n")
+    gw.reload_config()
+    assert gw.strategy_name == "test_balancing:PinSecond"
+    assert await placements(gateway, 4) == ["GPU-002"] * 4
+    path.write_text(path.read_text().replace("test_balancing:PinSecond", "least_busy")
+                    + "multi_backend:\n  enabled: false\n")
     gw.reload_config()
     assert gw.strategy_name == "least_busy" and gw.multi_backend is False
-    assert type(gw.dispatcher.strategy).__name__ == "LeastBusy"
+    # One primary node now (multi-backend off): everything goes to GPU-001 whatever the strategy.
+    assert await placements(gateway, 3) == ["GPU-001"] * 3

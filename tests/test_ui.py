@@ -118,3 +118,20 @@ async def test_dashboard_off_without_admin_token(make_gateway) -> None:  # type:
     page = await gateway.client.get("/dashboard")
     assert page.status == 403 and "admin.token" in await page.text()
     assert (await gateway.client.get("/dashboard/state")).status == 403
+
+
+async def test_a_dashboard_swap_changes_where_the_next_jobs_go(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    from test_balancing import placements
+
+    fleet = [await nodes() for _ in range(3)]
+    for node, weight in zip(fleet, (1, 3, 1)):
+        await gateway.register(node, weight=weight)
+    assert await placements(gateway, 3) == ["GPU-001", "GPU-002", "GPU-003"]  # round_robin ignores weights
+    await gateway.client.post("/dashboard/login", data={"token": ADMIN_TOKEN}, allow_redirects=False)
+    resp = await gateway.client.post("/dashboard/api/strategy", json={"strategy": "weighted"}, headers=ACTION)
+    assert resp.status == 200
+    # The weights the nodes registered with, smoothly: 1:3:1.
+    assert "".join(s[-1] for s in await placements(gateway, 10)) == "2123221232"
+    resp = await gateway.client.post("/dashboard/api/strategy", json={"strategy": "round_robin"}, headers=ACTION)
+    assert resp.status == 200
+    assert await placements(gateway, 3) == ["GPU-001", "GPU-002", "GPU-003"]
