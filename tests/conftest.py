@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ci_skips
 import pytest
 import structlog
 
@@ -13,6 +14,11 @@ from photogate.app import create_app
 from photogate.config import Config
 from redis_support import RedisServer, unique_prefix
 from support import FakeNode, Gateway, GatewayProcess, make_config
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Skips summarised; under CI=true one not in tests/ci_allowed_skips.txt fails the run.
+    ci_skips.register(config)
 
 
 @pytest.fixture(autouse=True)
