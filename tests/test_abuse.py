@@ -24,7 +24,7 @@ import structlog
 from aiohttp import FormData
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import ADMIN_TOKEN, SECRET, Gateway, free_port, image_bytes, make_config
+from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, make_config
 
 from photogate.app import create_app
 from photogate.config import load_config
@@ -445,10 +445,10 @@ async def test_any_upload_gets_200_or_a_4xx_never_a_500(gateway: Gateway, nodes,
     assert isinstance(json.loads(text), dict)
 
 
-async def test_wechat_json_bodies_never_a_500(aiohttp_client, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_wechat_json_bodies_never_a_500(aiohttp_client, tmp_path, closed_port: int) -> None:  # type: ignore[no-untyped-def]
     """The WeChat endpoints' JSON: bad bodies 400/401; a code WeChat cannot be asked about: 502/503."""
     cfg = make_config(tmp_path, **{"wechat.appid": "wx0123456789abcdef", "wechat.secret": "s" * 32,
-                                   "wechat.api_base": f"http://127.0.0.1:{free_port()}", "wechat.timeout": 1.0})
+                                   "wechat.api_base": f"http://127.0.0.1:{closed_port}", "wechat.timeout": 1.0})
     gw = Gateway(await aiohttp_client(create_app(cfg)))
 
     @HYPOTHESIS

@@ -25,7 +25,6 @@ from faults_support import (
     digest,
     download,
     fault_node_argv,
-    free_port,
     register,
     status,
     submit,
@@ -108,8 +107,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.
 async def test_disk_full_refuses_cleanly_and_resumes(make_gateway, small_disk: SmallDisk, procs: Procs, session) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(**{"storage.data_dir": str(small_disk.root / "data"), "health_check.interval": 0.1})
     base = str(gw.client.make_url("")).rstrip("/")
-    port = free_port()
-    procs.start("node", fault_node_argv(port, "ok"))
+    port = await procs.serve("node", lambda p: fault_node_argv(p, "ok"))
     await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
     server_id = await register(session, base, port)
 
@@ -164,8 +162,7 @@ async def test_disk_completely_full_keeps_tasks_until_there_is_room(make_gateway
     monkeypatch.setattr(Dispatcher, "STORE_RETRY_DELAY", 0.3)
     gw = await make_gateway(**{"storage.data_dir": str(small_disk.root / "data"), "health_check.interval": 0.1})
     base = str(gw.client.make_url("")).rstrip("/")
-    port = free_port()
-    procs.start("node", fault_node_argv(port, "ok", delay=1.0))
+    port = await procs.serve("node", lambda p: fault_node_argv(p, "ok", delay=1.0))
     await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
     server_id = await register(session, base, port)
     big = {await submit(session, base, noise_photo(i)): noise_photo(i) for i in (5, 6)}
