@@ -9,6 +9,7 @@ so until then a connection is refused, as before.
 
 from __future__ import annotations
 
+import os
 import socket
 
 
@@ -21,7 +22,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
         for family, kind, proto, _, address in dict.fromkeys(infos):
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if os.name == "posix":  # a restart rebinds at once; elsewhere SO_REUSEADDR lets ports be stolen
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # one socket per family, as asyncio does
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:
