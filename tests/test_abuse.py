@@ -285,7 +285,7 @@ async def test_slow_loris_headers_bounded_in_the_gateway_process(gateway_process
         dripping.cancel()
         await asyncio.gather(dripping, return_exceptions=True)
         writer.close()
-    assert time.monotonic() - start >= 1  # not before read_timeout
+    assert time.monotonic() - start >= 0.9  # not before read_timeout (its clock starts at accept, just before ours)
 
 
 # -- task ids ---------------------------------------------------------------------------------
