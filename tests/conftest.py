@@ -6,13 +6,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ci_skips
 import pytest
 import structlog
 
 from photogate.app import create_app
 from photogate.config import Config
 from redis_support import RedisServer, unique_prefix
-from support import FakeNode, Gateway, GatewayProcess, make_config
+from support import FakeNode, Gateway, GatewayProcess, make_config, refused_port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Skips summarised; under CI=true one not in tests/ci_allowed_skips.txt fails the run.
+    ci_skips.register(config)
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +59,13 @@ async def nodes() -> AsyncIterator[Callable[..., Awaitable[FakeNode]]]:
     yield make
     for node in started:
         await node.stop()
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test (held, never listening)."""
+    with refused_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -4,13 +4,15 @@ vanish), a handle on a gateway under test, a gateway run as a real process, poll
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,40 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]] | Callable[[], boo
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Racy (another process may take it before the child
+    binds it): only for servers that cannot bind port 0 themselves (redis-server), which then
+    retry on EADDRINUSE. Children that can, bind 0 and report (:func:`reported_port`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port where a connection is refused, for as long as the block runs: bound here
+    and never listening, so no other process can take it and listen."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+def reported_port(log: Path, event: str, offset: int = 0) -> int | None:
+    """The port a child process bound (``--port 0``) and reported in its JSON log line ``event``
+    (``gateway_listening`` for photogate, ``starting`` for gpunode), written after byte ``offset``."""
+    try:
+        with log.open("rb") as fh:
+            fh.seek(offset)
+            lines = fh.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == event and "port" in record:
+            return int(record["port"])
+    return None
 
 
 class FakeNode:
@@ -211,27 +244,46 @@ class ChildProcess:
 
 
 class GatewayProcess(ChildProcess):
-    """The gateway as a real process (``python -m photogate``), for kill/restart and memory tests."""
+    """The gateway as a real process (``python -m photogate``), for kill/restart and memory tests.
+
+    The first start binds port 0 and the port is read from its ``gateway_listening`` log line
+    (no free-port race); a restart asks for that same port again, as a restarted service would."""
 
     def __init__(self, tmp_path: Path, config_text: str) -> None:
-        self.port = free_port()
+        self._port: int | None = None
         self.config_file = tmp_path / "gateway.yaml"
         config = yaml.safe_load(config_text) or {}
         config.setdefault("webhook", {}).setdefault("allowed_node_networks", list(LOOPBACK_NODES))
         self.config_file.write_text(yaml.safe_dump(config))
         self.data_dir = tmp_path / "gwdata"
         self.log = tmp_path / "gateway.log"
+        self._log_offset = 0
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:  # asked before wait_ready(): wait for the report here
+            deadline = time.monotonic() + 30
+            while (port := self._reported()) is None:
+                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the gateway process never reported its port"
+                time.sleep(0.02)
+            self._port = port
+        return self._port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _reported(self) -> int | None:
+        return reported_port(self.log, "gateway_listening", self._log_offset)
+
     def start(self) -> None:
         env = {**os.environ, "WEBHOOK_SECRET": SECRET, "PHOTOGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "photogate", "--config", str(self.config_file), "--port", str(self.port),
+                [sys.executable, "-m", "photogate", "--config", str(self.config_file), "--port", str(self._port or 0),
                  "--data-dir", str(self.data_dir)],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )
@@ -239,6 +291,10 @@ class GatewayProcess(ChildProcess):
     async def wait_ready(self, session: Any, timeout: float = 20.0) -> None:
         async def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
+            if self._port is None:
+                self._port = self._reported()
+                if self._port is None:
+                    return False
             try:
                 async with session.get(self.url + "/api/v1/health") as resp:
                     return resp.status == 200
@@ -246,4 +302,3 @@ class GatewayProcess(ChildProcess):
                 return False
 
         await wait_until(up, timeout, "the gateway process to answer")
-

@@ -21,7 +21,7 @@ from PIL import Image
 
 from photogate.admincli import _masked, parse_server_id, run
 from photogate.keys import GATEWAY
-from support import ADMIN_TOKEN, REPO, SECRET, FakeNode, Gateway, free_port, image_bytes, wait_until
+from support import ADMIN_TOKEN, REPO, SECRET, FakeNode, Gateway, image_bytes, wait_until
 
 
 class Tty(io.StringIO):
@@ -296,8 +296,8 @@ async def test_exit_2_usage(gateway: Gateway, tmp_path: Path) -> None:
     assert code == 0 and "usage: photogate-admin drain" in out
 
 
-async def test_exit_3_unreachable(aiohttp_server) -> None:  # type: ignore[no-untyped-def]
-    closed = f"http://127.0.0.1:{free_port()}"
+async def test_exit_3_unreachable(aiohttp_server, closed_port: int) -> None:  # type: ignore[no-untyped-def]
+    closed = f"http://127.0.0.1:{closed_port}"
     code, out, err = await cli(None, "status", "--gateway", closed)
     assert (code, out) == (3, "")
     assert err == f"photogate-admin: cannot reach the gateway at {closed}: Connection refused\n"
@@ -461,7 +461,7 @@ async def _run_process(*argv: str, env: dict[str, str]) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def test_bin_script_against_a_gateway_process(gateway_process, nodes) -> None:  # type: ignore[no-untyped-def]
+async def test_bin_script_against_a_gateway_process(gateway_process, nodes, closed_port: int) -> None:  # type: ignore[no-untyped-def]
     node = await nodes()
     gw = gateway_process("health_check:\n  interval: 0.3\n")
     gw.start()
@@ -489,5 +489,5 @@ async def test_bin_script_against_a_gateway_process(gateway_process, nodes) -> N
     assert (code, out.split()[:2]) == (0, ["unregistered", "GPU-001"]), err
     code, out, err = await _run_process(*script, "list", "--gateway", gw.url, "--secret", "wrong", env=env)
     assert (code, err) == (1, "photogate-admin: wrong secret\n")
-    code, out, err = await _run_process(*script, "status", "--gateway", f"http://127.0.0.1:{free_port()}", env=env)
+    code, out, err = await _run_process(*script, "status", "--gateway", f"http://127.0.0.1:{closed_port}", env=env)
     assert code == 3 and "cannot reach the gateway" in err and "Traceback" not in err

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
-from . import __version__
+from . import __version__, listen
 from .app import create_app
 from .balancing import StrategyError
 from .config import ConfigError, load_config
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.yaml)")
     parser.add_argument("--host", help="listen address (server.host)")
-    parser.add_argument("--port", type=int, help="listen port (server.port)")
+    parser.add_argument("--port", type=int, help="listen port (server.port; 0: any free port, logged by gateway_listening)")
     parser.add_argument("--data-dir", metavar="DIR", help="where the database and photos live (storage.data_dir)")
     parser.add_argument(
         "--dev", action="store_true",
@@ -84,12 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
     app.on_startup.append(on_startup)
+    try:
+        sockets = listen.bind(config.server.host, config.server.port)
+    except OSError as exc:
+        sys.stderr.write(f"photogate: cannot listen on {config.server.host}:{config.server.port}: {exc}; "
+                         "choose another server.port (0: any free port) or stop what holds it\n")
+        return 2
+    port = listen.bound_port(sockets)
     scheme = "https" if ssl_context else "http"
-    log.info("listening", url=f"{scheme}://{config.server.host}:{config.server.port}", dev=config.dev)
+
+    def started(*_: object) -> None:
+        # run_app calls its ``print`` once the app has started and every socket serves.
+        log.info("gateway_listening", url=f"{scheme}://{config.server.host}:{port}", port=port, dev=config.dev)
+
     try:
         web.run_app(
-            app, host=config.server.host, port=config.server.port, ssl_context=ssl_context,
-            print=None, access_log=None, handle_signals=True, loop=_new_loop(),
+            app, sock=sockets, ssl_context=ssl_context,
+            print=started, access_log=None, handle_signals=True, loop=_new_loop(),
         )  # the connections' deadlines are the app's (app.py: _connection_limits)
     except StoreUnavailable as exc:
         sys.stderr.write(f"photogate: state store error: {exc.message}; start Redis or fix storage.redis_url\n")
@@ -99,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"photogate: data error: {config.data_path / 'photogate.db'}: {exc}; stop, move the file "
                          "and its -wal/-shm aside, and restore a backup or start empty (README: Operations)\n")
         return 3
+    finally:
+        for sock in sockets:
+            sock.close()
     return 0
 
 

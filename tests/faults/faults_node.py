@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import socket
+import sys
 import time
 
 from aiohttp import web
@@ -92,7 +95,15 @@ def main() -> None:
     app.router.add_post("/v1/enhance", node.enhance)
     app.router.add_post("/_control", node.control)
     app.router.add_get("/_stats", node.stats)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, reuse_address=True)
+    # Bound here so that --port 0 works: the port is reported (as gpunode does) once it serves.
+    sock = socket.create_server((args.host, args.port))
+    port = sock.getsockname()[1]
+
+    def started(*_: object) -> None:
+        sys.stdout.write(json.dumps({"event": "starting", "port": port}) + "\n")
+        sys.stdout.flush()
+
+    web.run_app(app, sock=sock, print=started, access_log=None)
 
 
 if __name__ == "__main__":

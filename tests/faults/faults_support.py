@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from PIL import Image
-from support import SECRET, free_port, wait_until
+from support import SECRET, reported_port, wait_until
 
 PY = sys.executable
 FAULTS_NODE = Path(__file__).resolve().parent / "faults_node.py"
@@ -46,6 +47,25 @@ class Procs:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.procs[name], self.argv[name] = proc, argv
         return proc
+
+    async def serve(self, name: str, argv_for: Callable[[int], list[str]], timeout: float = 30.0) -> int:
+        """Start a server on port 0 and answer the port it bound, which it reports in its log line
+        ``starting`` (gpunode, faults_node.py): no free-port race. Its argv is recorded with that
+        port, so :meth:`restart` brings it back on the same port."""
+        log = self.workdir / f"{name}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        proc = self.start(name, argv_for(0))
+        found: list[int] = []
+
+        def reported() -> bool:
+            assert proc.poll() is None, f"{name} exited: {self.log(name)}"
+            port = reported_port(log, "starting", offset)
+            found.extend([port] if port else [])
+            return bool(found)
+
+        await wait_until(reported, timeout, f"{name} to report its port")
+        self.argv[name] = argv_for(found[0])
+        return found[0]
 
     def restart(self, name: str, argv: list[str] | None = None) -> subprocess.Popen[bytes]:
         self.kill(name)
@@ -171,7 +191,6 @@ __all__ = [
     "download",
     "eventually",
     "fault_node_argv",
-    "free_port",
     "node_stats",
     "register",
     "servers",

@@ -14,7 +14,6 @@ from faults_support import (
     digest,
     download,
     eventually,
-    free_port,
     servers,
     sim_node_argv,
     status,
@@ -47,9 +46,9 @@ async def test_gateway_sigkilled_mid_run_restarts_on_same_data_dir(gateway_proce
     gw = gateway_process(CONFIG)
     gw.start()
     await gw.wait_ready(session)
-    ports = [free_port(), free_port()]
-    for i, port in enumerate(ports):  # 0.15 s a photo
-        procs.start(f"node{i}", sim_node_argv(port, gw.url, tmp_path / f"state{i}", speed=0.008, gateway_check=1.0))
+    for i in range(2):  # 0.15 s a photo
+        await procs.serve(f"node{i}", lambda p, i=i: sim_node_argv(p, gw.url, tmp_path / f"state{i}", speed=0.008,
+                                                                   gateway_check=1.0))
     await _fleet_up(session, gw.url, 2)
     before = {s["server_id"]: s["port"] for s in await servers(session, gw.url)}
     sent = {await submit(session, gw.url, unique_photo(i)): unique_photo(i) for i in range(30)}
@@ -106,8 +105,7 @@ async def test_node_reregisters_after_gateway_lost_its_store(gateway_process, pr
     gw = gateway_process(CONFIG)
     gw.start()
     await gw.wait_ready(session)
-    port = free_port()
-    procs.start("node", sim_node_argv(port, gw.url, tmp_path / "state", speed=1.0, gateway_check=0.3))
+    port = await procs.serve("node", lambda p: sim_node_argv(p, gw.url, tmp_path / "state", speed=1.0, gateway_check=0.3))
     await _fleet_up(session, gw.url, 1)
     first = await submit(session, gw.url, unique_photo(1))
     assert (await wait_finished(session, gw.url, [first], 20))[first]["status"] == "completed"

@@ -13,7 +13,6 @@ from faults_support import (
     digest,
     download,
     eventually,
-    free_port,
     servers,
     sim_node_argv,
     status,
@@ -65,10 +64,9 @@ async def test_two_gateways_one_killed_every_task_completes_and_no_node_oversubs
             await gw.wait_ready(session)
 
         # 40x30 px at 0.005 MP/s: 0.24 s a photo. Nodes register with either gateway.
-        ports = [free_port() for _ in SLOTS]
-        for i, (port, slots) in enumerate(zip(ports, SLOTS)):
-            procs.start(f"node{i}", sim_node_argv(port, (a, b)[i % 2].url, tmp_path / f"state{i}", speed=0.005,
-                                                  slots=slots))
+        ports = [await procs.serve(f"node{i}", lambda p, i=i, slots=slots: sim_node_argv(
+                     p, (a, b)[i % 2].url, tmp_path / f"state{i}", speed=0.005, slots=slots))
+                 for i, slots in enumerate(SLOTS)]
 
         async def fleet_up() -> bool:
             for gw in gateways:

@@ -16,7 +16,6 @@ from faults_support import (
     download,
     eventually,
     fault_node_argv,
-    free_port,
     node_stats,
     register,
     servers,
@@ -41,9 +40,9 @@ def base_url(gw: Any) -> str:
 async def _start_sim_nodes(procs: Procs, gw: Any, tmp_path: Path, count: int, speed: float,
                            ip: str = "127.0.0.1") -> dict[str, int]:
     """Start ``count`` simulated nodes that register themselves; answer {server_id: port}."""
-    ports = [free_port() for _ in range(count)]
-    for i, port in enumerate(ports):
-        procs.start(f"node{i}", sim_node_argv(port, base_url(gw), tmp_path / f"state{i}", speed=speed, ip=ip))
+    for i in range(count):
+        await procs.serve(f"node{i}", lambda p, i=i: sim_node_argv(p, base_url(gw), tmp_path / f"state{i}",
+                                                                   speed=speed, ip=ip))
     registry = gw.app[GATEWAY].registry
     await wait_until(lambda: len([s for s in registry.all() if s.healthy]) == count, 30, f"{count} nodes to register")
     return {s.server_id: s.record.port for s in registry.all()}
@@ -143,9 +142,8 @@ async def test_stopped_node_hits_the_per_job_timeout(make_gateway, procs: Procs,
 async def test_500s_and_corrupt_results_retried_elsewhere(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(**{**FAST, "dispatch.max_attempts": 4})
     base = base_url(gw)
-    ports = {mode: free_port() for mode in ("error500", "garbage", "truncated", "ok")}
-    for mode, port in ports.items():
-        procs.start(mode, fault_node_argv(port, mode))
+    ports = {mode: await procs.serve(mode, lambda p, mode=mode: fault_node_argv(p, mode))
+             for mode in ("error500", "garbage", "truncated", "ok")}
     for mode, port in ports.items():
         await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
         await register(session, base, port)
@@ -172,9 +170,8 @@ async def test_500s_and_corrupt_results_retried_elsewhere(make_gateway, procs: P
 async def test_flapping_node_loses_nothing(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(**{**FAST, "health_check.failure_threshold": 1, "health_check.interval": 0.05})
     base = base_url(gw)
-    flap, steady = free_port(), free_port()
-    procs.start("flap", fault_node_argv(flap, "flap", delay=0.05, period=0.4))
-    procs.start("steady", fault_node_argv(steady, "ok", delay=0.05))
+    flap = await procs.serve("flap", lambda p: fault_node_argv(p, "flap", delay=0.05, period=0.4))
+    steady = await procs.serve("steady", lambda p: fault_node_argv(p, "ok", delay=0.05))
     for port in (flap, steady):
         await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
     flap_id = await register(session, base, flap)
@@ -204,9 +201,8 @@ async def test_flapping_node_loses_nothing(make_gateway, procs: Procs, session, 
 async def test_node_changes_ip_while_jobs_run(make_gateway, procs: Procs, session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(**FAST)
     base = base_url(gw)
-    port = free_port()
     state = tmp_path / "node-state"
-    procs.start("node", sim_node_argv(port, base, state, speed=0.004, ip="127.0.0.2"))
+    port = await procs.serve("node", lambda p: sim_node_argv(p, base, state, speed=0.004, ip="127.0.0.2"))
     registry = gw.app[GATEWAY].registry
     await wait_until(lambda: [s.healthy for s in registry.all()] == [True], 20, "the node to register")
     sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(8)}
@@ -229,9 +225,8 @@ async def test_node_that_accepts_and_never_answers(make_gateway, procs: Procs, s
     """Its health still answers, its jobs never do: each job is cut at dispatch.timeout."""
     gw = await make_gateway(**{**FAST, "dispatch.timeout": 1.0})
     base = base_url(gw)
-    hang, good = free_port(), free_port()
-    procs.start("hang", fault_node_argv(hang, "hang"))
-    procs.start("good", fault_node_argv(good, "ok"))
+    hang = await procs.serve("hang", lambda p: fault_node_argv(p, "hang"))
+    good = await procs.serve("good", lambda p: fault_node_argv(p, "ok"))
     for port in (hang, good):
         await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
     await register(session, base, hang)
@@ -250,8 +245,7 @@ async def test_node_that_accepts_and_never_answers(make_gateway, procs: Procs, s
 async def test_result_type_comes_from_its_bytes_not_the_nodes_label(make_gateway, procs: Procs, session) -> None:  # type: ignore[no-untyped-def]
     gw = await make_gateway(**FAST)
     base = base_url(gw)
-    port = free_port()
-    procs.start("liar", fault_node_argv(port, "mislabel"))
+    port = await procs.serve("liar", lambda p: fault_node_argv(p, "mislabel"))
     await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
     await register(session, base, port)
     photo = unique_photo(7)  # a PNG, answered as "image/jpeg"

@@ -115,7 +115,9 @@ async def test_alpha_gray_palette_16bit_and_exif(start_node, http) -> None:  # t
     assert out.getexif().get(0x0112) in (None, 1)
 
 
-async def test_health_answers_fast_during_a_long_inference(start_node, http) -> None:  # type: ignore[no-untyped-def]
+async def test_health_answers_during_a_long_inference(start_node, http) -> None:  # type: ignore[no-untyped-def]
+    """Health is answered while the one inference runs, not after it: five answers that say
+    ``busy: 1`` before the job's answer. (Latency figures: bench/health_latency.py.)"""
     node = await start_node(token="tok", tile_size=128)
     big = png_bytes(photo().resize((384, 384)))  # ~9 tiles, a few seconds on 2 cores
     job = asyncio.ensure_future(post(http, node, big, "?format=png"))
@@ -124,19 +126,20 @@ async def test_health_answers_fast_during_a_long_inference(start_node, http) -> 
             async with http.get(f"{node.url}/health") as resp:
                 return (await resp.json())["busy"] == 1
         await wait_for(busy, timeout=30)
-        latencies = []
-        while not job.done() and len(latencies) < 20:
+        answers_while_busy, slowest = 0, 0.0
+        while answers_while_busy < 5:
             t0 = time.perf_counter()
             async with http.get(f"{node.url}/health") as resp:
                 data = await resp.json()
-            latencies.append((time.perf_counter() - t0) * 1000)
-            if data["busy"] != 1:
-                break
+            slowest = max(slowest, time.perf_counter() - t0)
+            # The job still running when the answer came: the answer was given during inference.
+            assert data["busy"] == 1 and not job.done(), (answers_while_busy, "inference finished too fast to measure")
             assert data["status"] == "ok" and data["slots"] == 1 and data["provider"] == "CPUExecutionProvider"
+            answers_while_busy += 1
             await asyncio.sleep(0.05)
-        assert len(latencies) >= 5, "inference finished too fast to measure"
-        print(f"/health during inference: max {max(latencies):.1f} ms, median {sorted(latencies)[len(latencies) // 2]:.1f} ms")
-        assert max(latencies) < 50
+        # A generous guard (the measurement, ~2 ms, is bench/health_latency.py): an event loop
+        # blocked by a tile would take the tile's time, several hundred ms here.
+        assert slowest < 0.5, f"slowest /health answer during inference: {slowest * 1000:.0f} ms"
         status, _, _ = await job
         assert status == 200
     finally:

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from gpunode_support import (
     FakeGateway,
-    free_socket,
     photo,
     png_bytes,
     tiny_model,
     wait_for,
 )
 from PIL import Image
+from support import reported_port
 
 SLOW = os.environ.get("GPUNODE_SLOW_TESTS") == "1"
 
@@ -37,21 +37,20 @@ def peak_rss_mb(pid: int) -> float:
 
 async def test_plain_run_command_serves_the_bundled_model_on_cpu(tmp_path: Path, fake_gateway: FakeGateway,
                                                                    http) -> None:  # type: ignore[no-untyped-def]
-    """Acceptance 1: ``gpunode --gateway URL --secret S --port P`` and nothing else."""
+    """Acceptance 1: ``gpunode --gateway URL --secret S --port P`` and nothing else (P = 0: a free
+    port, which it registers)."""
     await fake_gateway.start()
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
     env = {**os.environ, "GPUNODE_STATE_DIR": str(tmp_path / "state"),
            # Tests never use the UDP route trick: the advertised IP comes from the environment.
            "GPUNODE_ADVERTISE_IP": "127.0.0.1"}
     env.pop("GPUNODE_MODEL", None)
     proc = await asyncio.create_subprocess_exec(
-        *gpunode_command(), "--gateway", fake_gateway.url, "--secret", fake_gateway.secret, "--port", str(port),
+        *gpunode_command(), "--gateway", fake_gateway.url, "--secret", fake_gateway.secret, "--port", "0",
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
         await wait_for(lambda: "GPU-001" in fake_gateway.servers, timeout=60)
-        assert fake_gateway.servers["GPU-001"]["port"] == port
+        port = fake_gateway.servers["GPU-001"]["port"]  # the port it bound: served below
+        assert port > 0
         url = f"http://127.0.0.1:{port}"
         async with http.get(f"{url}/health") as resp:
             health = await resp.json()
@@ -69,16 +68,18 @@ async def test_plain_run_command_serves_the_bundled_model_on_cpu(tmp_path: Path,
 
 
 async def _enhance_big_photo(tmp_path: Path, http, model: Path | None, timeout: float) -> tuple[float, tuple[int, int]]:  # type: ignore[no-untyped-def]
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    args = ["--host", "127.0.0.1", "--port", str(port), "--token", "tok", "--state-dir", str(tmp_path / "s")]
+    args = ["--host", "127.0.0.1", "--port", "0", "--token", "tok", "--state-dir", str(tmp_path / "s")]
     if model is not None:
         args += ["--model", str(model)]
-    proc = await asyncio.create_subprocess_exec(*gpunode_command(), *args, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)
+    log = tmp_path / "gpunode.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(*gpunode_command(), *args, stdout=out, stderr=out)
     try:
-        url = f"http://127.0.0.1:{port}"
+        def port() -> int | None:
+            assert proc.returncode is None, log.read_text()[-3000:]
+            return reported_port(log, "starting")
+
+        url = f"http://127.0.0.1:{await wait_for(port, timeout=60, interval=0.05)}"
 
         async def up() -> bool:
             try:
