@@ -46,6 +46,7 @@ from bomb_images import cpu_bombs
 from fleet import SECRET, Procs, free_port, gateway_argv, sim_node_argv, wait_for
 
 GATEWAY_CONFIG = """
+webhook: {{allowed_node_networks: [127.0.0.0/8]}}  # the nodes run on this machine
 health_check: {{interval: 0.5, timeout: 2}}
 limits: {{max_queue: 100000, max_pixels: {max_pixels}}}
 logging: {{level: warning}}
