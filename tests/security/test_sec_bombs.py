@@ -25,7 +25,7 @@ from bombs import hammer, memory_kib, tree_rss_kib  # noqa: E402
 MIB = 1024 * 1024
 #: The smallest budget config.py allows at the default 36 MP: one progressive JPEG at a time.
 TIGHT_BUDGET = 230_000_000
-CONFIG = "health_check: {interval: 0.3, timeout: 2}\nlogging: {level: warning}\n"
+CONFIG = "health_check: {interval: 0.3, timeout: 2}\nlogging: {level: info}  # gateway_listening reports the port\n"
 
 
 @functools.lru_cache(maxsize=1)
