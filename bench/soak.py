@@ -74,7 +74,7 @@ FAULT_OF_REASON = {
 
 
 def photo(i: int) -> bytes:
-    """48 x 32 px: its colour encodes ``i``, a dark stripe marks its left edge (so its mirror
+    """48 x 32 px: its colour encodes ``i``, a black or white stripe marks its left edge (so its mirror
     image differs from it in every row)."""
     img = Image.new("RGB", (48, 32), (i & 255, (i >> 8) & 255, 64 + ((i >> 16) & 127)))
     img.paste((0, 0, 0) if (i & 255) > 127 else (255, 255, 255), (0, 0, 6, 32))
