@@ -104,8 +104,15 @@ def ensure_binary(name: str, package: str) -> str | None:
     return None
 
 
-def nginx_conf(workdir: Path, port: int, node_ports: list[int]) -> Path:
-    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in node_ports)
+def speed_weights(speeds: list[float]) -> list[int]:
+    """Integer weights proportional to the nodes' speeds (the fastest gets 100; within 1 %),
+    for nginx ``weight=``, HAProxy ``weight`` (1-256) and photogate's ``weighted``."""
+    return [max(1, round(100 * s / max(speeds))) for s in speeds]
+
+
+def nginx_conf(workdir: Path, port: int, node_ports: list[int], weights: list[int] | None = None) -> Path:
+    weights = weights or [1] * len(node_ports)
+    servers = "\n".join(f"        server 127.0.0.1:{p} weight={w};" for p, w in zip(node_ports, weights))
     conf = workdir / "nginx.conf"
     conf.write_text(f"""
 worker_processes 1;
@@ -143,9 +150,12 @@ http {{
     return conf
 
 
-def haproxy_conf(workdir: Path, port: int, node_ports: list[int], maxconn: int | None) -> Path:
+def haproxy_conf(workdir: Path, port: int, node_ports: list[int], maxconn: int | None,
+                 weights: list[int] | None = None) -> Path:
     limit = f" maxconn {maxconn}" if maxconn else ""
-    servers = "\n".join(f"    server n{i} 127.0.0.1:{p}{limit}" for i, p in enumerate(node_ports))
+    weights = weights or [1] * len(node_ports)
+    servers = "\n".join(f"    server n{i} 127.0.0.1:{p} weight {w}{limit}"
+                        for i, (p, w) in enumerate(zip(node_ports, weights)))
     conf = workdir / f"haproxy-{maxconn or 'nolimit'}.cfg"
     conf.write_text(f"""
 global

@@ -2,14 +2,21 @@
 """Scheduling benchmark: photogate's strategies against nginx and HAProxy on one fleet.
 
 Starts a fleet of simulated nodes (``gpunode --simulate``: each job takes
-megapixels / speed seconds), replays one open-loop arrival schedule per load level
-(seeded; photo sizes 0.3-12 MP, most 1-4 MP) against each system, and prints completed
-jobs, mean/p50/p95/p99 latency and makespan, next to a reference computed offline from
-the same schedule with exact sizes and speeds and no network cost: the better, metric by
-metric, of earliest-finish dispatch at arrival and a central FIFO queue handing the head
-job to the fastest free node.
+megapixels / speed seconds; like a real node, a simulated one reports in /health only the
+throughput it has measured, nothing before its first job), replays one open-loop arrival
+schedule per load level (seeded; photo sizes 0.3-12 MP, most 1-4 MP) against each system,
+``--runs`` times (the systems interleaved run by run), and prints for each system the median
+and the min-max over the runs of mean/p50/p95/p99 latency and makespan, next to a reference
+computed offline from the same schedule with exact sizes and speeds and no network cost: the
+better, metric by metric, of earliest-finish dispatch at arrival and a central FIFO queue
+handing the head job to the fastest free node.
 
-    python bench/scheduling.py                      # speeds 1 2 4, loads 0.5 0.7 0.9
+Every baseline knows the speeds: nginx and HAProxy get ``weight`` proportional to each
+node's speed, and photogate ``weighted`` the same weights. A job that fails, or that the
+time limit cuts off, counts as an infinite latency (so a percentile that reaches it is
+infinite) and is counted in the table.
+
+    python bench/scheduling.py                      # speeds 1 2 4, loads 0.5 0.7 0.9, 3 runs
     python bench/scheduling.py --time-scale 4 --jobs 120 --systems fastest,haproxy-queue
 
 Latency is from the scheduled arrival to the last byte of the result: photogate is asked
@@ -47,13 +54,15 @@ from fleet import (
     haproxy_conf,
     nginx_conf,
     sim_node_argv,
+    speed_weights,
     wait_for,
 )
 
 PHOTOGATE_STRATEGIES = ("round_robin", "least_busy", "weighted", "fastest")
 PROXIES = ("nginx", "haproxy", "haproxy-queue")
-LABELS = {"nginx": "nginx least_conn", "haproxy": "haproxy leastconn",
-          "haproxy-queue": "haproxy leastconn maxconn 1"}
+LABELS = {"nginx": "nginx least_conn, weight", "haproxy": "haproxy leastconn, weight",
+          "haproxy-queue": "haproxy leastconn, weight, maxconn 1", "weighted": "photogate weighted (same weights)"}
+STATS = ("mean", "p50", "p95", "p99", "p99_ratio", "makespan")
 
 
 @dataclass(frozen=True)
@@ -89,13 +98,15 @@ def make_schedule(seed: int, n: int, load: float, speeds: list[float]) -> list[J
 # -- the offline reference ---------------------------------------------------------------
 
 def _metrics(latencies: list[float], first: float, last: float) -> dict[str, float]:
+    """Latencies of every job offered: a failed or cut-off one is ``math.inf``."""
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
-    return {"completed": len(ordered), "mean": statistics.fmean(ordered), "p50": pct(50), "p95": pct(95),
-            "p99": pct(99), "makespan": last - first}
+    done = sum(1 for x in ordered if math.isfinite(x))
+    return {"completed": done, "mean": statistics.fmean(ordered), "p50": pct(50), "p95": pct(95),
+            "p99": pct(99), "makespan": last - first if done == len(ordered) else math.inf}
 
 
 def simulate_earliest_finish(jobs: list[Job], speeds: list[float]) -> dict[str, float]:
@@ -147,16 +158,15 @@ Send = Callable[[aiohttp.ClientSession, Job, bytes], Awaitable[bool]]
 
 
 async def replay(jobs: list[Job], photos: Photos, send: Send, time_limit: float) -> dict[str, float]:
+    """Every job's latency; a failed job and one the time limit cut off count as infinite."""
     loop = asyncio.get_running_loop()
-    latencies: list[float] = []
+    latency: dict[int, float] = {}  # job index -> seconds, math.inf if it failed
     ends: list[float] = []
-    failures = 0
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=time_limit)) as http:
         t0 = loop.time() + 0.5
 
         async def one(job: Job) -> None:
-            nonlocal failures
             body = photos.get(job.width, job.height)
             await asyncio.sleep(max(0.0, t0 + job.arrival - loop.time()))
             try:
@@ -164,11 +174,9 @@ async def replay(jobs: list[Job], photos: Photos, send: Send, time_limit: float)
             except (TimeoutError, aiohttp.ClientError):
                 ok = False
             now = loop.time()
+            latency[job.index] = now - (t0 + job.arrival) if ok else math.inf
             if ok:
-                latencies.append(now - (t0 + job.arrival))
                 ends.append(now - t0)
-            else:
-                failures += 1
 
         for job in jobs:  # make the photos before the clock starts
             photos.get(job.width, job.height)
@@ -176,10 +184,10 @@ async def replay(jobs: list[Job], photos: Photos, send: Send, time_limit: float)
             await asyncio.wait_for(asyncio.gather(*(one(j) for j in jobs)), time_limit)
         except TimeoutError:
             pass
-    if not latencies:
-        return {"completed": 0, "failed": failures}
-    result = _metrics(latencies, jobs[0].arrival, max(ends))
-    result["failed"] = failures
+    cut_off = len(jobs) - len(latency)
+    failed = sum(1 for x in latency.values() if math.isinf(x))
+    result = _metrics([*latency.values(), *[math.inf] * cut_off], jobs[0].arrival, max(ends, default=math.inf))
+    result.update(failed=failed, cut_off=cut_off)
     return result
 
 
@@ -211,6 +219,7 @@ def proxy_send(url: str) -> Send:
 
 async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: Photos, workdir: Path,
                      time_limit: float) -> dict[str, float]:
+    weights = speed_weights(speeds)
     workdir.mkdir(parents=True, exist_ok=True)
     procs = Procs(workdir)
     node_ports = [free_port() for _ in speeds]
@@ -220,7 +229,11 @@ async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: 
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 config = workdir / "gateway.yaml"
-                config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nbalancer: {{strategy: {system}}}\n"
+                # The nodes register one by one below, so GPU-00(i+1) runs at speeds[i].
+                options = ({"weights": {f"GPU-{i + 1:03d}": w for i, w in enumerate(weights)}}
+                           if system == "weighted" else {})
+                config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\n"
+                                  f"balancer: {{strategy: {system}, options: {json.dumps(options)}}}\n"
                                   "health_check: {interval: 2, timeout: 2}\nlogging: {level: warning}\n"
                                   "limits: {max_queue: 100000}\n")
                 procs.start("photogate", gateway_argv(config, port, workdir / "data"))
@@ -256,12 +269,12 @@ async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: 
                     binary = ensure_binary("nginx", "nginx-light")
                     if binary is None:
                         return {"skipped": "nginx not installed"}  # type: ignore[dict-item]
-                    procs.start("nginx", [binary, "-p", str(workdir), "-c", str(nginx_conf(workdir, port, node_ports))])
+                    procs.start("nginx", [binary, "-p", str(workdir), "-c", str(nginx_conf(workdir, port, node_ports, weights))])
                 else:
                     binary = ensure_binary("haproxy", "haproxy")
                     if binary is None:
                         return {"skipped": "haproxy not installed"}  # type: ignore[dict-item]
-                    conf = haproxy_conf(workdir, port, node_ports, 1 if system == "haproxy-queue" else None)
+                    conf = haproxy_conf(workdir, port, node_ports, 1 if system == "haproxy-queue" else None, weights)
                     procs.start(system, [binary, "-db", "-f", str(conf)])
 
                 async def proxy_up() -> bool:
@@ -275,15 +288,43 @@ async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: 
         procs.stop()
 
 
-def fmt_row(name: str, load: float, m: dict[str, float], ref: dict[str, float] | None) -> str:
-    if "skipped" in m:
-        return f"| {name} | {load:.0%} | skipped: {m['skipped']} | | | | | | |"
-    if not m.get("completed"):
-        return f"| {name} | {load:.0%} | 0 (failed {m.get('failed', 0)}) | | | | | | |"
-    ratio = f"{m['p99'] / ref['p99']:.2f}" if ref else "1.00"
-    done = f"{m['completed']}" + (f" (+{m['failed']} failed)" if m.get("failed") else "")
-    return (f"| {name} | {load:.0%} | {done} | {m['mean']:.2f} | {m['p50']:.2f} | {m['p95']:.2f} | {m['p99']:.2f} "
-            f"| {ratio} | {m['makespan']:.1f} |")
+def summarize(runs: list[dict[str, float]], ref: dict[str, float]) -> dict[str, object]:
+    """Median and min-max over the runs of each statistic; jobs completed, failed, cut off."""
+    for m in runs:
+        m["p99_ratio"] = m["p99"] / ref["p99"]
+    out: dict[str, object] = {"runs": len(runs), "completed_min": min(m["completed"] for m in runs),
+                              "failed": sum(m["failed"] for m in runs), "cut_off": sum(m["cut_off"] for m in runs)}
+    for key in STATS:
+        values = sorted(m[key] for m in runs)
+        out[key] = {"median": statistics.median(values), "min": values[0], "max": values[-1]}
+    return out
+
+
+def _num(x: float, digits: int) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "inf"
+
+
+def _cell(stat: dict[str, float], digits: int = 2) -> str:
+    """``median (min-max)``."""
+    return f"{_num(stat['median'], digits)} ({_num(stat['min'], digits)}–{_num(stat['max'], digits)})"
+
+
+HEADER = ("| system | load | runs | completed (worst run) | failed + cut off (all runs) | mean s | p50 s | p95 s "
+          "| p99 s | p99 / ref | makespan s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def fmt_ref(load: float, ref: dict[str, float], jobs: int) -> str:
+    return (f"| reference (offline) | {load:.0%} | – | {jobs} | 0 | {ref['mean']:.2f} | {ref['p50']:.2f} "
+            f"| {ref['p95']:.2f} | {ref['p99']:.2f} | 1.00 | {ref['makespan']:.1f} |")
+
+
+def fmt_row(name: str, load: float, s: dict[str, object], jobs: int) -> str:
+    if "skipped" in s:
+        return f"| {name} | {load:.0%} | skipped: {s['skipped']} | | | | | | | | |"
+    stat = {k: s[k] for k in STATS}
+    return (f"| {name} | {load:.0%} | {s['runs']} | {s['completed_min']} / {jobs} | {s['failed']} + {s['cut_off']} "
+            f"| {_cell(stat['mean'])} | {_cell(stat['p50'])} | {_cell(stat['p95'])} | {_cell(stat['p99'])} "  # type: ignore[arg-type]
+            f"| {_cell(stat['p99_ratio'])} | {_cell(stat['makespan'], 1)} |")  # type: ignore[arg-type]
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -293,27 +334,44 @@ async def main_async(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown systems: {sorted(unknown)}; known: {', '.join(PHOTOGATE_STRATEGIES + PROXIES)}")
         return 2
+    if args.runs < 1:
+        print("--runs must be at least 1")
+        return 2
     photos = Photos()
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    print(f"fleet: {len(speeds)} simulated nodes at {', '.join(f'{s:g}' for s in speeds)} MP/s, 1 slot each; "
-          f"{args.jobs} jobs per run; seed {args.seed}\n")
-    print("| system | load | completed | mean s | p50 s | p95 s | p99 s | p99 / ref | makespan s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    results: dict[str, dict[str, object]] = {}
+    print(f"fleet: {len(speeds)} simulated nodes at {', '.join(f'{s:g}' for s in speeds)} MP/s, 1 slot each, "
+          f"weights {':'.join(map(str, speed_weights(speeds)))}; {args.jobs} jobs per run; seed {args.seed}; "
+          f"{args.runs} runs per system, median (min–max)\n")
+    lines = [HEADER]
     with tempfile.TemporaryDirectory(prefix="photogate-bench-") as tmp:
         for load in args.loads:
             jobs = make_schedule(args.seed, args.jobs, load, speeds)
             ref = reference(jobs, speeds)
-            results[f"{load}"] = {"reference": ref}
-            print(fmt_row("reference (offline)", load, ref, None), flush=True)
             limit = jobs[-1].arrival * 3 + 120
+            runs: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
+            skipped: dict[str, str] = {}
+            for run in range(args.runs):  # interleaved: the machine's drifts hit every system
+                for system in systems:
+                    if system in skipped:
+                        continue
+                    m = await run_system(system, jobs, speeds, photos, Path(tmp) / f"{system}-{load}-{run}", limit)
+                    if "skipped" in m:
+                        skipped[system] = str(m["skipped"])
+                        continue
+                    runs[system].append(m)
+                    print(f"  load {load:.0%} run {run + 1}/{args.runs} {system}: p99 {_num(m['p99'], 2)} s, "
+                          f"completed {m['completed']}, failed {m['failed']}, cut off {m['cut_off']}",
+                          file=sys.stderr, flush=True)
+            lines.append(fmt_ref(load, ref, args.jobs))
+            results[f"{load}"] = {"reference": ref}
             for system in systems:
-                m = await run_system(system, jobs, speeds, photos, Path(tmp) / f"{system}-{load}", limit)
-                results[f"{load}"][system] = m
-                name = LABELS.get(system, f"photogate {system}")
-                print(fmt_row(name, load, m, ref), flush=True)
+                summary = {"skipped": skipped[system]} if system in skipped else summarize(runs[system], ref)
+                results[f"{load}"][system] = {"summary": summary, "runs": runs[system]}  # type: ignore[index]
+                lines.append(fmt_row(LABELS.get(system, f"photogate {system}"), load, summary, args.jobs))
+    print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps({"speeds": speeds, "jobs": args.jobs, "seed": args.seed,
-                                               "results": results}, indent=2))
+                                               "runs": args.runs, "results": results}, indent=2, default=str))
     return 0
 
 
@@ -324,6 +382,7 @@ def main() -> int:
                         help="multiply every speed (and so divide every time) to finish sooner")
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 0.7, 0.9])
     parser.add_argument("--jobs", type=int, default=200, help="jobs per run (bounded)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per system and load (median and min-max shown)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--systems", default=",".join(PHOTOGATE_STRATEGIES + PROXIES))
     parser.add_argument("--json", help="also write the figures to this file")

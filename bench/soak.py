@@ -13,10 +13,15 @@ random fault every ``--fault-every`` seconds on average:
 - ``gateway_kill``: SIGKILL the gateway, restart it on the same data dir (at most every 20 s,
   at least once a run).
 
-At the end every accepted task must be ``completed`` or ``failed`` with a reason; a task
-answered 404 or still queued/processing is *lost*; a completed task whose download is not
-byte-identical to its photo (the nodes answer their input) is *wrong-content*. Both must be 0;
-the exit status is 1 otherwise. Loopback only; every wait is bounded by ``--deadline``.
+Every node answers its photo flipped left to right (``--sim-output mirror``, and the fault
+nodes' ``--output mirror``), and every photo is asymmetric, so the client knows each task's
+result. At the end every accepted task must be ``completed`` or ``failed`` with a reason; a
+task answered 404 or still queued/processing is *lost*; a completed task whose download is not
+its own photo mirrored (pixel for pixel; PNG is lossless) is *wrong-content* — a gateway that
+served the input, or another task's result, back fails here. A failed task is *explained* when
+it used all its attempts and its last error is what an injected fault produces (the table says
+which); any other failure is *unexplained*. Lost, wrong-content and unexplained failures must
+all be 0; the exit status is 1 otherwise. Loopback only; every wait is bounded by ``--deadline``.
 
     python bench/soak.py --jobs 2000
 """
@@ -41,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from PIL import Image
+from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import PY, SECRET, free_port, gateway_argv, wait_for
@@ -49,19 +54,43 @@ from fleet import PY, SECRET, free_port, gateway_argv, wait_for
 REPO = Path(__file__).resolve().parent.parent
 FAULTS_NODE = REPO / "tests" / "faults" / "faults_node.py"
 ADMIN = "soak-admin-token-0123456789"
-GATEWAY_CONFIG = """
-webhook: {allowed_node_networks: [127.0.0.0/8]}  # the nodes run on this machine
-health_check: {interval: 0.5, timeout: 1, failure_threshold: 2}
-dispatch: {timeout: 2, connect_timeout: 1, max_attempts: 4, retry_backoff: 0.3}
-limits: {max_queue: 10000}
-logging: {level: warning}
+MAX_ATTEMPTS = 4
+GATEWAY_CONFIG = f"""
+webhook: {{allowed_node_networks: [127.0.0.0/8]}}  # the nodes run on this machine
+health_check: {{interval: 0.5, timeout: 1, failure_threshold: 2}}
+dispatch: {{timeout: 2, connect_timeout: 1, max_attempts: {MAX_ATTEMPTS}, retry_backoff: 0.3}}
+limits: {{max_queue: 10000}}
+logging: {{level: warning}}
 """
+#: The fault that produces each failure reason (see :func:`reason`): a task that failed for
+#: one of these after all its attempts failed correctly; for anything else, it did not.
+FAULT_OF_REASON = {
+    "node timed out": ("node_hang",),
+    "node error 500": ("node_500", "flap"),
+    "corrupt result": ("corrupt_result",),
+    "node unreachable": ("node_kill", "flap"),
+    "node refused its token (restarting)": ("node_kill",),
+}
 
 
 def photo(i: int) -> bytes:
+    """48 x 32 px: its colour encodes ``i``, a black or white stripe marks its left edge (so its mirror
+    image differs from it in every row)."""
+    img = Image.new("RGB", (48, 32), (i & 255, (i >> 8) & 255, 64 + ((i >> 16) & 127)))
+    img.paste((0, 0, 0) if (i & 255) > 127 else (255, 255, 255), (0, 0, 6, 32))
     buf = io.BytesIO()
-    Image.new("RGB", (48, 32), (i & 255, (i >> 8) & 255, 64 + ((i >> 16) & 127))).save(buf, "PNG")
+    img.save(buf, "PNG")
     return buf.getvalue()
+
+
+def pixels_digest(data: bytes, *, mirrored: bool = False) -> str | None:
+    """sha256 of the RGB pixels of ``data`` (mirrored left to right if asked); None if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = im.convert("RGB")
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256((ImageOps.mirror(rgb) if mirrored else rgb).tobytes()).hexdigest()
 
 
 def reason(error: str | None) -> str:
@@ -87,7 +116,8 @@ class Soak:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.argv: dict[str, list[str]] = {}
         self.faults: Counter[str] = Counter()
-        self.sent: dict[str, str] = {}  # task id -> sha256 of its photo
+        self.sent: dict[str, str] = {}  # task id -> sha256 of its photo's pixels, mirrored: its result
+        self.echo: dict[str, str] = {}  # task id -> sha256 of its photo's own pixels
         self.submit_errors: Counter[str] = Counter()
         self.stop_faults = asyncio.Event()
         self.gateway_restarts = 0
@@ -142,12 +172,14 @@ class Soak:
                                    "--jitter", "0.3", "--host", "127.0.0.1", "--advertise-ip", "127.0.0.1",
                                    "--port", str(port), "--state-dir", str(self.workdir / f"sim{i}"),
                                    "--gateway", self.url, "--secret", SECRET, "--queue-size", "16",
-                                   "--register-backoff-max", "1", "--log-level", "warning"])
+                                   "--register-backoff-max", "1", "--log-level", "warning",
+                                   "--sim-output", "mirror"])
         self.fault_ports = []
         for i in range(self.args.fault_nodes):
             port = free_port()
             self.fault_ports.append(port)
-            self.start(f"faulty{i}", [PY, str(FAULTS_NODE), "--port", str(port), "--delay", "0.2"])
+            self.start(f"faulty{i}", [PY, str(FAULTS_NODE), "--port", str(port), "--delay", "0.2",
+                                      "--output", "mirror"])
         for port in self.fault_ports:
             await wait_for(lambda p=port: self._answers(session, f"http://127.0.0.1:{p}/_stats"), "a fault node", 20)
             async with session.post(self.url + "/webhook/register",
@@ -243,7 +275,9 @@ class Soak:
             try:
                 async with session.post(self.url + "/api/v1/enhance", data=form) as resp:
                     if resp.status == 200:
-                        self.sent[(await resp.json())["task_id"]] = hashlib.sha256(data).hexdigest()
+                        task_id = (await resp.json())["task_id"]
+                        self.sent[task_id] = str(pixels_digest(data, mirrored=True))
+                        self.echo[task_id] = str(pixels_digest(data))
                         return
                     self.submit_errors[f"HTTP {resp.status}"] += 1
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:  # noqa: UP041
@@ -267,9 +301,11 @@ class Soak:
     async def check(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         finals: Counter[str] = Counter()
         failed: Counter[str] = Counter()
+        unexplained: list[str] = []
         retried: list[str] = []
         lost: list[str] = []
         wrong: list[str] = []
+        echoed: list[str] = []
         sem = asyncio.Semaphore(32)
 
         async def one(task_id: str, digest: str) -> None:
@@ -283,12 +319,18 @@ class Soak:
                 if body["status"] == "completed" and body["attempts"] > 1:
                     retried.append(task_id)
                 if body["status"] == "failed":
-                    failed[reason(body["error"])] += 1
+                    why = reason(body["error"])
+                    failed[why] += 1
+                    faults = [f for f in FAULT_OF_REASON.get(why, ()) if self.faults[f]]
+                    if not faults or body["attempts"] < MAX_ATTEMPTS:
+                        unexplained.append(f"{task_id} ({body['attempts']} attempts): {body['error']}")
                 elif body["status"] == "completed":
                     async with session.get(f"{self.url}/api/v1/download/{task_id}") as resp:
                         got = await resp.read()
-                    if resp.status != 200 or hashlib.sha256(got).hexdigest() != digest:
+                    if resp.status != 200 or pixels_digest(got) != digest:
                         wrong.append(task_id)
+                        if pixels_digest(got) == self.echo[task_id]:
+                            echoed.append(task_id)
                 else:
                     lost.append(task_id)
 
@@ -298,7 +340,7 @@ class Soak:
                                headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
             orphans = len({t["task_id"] for t in (await resp.json())["tasks"]} - set(self.sent))
         return {"finals": finals, "failed": failed, "lost": lost, "wrong": wrong, "retried": retried,
-                "orphans": orphans}
+                "orphans": orphans, "unexplained": unexplained, "echoed": echoed}
 
     async def run(self) -> dict[str, Any]:
         args = self.args
@@ -343,9 +385,12 @@ def table(soak: Soak, result: dict[str, Any], args: argparse.Namespace) -> str:
         ("completed", finals.get("completed", 0)),
         ("  of which after more than one attempt", len(result["retried"])),
         ("failed", finals.get("failed", 0)),
-        *((f"  failed: {k}", v) for k, v in sorted(failed.items())),
+        *((f"  failed: {k} (fault: {' or '.join(FAULT_OF_REASON.get(k, ('none',)))})", v)
+          for k, v in sorted(failed.items())),
+        ("failed, unexplained by the faults", len(result["unexplained"])),
         ("lost (404, or queued/processing at the end)", len(result["lost"])),
-        ("wrong content", len(result["wrong"])),
+        ("wrong content (not the photo mirrored)", len(result["wrong"])),
+        ("  of which the input served back", len(result["echoed"])),
         ("faults injected", sum(soak.faults.values())),
         *((f"  fault: {k}", v) for k, v in sorted(soak.faults.items())),
         ("upload retries (gateway down or busy)", sum(soak.submit_errors.values())),
@@ -380,12 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "accepted": len(soak.sent), "finals": dict(result["finals"]), "failed": dict(result["failed"]),
-            "lost": len(result["lost"]), "wrong": len(result["wrong"]), "faults": dict(soak.faults),
+            "lost": len(result["lost"]), "wrong": len(result["wrong"]), "echoed": len(result["echoed"]),
+            "unexplained": result["unexplained"], "faults": dict(soak.faults),
             "elapsed": result["elapsed"],
         }, indent=2))
-    ok = not result["lost"] and not result["wrong"] and len(soak.sent) == args.jobs
+    ok = not result["lost"] and not result["wrong"] and not result["unexplained"] and len(soak.sent) == args.jobs
     if not ok:
-        print(f"FAIL: lost {result['lost'][:5]}, wrong content {result['wrong'][:5]}", file=sys.stderr)
+        print(f"FAIL: lost {result['lost'][:5]}, wrong content {result['wrong'][:5]}, "
+              f"unexplained failures {result['unexplained'][:5]}", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -40,7 +40,8 @@ def _engine_ctx(models: list[SRModel] | None):  # type: ignore[no-untyped-def]
         config = app[CONFIG]
         if config.simulate_speed > 0:
             app[ENGINE] = SimEngine(speed=config.simulate_speed, slots=config.slots or 1,  # type: ignore[assignment]
-                                    queue_size=config.queue_size, jitter=config.simulate_jitter)
+                                    queue_size=config.queue_size, jitter=config.simulate_jitter,
+                                    output=config.simulate_output, max_pixels=config.max_input_pixels)
             yield
             return
         loaded = models

@@ -72,10 +72,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="use the CPU even where CUDA is available")
     p.add_argument("--simulate", action="store_true",
                    help="no model: each job waits megapixels / --speed seconds and answers its input "
-                        "(benchmarks and tests of many or mixed nodes)")
+                        "(benchmarks and tests of many or mixed nodes); see --sim-output")
     p.add_argument("--speed", type=float, default=1.0, help="with --simulate: MP/s per slot (default %(default)s)")
     p.add_argument("--jitter", type=float, default=0.0,
                    help="with --simulate: each job's time varies by up to this fraction (default %(default)s)")
+    p.add_argument("--sim-output", choices=("echo", "mirror"), default="echo",
+                   help="with --simulate: answer the input itself, or the input flipped left to right "
+                        "(a result a client can check; default %(default)s)")
     p.add_argument("--dev", action="store_true", help="readable console logs")
     p.add_argument("--log-level", default="info")
     return p
@@ -120,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         tile_overlap=args.tile_overlap, queue_size=args.queue_size, slots=args.slots, threads=args.threads,
         max_input_pixels=args.max_input_pixels, cpu_only=args.cpu, dev=args.dev,
         simulate_speed=args.speed if args.simulate else 0.0, simulate_jitter=args.jitter,
+        simulate_output=args.sim_output,
     )
 
 

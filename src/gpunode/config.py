@@ -57,6 +57,8 @@ class NodeConfig:
     simulate_speed: float = 0.0
     #: ``--jitter``: each simulated job takes its time times 1 +/- up to this fraction.
     simulate_jitter: float = 0.0
+    #: ``--sim-output``: a simulated node answers its input (``echo``) or its input flipped (``mirror``).
+    simulate_output: str = "echo"
 
     @property
     def model_file(self) -> Path:

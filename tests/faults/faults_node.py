@@ -4,7 +4,8 @@ It speaks the node protocol (``GET /health``, ``POST /v1/enhance`` answering the
 image itself, any bearer token accepted) and can be switched at runtime with
 ``POST /_control {"mode": ..., "delay": ..., "period": ...}``:
 
-- ``ok``: echo the input (``delay`` s per job);
+- ``ok``: echo the input (``delay`` s per job); with ``--output mirror``, the input flipped
+  left to right, as ``gpunode --simulate --sim-output mirror`` answers (the soak checks it);
 - ``error500``: every job answers 500;
 - ``hang``: jobs never answer; health still answers (the worst case);
 - ``garbage``: answers a PNG signature and junk; ``truncated``: the first half of the input;
@@ -25,12 +26,14 @@ import time
 
 from aiohttp import web
 
+from gpunode.simulate import mirror
+
 MODES = ("ok", "error500", "hang", "garbage", "truncated", "mislabel", "down", "flap")
 
 
 class FaultNode:
-    def __init__(self, mode: str, delay: float, period: float) -> None:
-        self.mode, self.delay, self.period = mode, delay, period
+    def __init__(self, mode: str, delay: float, period: float, output: str = "echo") -> None:
+        self.mode, self.delay, self.period, self.output = mode, delay, period, output
         self.since = time.monotonic()
         self.jobs = 0
         self.answers: dict[str, int] = {}
@@ -65,6 +68,9 @@ class FaultNode:
         if mode == "truncated":
             return web.Response(body=body[: len(body) // 2], headers={"Content-Type": ctype})
         self.jobs += 1
+        if self.output == "mirror":
+            body, ctype = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: mirror(body, request.query.get("format"), 95, max_pixels=50_000_000))
         return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def control(self, request: web.Request) -> web.Response:
@@ -88,8 +94,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=MODES, default="ok")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--period", type=float, default=1.0)
+    parser.add_argument("--output", choices=("echo", "mirror"), default="echo")
     args = parser.parse_args()
-    node = FaultNode(args.mode, args.delay, args.period)
+    node = FaultNode(args.mode, args.delay, args.period, args.output)
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/health", node.health)
     app.router.add_post("/v1/enhance", node.enhance)
