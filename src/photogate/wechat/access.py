@@ -6,7 +6,7 @@ from aiohttp import web
 
 from ..access import PaymentRequired
 from ..config import WechatConfig
-from ..errors import Unauthorized
+from ..errors import Forbidden, Unauthorized
 from ..models import TaskRecord
 from ..netutil import bearer
 from .service import WechatService
@@ -37,6 +37,18 @@ class WechatAccess:
             raise Unauthorized("your session has expired; log in again" if expired else LOGIN_HINT,
                                headers={"WWW-Authenticate": "Bearer"})
         return openid
+
+    async def caller(self, request: web.Request, claimed: str | None) -> str:
+        """The openid a pay call acts for: the session's (an ``openid`` the call names must be
+        the same); without a session, the named one when ``wechat.legacy_clients`` is on."""
+        openid = await self.session(request)
+        if openid is not None:
+            if claimed is not None and claimed != openid:
+                raise Forbidden("this openid is not the one you logged in as")
+            return openid
+        if claimed is not None and self.cfg.legacy_clients and bearer(request) is None:
+            return claimed
+        return await self.require(request)  # raises: expired session, or none
 
     async def admit(self, request: web.Request) -> str | None:
         if self.cfg.login_enabled:
