@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from ..access import PaymentRequired
@@ -10,6 +11,8 @@ from ..errors import Forbidden, Unauthorized
 from ..models import TaskRecord
 from ..netutil import bearer
 from .service import WechatService
+
+log = structlog.get_logger("photogate.wechat.access")
 
 LOGIN_HINT = "log in with WeChat first: POST /api/wechat/login {code}, then send Authorization: Bearer <token>"
 
@@ -47,6 +50,8 @@ class WechatAccess:
                 raise Forbidden("this openid is not the one you logged in as")
             return openid
         if claimed is not None and self.cfg.legacy_clients and bearer(request) is None:
+            # Counted in the log so an operator sees when the old mini program is gone.
+            log.info("wechat_legacy_call", openid=claimed, path=request.path)
             return claimed
         return await self.require(request)  # raises: expired session, or none
 
