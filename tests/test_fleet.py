@@ -50,7 +50,8 @@ async def test_wrong_or_missing_secret_is_refused_and_audited(gateway: Gateway) 
         wrong = await gateway.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": 8000, "secret": "nope"})
         missing = await gateway.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": 8000})
         listing = await gateway.client.get("/webhook/servers?secret=nope")
-    assert wrong.status == 403 and (await wrong.json()) == {"error": "wrong secret"}
+    assert wrong.status == 403 and (await wrong.json()) == {"success": False, "error": "wrong secret",
+                                                          "message": "wrong secret"}
     assert missing.status == 401 and "secret" in (await missing.json())["error"]
     assert listing.status == 403
     refused = [e for e in logs if e["event"] == "audit" and e["action"] == "register_refused"]

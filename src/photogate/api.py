@@ -365,5 +365,22 @@ async def info(request: web.Request) -> web.Response:
         "fleet": fleet_summary(request),
         "endpoints": sorted({f"{r.method} {r.resource.canonical}" for r in request.app.router.routes()
                              if r.method not in ("HEAD", "OPTIONS") and r.resource is not None}),
+        # The original gateway's shape: a dict, name -> path.
+        "endpoint_map": ORIGINAL_ENDPOINTS,
     })
+
+
+#: ``/api/v1/info``'s ``endpoint_map``: the original gateway's endpoints by name.
+ORIGINAL_ENDPOINTS = {
+    "enhance": "/api/v1/enhance",
+    "status": "/api/v1/status/{task_id}",
+    "download": "/api/v1/download/{task_id}",
+    "health": "/api/v1/health",
+    "info": "/api/v1/info",
+    "config": "/api/v1/config",
+    "multi_backend": "/api/v1/config/multi-backend",
+    "webhook_register": "/webhook/register",
+    "webhook_unregister": "/webhook/unregister",
+    "webhook_servers": "/webhook/servers",
+}
 

@@ -205,6 +205,9 @@ class WechatConfig:
     login_enabled: bool = False
     #: Each enhancement costs ``credits_per_enhancement`` credits, bought with WeChat Pay.
     billing_enabled: bool = False
+    #: The original mini program's openid-based calls (create, query, orders, stats) without
+    #: our session token: anyone who knows an openid may list its orders (README).
+    legacy_clients: bool = False
     credits_per_enhancement: int = 1
     session_ttl: float = 30 * 86400.0
     api_base: str = "https://api.weixin.qq.com"
@@ -225,8 +228,9 @@ class WechatConfig:
 
 def _validate_wechat(wx: WechatConfig) -> None:
     if not wx.appid:
-        if wx.login_enabled or wx.billing_enabled:
-            raise ConfigError("wechat.appid: required when wechat.login_enabled or wechat.billing_enabled is true")
+        if wx.login_enabled or wx.billing_enabled or wx.legacy_clients:
+            raise ConfigError("wechat.appid: required when wechat.login_enabled, billing_enabled or "
+                              "legacy_clients is true")
         return
     checks: list[tuple[bool, str]] = [
         (bool(wx.secret), "wechat.secret: empty; set it in the config file or WECHAT_APP_SECRET"),
@@ -252,6 +256,10 @@ def _validate_wechat(wx: WechatConfig) -> None:
              "wechat.pay_public_key: set it (and pay_public_key_id) or wechat.platform_certs to verify WeChat Pay"),
             (wx.notify_url.startswith(("http://", "https://")), "wechat.notify_url: must be an http(s) URL"),
             (bool(wx.products), "wechat.products: billing needs at least one product"),
+            # An old client names a price (total_fee), not a product: each price must name one.
+            (not wx.legacy_clients or len({p.price_fen for p in wx.products.values()}) == len(wx.products),
+             "wechat.legacy_clients: each of wechat.products needs its own price_fen (old clients "
+             "choose a product by its price, total_fee)"),
         ]
     for ok, message in checks:
         if not ok:

@@ -349,6 +349,7 @@ class Dispatcher:
             if state is None:
                 skipped.append(item)  # another gateway took the last slot first
                 continue
+            state.last_used = time.time()
             hook = getattr(self.strategy, "on_dispatched", None)
             if hook is not None:
                 hook(chosen.server_id, job)

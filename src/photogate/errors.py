@@ -134,28 +134,35 @@ class ClosingResponse(web.Response):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def error_body(message: str) -> dict[str, Any]:
+    """Every error's JSON body, wherever it is built: ``error`` (photogate's clients) and
+    ``message`` (what the original gateway's web app shows) carry the same text; ``success``
+    is false, as in the original's answers."""
+    return {"success": False, "error": message, "message": message}
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render domain errors, aiohttp's own HTTP errors and crashes as ``{"error": ...}``."""
+    """Render domain errors, aiohttp's own HTTP errors and crashes as :func:`error_body`."""
     try:
         return await handler(request)
     except PhotogateError as exc:
         if exc.headers.get("Connection") == "close":
-            return ClosingResponse(body=json.dumps({"error": exc.message}).encode(), status=exc.status,
+            return ClosingResponse(body=json.dumps(error_body(exc.message)).encode(), status=exc.status,
                                    headers=exc.headers, content_type="application/json")
-        return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+        return web.json_response(error_body(exc.message), status=exc.status, headers=exc.headers)
     except HttpProcessingError as exc:  # aiohttp's parser, on a body a handler read itself
-        return web.json_response({"error": f"malformed request: {str(exc.message)[:200]}"}, status=400)
+        return web.json_response(error_body(f"malformed request: {str(exc.message)[:200]}"), status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in {"content-type", "content-length"}}
-        return web.json_response({"error": message}, status=exc.status, headers=headers)
+        return web.json_response(error_body(message), status=exc.status, headers=headers)
     except Exception as exc:
         if storage_full(exc):  # every write path: a full disk is a 503 to retry later, never a 500
             log.error("storage_full", path=request.path, error=str(exc))
             full = StorageFull()
-            return web.json_response({"error": full.message}, status=full.status, headers=full.headers)
+            return web.json_response(error_body(full.message), status=full.status, headers=full.headers)
         log.exception("unhandled_error", path=request.path)
-        return web.json_response({"error": "internal error; see the gateway log"}, status=500)
+        return web.json_response(error_body("internal error; see the gateway log"), status=500)

@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from .errors import error_body
+
 log = structlog.get_logger("photogate.protocol")
 
 #: Set on an application whose protocol errors are answered as JSON.
@@ -50,7 +52,7 @@ def _handle_error(self: RequestHandler, request: Any, status: int = 500, exc: Ba
         log.error("unhandled_protocol_error", status=status, error=repr(exc)[:300])
     else:  # someone's malformed request: no traceback in the log for it
         log.info("malformed_http_request", status=status, error=_message(status, exc), client=request.remote)
-    resp = web.Response(body=json.dumps({"error": _message(status, exc)}).encode(), status=status,
+    resp = web.Response(body=json.dumps(error_body(_message(status, exc))).encode(), status=status,
                         content_type="application/json")
     resp.force_close()
     return resp

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -40,6 +41,9 @@ class NodeState:
     #: ``busy_until`` (monotonic: the node's Retry-After) passes.
     busy_since: float | None = None
     busy_until: float = 0.0
+    #: When (wall clock) this gateway last dispatched a job to the node; in memory, so with
+    #: several gateways each answers for its own dispatches, and a restart forgets it.
+    last_used: float | None = None
 
     @property
     def server_id(self) -> str:
@@ -105,7 +109,18 @@ class NodeState:
             "completed": self.completed,
             "failed": self.failed,
             "health": self.health,
+            # The original gateway's fields (its test_b_client.py reads them).
+            "url": rec.base_url,
+            "is_healthy": self.healthy,
+            "fail_count": self.failures,
+            "last_check_time": iso_time(self.last_check),
+            "last_used_time": iso_time(self.last_used),
         }
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """ISO 8601 in UTC, ``None`` for never."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 class Registry:

@@ -19,7 +19,8 @@ async def test_login_answers_our_token_never_the_session_key(wx_gateway: Gateway
         resp = await wx_gateway.client.post(path, json={"code": "ok-alice"})
         body = await resp.json()
         assert resp.status == 200, body
-        assert set(body) == {"success", "token", "token_type", "expires_in", "openid"}
+        assert set(body) == {"success", "token", "token_type", "expires_in", "openid", "data"}
+        assert body["data"] == {k: body[k] for k in ("token", "token_type", "expires_in", "openid")}
         assert body["openid"] == "oalice" and len(body["token"]) >= 40
         assert SESSION_KEY not in await resp.text()
         me = await user(wx_gateway, body["token"])

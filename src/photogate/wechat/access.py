@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import web
 
 from ..access import PaymentRequired
 from ..config import WechatConfig
-from ..errors import Unauthorized
+from ..errors import Forbidden, Unauthorized
 from ..models import TaskRecord
 from ..netutil import bearer
 from .service import WechatService
+
+log = structlog.get_logger("photogate.wechat.access")
 
 LOGIN_HINT = "log in with WeChat first: POST /api/wechat/login {code}, then send Authorization: Bearer <token>"
 
@@ -37,6 +40,20 @@ class WechatAccess:
             raise Unauthorized("your session has expired; log in again" if expired else LOGIN_HINT,
                                headers={"WWW-Authenticate": "Bearer"})
         return openid
+
+    async def caller(self, request: web.Request, claimed: str | None) -> str:
+        """The openid a pay call acts for: the session's (an ``openid`` the call names must be
+        the same); without a session, the named one when ``wechat.legacy_clients`` is on."""
+        openid = await self.session(request)
+        if openid is not None:
+            if claimed is not None and claimed != openid:
+                raise Forbidden("this openid is not the one you logged in as")
+            return openid
+        if claimed is not None and self.cfg.legacy_clients and bearer(request) is None:
+            # Counted in the log so an operator sees when the old mini program is gone.
+            log.info("wechat_legacy_call", openid=claimed, path=request.path)
+            return claimed
+        return await self.require(request)  # raises: expired session, or none
 
     async def admit(self, request: web.Request) -> str | None:
         if self.cfg.login_enabled:

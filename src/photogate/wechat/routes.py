@@ -1,4 +1,7 @@
-"""``/api/wechat/...``: login, the user's view, WeChat Pay orders, notifications, admin refunds."""
+"""``/api/wechat/...``: login, the user's view, WeChat Pay orders, notifications, admin refunds.
+
+Every answer but the notification's (WeChat Pay's own protocol) carries the original
+gateway's ``{success, data}`` envelope (:mod:`.legacy`)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ from aiohttp import web
 from ..access import ACCESS
 from ..admin_api import _admin
 from ..bodies import read_body, read_json
-from ..errors import BadRequest, Forbidden, PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge
 from ..service import audit
 from .access import WechatAccess
+from .legacy import answer, openid_field, order_data, product_for_fee
 from .service import WECHAT, NotifyRejected
 
 log = structlog.get_logger("photogate.wechat.routes")
@@ -26,10 +30,14 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return await read_json(request, 16 * 1024, empty={})
 
 
-async def _openid(request: web.Request) -> str:
+def _access(request: web.Request) -> WechatAccess:
     access = request.app[ACCESS]
     assert isinstance(access, WechatAccess)
-    return await access.require(request)
+    return access
+
+
+async def _openid(request: web.Request) -> str:
+    return await _access(request).require(request)
 
 
 @routes.post("/api/wechat/login")
@@ -41,28 +49,44 @@ async def login(request: web.Request) -> web.Response:
     service = request.app[WECHAT]
     token, identity = await service.login(code)
     # Never session_key: it stays with WeChat and us (we do not even keep it).
-    return web.json_response({"success": True, "token": token, "token_type": "Bearer",
-                              "expires_in": int(service.cfg.session_ttl), "openid": identity.openid})
+    session = {"token": token, "token_type": "Bearer", "expires_in": int(service.cfg.session_ttl),
+               "openid": identity.openid}
+    return answer({"success": True, **session}, session)
 
 
 @routes.get("/api/wechat/user")
 async def user(request: web.Request) -> web.Response:
     openid = await _openid(request)
-    return web.json_response(await request.app[WECHAT].user_view(openid))
+    view = await request.app[WECHAT].user_view(openid)
+    return answer(view, {k: v for k, v in view.items() if k != "success"})
 
 
 @routes.get("/api/wechat/pay/products")
 async def products(request: web.Request) -> web.Response:
-    return web.json_response({"success": True, "products": request.app[WECHAT].products()})
+    offer = request.app[WECHAT].products()
+    return answer({"success": True, "products": offer}, offer)
 
 
 @routes.post("/api/wechat/pay/create")
 async def create(request: web.Request) -> web.Response:
-    openid = await _openid(request)
-    product = (await _body(request)).get("product")
+    body = await _body(request)
+    openid = await _access(request).caller(request, openid_field(body.get("openid")))
+    service = request.app[WECHAT]
+    product = body.get("product")
+    if "total_fee" in body:  # the original's call names a price: it must be a product's own
+        priced = product_for_fee(service.cfg.products, body["total_fee"])
+        if product is not None and product != priced:
+            raise BadRequest(f"total_fee is the price of {priced}, not of {str(product)[:32]}")
+        product = priced
     if not isinstance(product, str) or not product:
-        raise BadRequest('expected {"product": "<product id>"}; the price comes from the server')
-    return web.json_response(await request.app[WECHAT].create_order(openid, product))
+        raise BadRequest('expected {"product": "<product id>"} (or {"total_fee": <a product\'s price_fen>}); '
+                         "the price comes from the server")
+    attach = body.get("attach")
+    if attach is not None and (not isinstance(attach, str) or len(attach) > 128):
+        raise BadRequest("attach: a string of at most 128 characters")
+    order = await service.create_order(openid, product, attach=attach or None)
+    return answer(order, {"out_trade_no": order["out_trade_no"], "pay_params": order["payment"],
+                          "product": order["product"], "total_fee": order["amount"], "credits": order["credits"]})
 
 
 @routes.post("/api/wechat/pay/notify")
@@ -81,18 +105,26 @@ async def notify(request: web.Request) -> web.Response:
 
 @routes.get("/api/wechat/pay/query/{out_trade_no}")
 async def query(request: web.Request) -> web.Response:
-    openid = await _openid(request)
-    return web.json_response(await request.app[WECHAT].query(openid, request.match_info["out_trade_no"][:64]))
+    openid = await _access(request).caller(request, openid_field(request.query.get("openid")))
+    found = await request.app[WECHAT].query(openid, request.match_info["out_trade_no"][:64])
+    return answer(found, order_data(found["order"]))
 
 
 @routes.get("/api/wechat/pay/orders/{openid}")
 async def legacy_orders(request: web.Request) -> web.Response:
-    """The earlier gateway's path, kept for old clients: only the session's own openid."""
-    openid = await _openid(request)
-    if request.match_info["openid"] != openid:
-        raise Forbidden("you can only list your own orders")
-    return web.json_response({"success": True, "openid": openid,
-                              "orders": await request.app[WECHAT].user_orders(openid)})
+    """The earlier gateway's path, kept for old clients: only the caller's own openid."""
+    openid = await _access(request).caller(request, openid_field(request.match_info["openid"][:200]))
+    orders = await request.app[WECHAT].user_orders(openid)
+    return answer({"success": True, "openid": openid, "orders": orders}, [order_data(o) for o in orders])
+
+
+@routes.get("/api/wechat/pay/stats")
+async def stats(request: web.Request) -> web.Response:
+    """The caller's own payment statistics. Per user, never fleet-wide: a mini program's user
+    must not see the merchant's revenue (the operator has the merchant platform for that)."""
+    openid = await _access(request).caller(request, openid_field(request.query.get("openid")))
+    mine = await request.app[WECHAT].user_stats(openid)
+    return answer({"success": True, **mine}, mine)
 
 
 @routes.post("/api/wechat/admin/refunds")
@@ -104,7 +136,8 @@ async def refund(request: web.Request) -> web.Response:
             or not isinstance(force, bool):
         raise BadRequest('expected {"out_trade_no": "...", "reason": "...", "force": false}')
     audit("wechat_refund_requested", who="admin", ip=ip, out_trade_no=out_trade_no, force=force)
-    return web.json_response(await request.app[WECHAT].refund_order(out_trade_no, reason, force))
+    done = await request.app[WECHAT].refund_order(out_trade_no, reason, force)
+    return answer(done, {k: v for k, v in done.items() if k != "success"})
 
 
 @routes.post("/api/wechat/admin/reconcile")
@@ -112,4 +145,4 @@ async def reconcile(request: web.Request) -> web.Response:
     ip = _admin(request)
     counts = await request.app[WECHAT].reconcile()
     audit("wechat_reconciled", who="admin", ip=ip, **counts)
-    return web.json_response({"success": True, **counts})
+    return answer({"success": True, **counts}, counts)

@@ -163,6 +163,17 @@ class WechatService:
     async def user_orders(self, openid: str) -> list[dict[str, Any]]:
         return [o.public() for o in await self.db.user_orders(openid, 100)]
 
+    async def user_stats(self, openid: str) -> dict[str, Any]:
+        """``GET /api/wechat/pay/stats``: the user's credits and their latest orders, counted."""
+        orders = await self.db.user_orders(openid, 100)
+        by_state: dict[str, int] = {}
+        for order in orders:
+            by_state[order.state] = by_state.get(order.state, 0) + 1
+        paid = [o for o in orders if o.state == db.PAID]  # refunded ones are counted in by_state only
+        return {"openid": openid, "credits": await self.db.credits(openid), "total_orders": len(orders),
+                "paid_orders": len(paid), "total_paid_fen": sum(o.amount for o in paid),
+                "credits_bought": sum(o.credits for o in paid), "by_state": by_state}
+
     # -- orders -------------------------------------------------------------------------------
 
     def _pay(self) -> PayClient:
@@ -174,7 +185,7 @@ class WechatService:
         return [{"product": name, "description": p.description, "price_fen": p.price_fen, "credits": p.credits}
                 for name, p in self.cfg.products.items()]
 
-    async def create_order(self, openid: str, product_id: str) -> dict[str, Any]:
+    async def create_order(self, openid: str, product_id: str, *, attach: str | None = None) -> dict[str, Any]:
         """Store our order, then ask WeChat for a prepay_id; return the wx.requestPayment parameters."""
         pay = self._pay()
         product = self.cfg.products.get(product_id)
@@ -192,6 +203,7 @@ class WechatService:
                 appid=self.cfg.appid, description=product.description, out_trade_no=order.out_trade_no,
                 time_expire=rfc3339(now + self.cfg.order_ttl), notify_url=self.cfg.notify_url,
                 amount={"total": order.amount, "currency": order.currency}, payer={"openid": openid},
+                **({"attach": attach} if attach else {}),  # the client's own note, returned in the notification
             )
         except (PayError, PayUnavailable) as exc:
             error = str(exc)
