@@ -10,13 +10,14 @@ other aiohttp server in the process (a gpunode, a test's fake node) as it was.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+
+from .jsonbody import encode
 
 log = structlog.get_logger("photogate.protocol")
 
@@ -50,7 +51,7 @@ def _handle_error(self: RequestHandler, request: Any, status: int = 500, exc: Ba
         log.error("unhandled_protocol_error", status=status, error=repr(exc)[:300])
     else:  # someone's malformed request: no traceback in the log for it
         log.info("malformed_http_request", status=status, error=_message(status, exc), client=request.remote)
-    resp = web.Response(body=json.dumps({"error": _message(status, exc)}).encode(), status=status,
+    resp = web.Response(body=encode({"error": _message(status, exc)}), status=status,
                         content_type="application/json")
     resp.force_close()
     return resp

@@ -11,6 +11,7 @@ from ..access import ACCESS
 from ..admin_api import _admin
 from ..bodies import read_body, read_json
 from ..errors import BadRequest, Forbidden, PayloadTooLarge
+from ..jsonbody import json_response
 from ..service import audit
 from .access import WechatAccess
 from .service import WECHAT, NotifyRejected
@@ -41,19 +42,19 @@ async def login(request: web.Request) -> web.Response:
     service = request.app[WECHAT]
     token, identity = await service.login(code)
     # Never session_key: it stays with WeChat and us (we do not even keep it).
-    return web.json_response({"success": True, "token": token, "token_type": "Bearer",
+    return json_response({"success": True, "token": token, "token_type": "Bearer",
                               "expires_in": int(service.cfg.session_ttl), "openid": identity.openid})
 
 
 @routes.get("/api/wechat/user")
 async def user(request: web.Request) -> web.Response:
     openid = await _openid(request)
-    return web.json_response(await request.app[WECHAT].user_view(openid))
+    return json_response(await request.app[WECHAT].user_view(openid))
 
 
 @routes.get("/api/wechat/pay/products")
 async def products(request: web.Request) -> web.Response:
-    return web.json_response({"success": True, "products": request.app[WECHAT].products()})
+    return json_response({"success": True, "products": request.app[WECHAT].products()})
 
 
 @routes.post("/api/wechat/pay/create")
@@ -62,7 +63,7 @@ async def create(request: web.Request) -> web.Response:
     product = (await _body(request)).get("product")
     if not isinstance(product, str) or not product:
         raise BadRequest('expected {"product": "<product id>"}; the price comes from the server')
-    return web.json_response(await request.app[WECHAT].create_order(openid, product))
+    return json_response(await request.app[WECHAT].create_order(openid, product))
 
 
 @routes.post("/api/wechat/pay/notify")
@@ -75,14 +76,14 @@ async def notify(request: web.Request) -> web.Response:
             raise NotifyRejected("body too large") from None
         await request.app[WECHAT].handle_notify(request.headers, body)
     except NotifyRejected as exc:
-        return web.json_response({"code": "FAIL", "message": str(exc)}, status=400)
+        return json_response({"code": "FAIL", "message": str(exc)}, status=400)
     return web.Response(status=204)
 
 
 @routes.get("/api/wechat/pay/query/{out_trade_no}")
 async def query(request: web.Request) -> web.Response:
     openid = await _openid(request)
-    return web.json_response(await request.app[WECHAT].query(openid, request.match_info["out_trade_no"][:64]))
+    return json_response(await request.app[WECHAT].query(openid, request.match_info["out_trade_no"][:64]))
 
 
 @routes.get("/api/wechat/pay/orders/{openid}")
@@ -91,7 +92,7 @@ async def legacy_orders(request: web.Request) -> web.Response:
     openid = await _openid(request)
     if request.match_info["openid"] != openid:
         raise Forbidden("you can only list your own orders")
-    return web.json_response({"success": True, "openid": openid,
+    return json_response({"success": True, "openid": openid,
                               "orders": await request.app[WECHAT].user_orders(openid)})
 
 
@@ -104,7 +105,7 @@ async def refund(request: web.Request) -> web.Response:
             or not isinstance(force, bool):
         raise BadRequest('expected {"out_trade_no": "...", "reason": "...", "force": false}')
     audit("wechat_refund_requested", who="admin", ip=ip, out_trade_no=out_trade_no, force=force)
-    return web.json_response(await request.app[WECHAT].refund_order(out_trade_no, reason, force))
+    return json_response(await request.app[WECHAT].refund_order(out_trade_no, reason, force))
 
 
 @routes.post("/api/wechat/admin/reconcile")
@@ -112,4 +113,4 @@ async def reconcile(request: web.Request) -> web.Response:
     ip = _admin(request)
     counts = await request.app[WECHAT].reconcile()
     audit("wechat_reconciled", who="admin", ip=ip, **counts)
-    return web.json_response({"success": True, **counts})
+    return json_response({"success": True, **counts})
