@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import runtime
 from .api import TASK_ID, _status_body
 from .balancing import StrategyError
 from .bodies import read_json
@@ -59,6 +60,8 @@ async def config(request: web.Request) -> web.Response:
     data["balancer"] = {"strategy": gw.strategy_name, "options": gw.strategy_options}
     data["multi_backend"] = {"enabled": gw.multi_backend}
     data["health_check"]["interval"] = gw.monitor.interval
+    # Where each runtime key's value comes from: the file, or a runtime change kept in the store.
+    data["runtime"] = gw.settings.describe()
     return json_response(data)
 
 
@@ -73,7 +76,7 @@ async def multi_backend(request: web.Request) -> web.Response:
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise BadRequest('expected {"enabled": true} or {"enabled": false}')
-    request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
+    await request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
     return json_response({"success": True, "multi_backend": enabled,
                               "message": f"multi-backend mode {'on' if enabled else 'off'}"})
 
@@ -88,7 +91,7 @@ async def strategy(request: web.Request) -> web.Response:
     if not isinstance(options, dict):
         raise BadRequest("options: expected a JSON object")
     try:
-        request.app[GATEWAY].set_strategy(name, options, who="admin", ip=ip)
+        await request.app[GATEWAY].set_strategy(name, options, who="admin", ip=ip)
     except StrategyError as exc:
         raise BadRequest(str(exc)) from None
     return json_response({"success": True, "strategy": name, "options": options})
@@ -102,7 +105,25 @@ async def reload(request: web.Request) -> web.Response:
         gw.reload_config(who="admin", ip=ip)
     except (ValueError, StrategyError) as exc:
         raise BadRequest(f"config not reloaded: {exc}") from None
-    return json_response({"success": True, "strategy": gw.strategy_name, "multi_backend": gw.multi_backend})
+    return json_response({"success": True, "strategy": gw.strategy_name, "multi_backend": gw.multi_backend,
+                          "runtime_changes_kept": sorted(gw.settings.changes)})
+
+
+@routes.post("/api/v1/config/reset")
+async def reset(request: web.Request) -> web.Response:
+    """Drop a runtime change (``{"key": "balancer.strategy"}``): the config file's value applies again."""
+    ip = _admin(request)
+    key = (await _json(request)).get("key")
+    if not isinstance(key, str) or key not in runtime.KEYS:
+        raise BadRequest(runtime.unknown_key(key) if isinstance(key, str) else
+                         f'expected {{"key": "..."}}, one of {", ".join(runtime.KEYS)}')
+    gw = request.app[GATEWAY]
+    dropped = await gw.reset_setting(key, who="admin", ip=ip)
+    message = (f"runtime change of {', '.join(dropped)} dropped: the config file's value applies" if dropped
+               else f"{key} has no runtime change: it already comes from the config file")
+    return json_response({"success": True, "key": key, "reset": dropped, "message": message,
+                          "strategy": gw.strategy_name, "options": gw.strategy_options,
+                          "multi_backend": gw.multi_backend, "runtime": gw.settings.describe()})
 
 
 def _node_or_404(request: web.Request):  # type: ignore[no-untyped-def]

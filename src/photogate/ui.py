@@ -314,7 +314,7 @@ async def strategy(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         raise BadRequest('expected {"strategy": "least_busy"}')
     try:
-        request.app[GATEWAY].set_strategy(name, {}, who="admin", ip=ip)
+        await request.app[GATEWAY].set_strategy(name, {}, who="admin", ip=ip)
     except StrategyError as exc:
         raise BadRequest(str(exc)) from None
     return json_response({"success": True, "strategy": name})
@@ -326,7 +326,7 @@ async def multi_backend(request: web.Request) -> web.Response:
     enabled = (await _json(request)).get("enabled")
     if not isinstance(enabled, bool):
         raise BadRequest('expected {"enabled": true} or {"enabled": false}')
-    request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
+    await request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
     return json_response({"success": True, "multi_backend": enabled})
 
 
