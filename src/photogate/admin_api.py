@@ -105,8 +105,7 @@ async def reload(request: web.Request) -> web.Response:
         gw.reload_config(who="admin", ip=ip)
     except (ValueError, StrategyError) as exc:
         raise BadRequest(f"config not reloaded: {exc}") from None
-    return json_response({"success": True, "strategy": gw.strategy_name, "multi_backend": gw.multi_backend,
-                          "runtime_changes_kept": sorted(gw.settings.changes)})
+    return json_response({"success": True, "strategy": gw.strategy_name, "multi_backend": gw.multi_backend})
 
 
 @routes.post("/api/v1/config/reset")

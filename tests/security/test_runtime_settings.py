@@ -157,10 +157,12 @@ async def test_a_reload_keeps_runtime_changes_until_reset(tmp_path: Path) -> Non
         await post(gw, "/api/v1/config/strategy", {"strategy": "least_busy"})
         write("fastest", False)  # the operator edits the file, then reloads
         answer = await post(gw, "/api/v1/config/reload")
-        assert answer["runtime_changes_kept"] == ["balancer.options", "balancer.strategy"]
+        assert (answer["strategy"], answer["multi_backend"]) == ("least_busy", False)
         now = await effective(gw)
         assert (now["strategy"], now["multi_backend"]) == ("least_busy", False)  # runtime wins; the rest follows the file
         assert now["runtime"]["balancer.strategy"]["file_value"] == "fastest"
+        assert now["sources"] == {"balancer.strategy": "runtime", "balancer.options": "runtime",
+                                  "multi_backend.enabled": "file"}
         await post(gw, "/api/v1/config/reset", {"key": "balancer.strategy"})
         assert (await effective(gw))["strategy"] == "fastest"
 
