@@ -212,8 +212,8 @@ async def test_no_healthy_node_503_with_retry_after_then_resumes(make_gateway, n
     resp = await gateway.client.post("/api/v1/enhance", data=form)
     assert resp.status == 503
     assert resp.headers["Retry-After"] == "7"
-    assert (await resp.json()) == {"success": False, "error": "服务暂时不可用，请稍后重试",
-                                   "message": "服务暂时不可用，请稍后重试"}
+    reason = "服务暂时不可用，请稍后重试 (no GPU server is registered: uploads are refused until one registers)"
+    assert (await resp.json()) == {"success": False, "error": reason, "message": reason}
     health = await (await gateway.client.get("/api/v1/health")).json()
     assert health["status"] == "degraded" and health["fleet"]["total"] == 0
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from . import __version__
 from .errors import BadImage, NodeError, QueueFull, Unauthorized
 from .inference import EnhanceRequest
+from .jsonbody import json_response
 from .keys import CONFIG, ENGINE, REGISTRAR
 
 
@@ -77,7 +78,7 @@ async def health(request: web.Request) -> web.Response:
     # A simulated node also says the most jobs it held at once and how many it ran.
     extra = ({"max_inflight": engine.max_inflight, "jobs_done": engine.jobs_done}
              if hasattr(engine, "max_inflight") else {})
-    return web.json_response({
+    return json_response({
         **extra,
         "status": "ok",
         "busy": engine.busy,
@@ -97,7 +98,7 @@ async def info(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     config = request.app[CONFIG]
     m = engine.model.info
-    return web.json_response({
+    return json_response({
         "name": "gpunode",
         "version": __version__,
         "model": {
@@ -135,6 +136,6 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
-        return web.json_response({"error": exc.message}, status=exc.status, headers=headers)
+        return json_response({"error": exc.message}, status=exc.status, headers=headers)
     except web.HTTPRequestEntityTooLarge as exc:
-        return web.json_response({"error": f"image too large: {exc.text}"}, status=413)
+        return json_response({"error": f"image too large: {exc.text}"}, status=413)

@@ -6,11 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
+from . import runtime
 from .api import TASK_ID, _status_body
 from .balancing import StrategyError
 from .bodies import read_json
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
 from .fields import parse_int
+from .jsonbody import json_response
 from .keys import GATEWAY
 from .models import TaskStatus
 from .netutil import bearer, client_ip, credential_refused, same_secret
@@ -45,7 +47,7 @@ async def client_config(request: web.Request) -> web.Response:
     data = gw.config.client_dict()
     data["balancer"] = {"strategy": gw.strategy_name}
     data["multi_backend"] = {"enabled": gw.multi_backend}
-    return web.json_response(data)
+    return json_response(data)
 
 
 @routes.get("/api/v1/admin/config")
@@ -58,7 +60,9 @@ async def config(request: web.Request) -> web.Response:
     data["balancer"] = {"strategy": gw.strategy_name, "options": gw.strategy_options}
     data["multi_backend"] = {"enabled": gw.multi_backend}
     data["health_check"]["interval"] = gw.monitor.interval
-    return web.json_response(data)
+    # Where each runtime key's value comes from: the file, or a runtime change kept in the store.
+    data["runtime"] = gw.settings.describe()
+    return json_response(data)
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
@@ -72,8 +76,8 @@ async def multi_backend(request: web.Request) -> web.Response:
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise BadRequest('expected {"enabled": true} or {"enabled": false}')
-    request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
-    return web.json_response({"success": True, "multi_backend": enabled,
+    await request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
+    return json_response({"success": True, "multi_backend": enabled,
                               "message": f"multi-backend mode {'on' if enabled else 'off'}"})
 
 
@@ -87,10 +91,10 @@ async def strategy(request: web.Request) -> web.Response:
     if not isinstance(options, dict):
         raise BadRequest("options: expected a JSON object")
     try:
-        request.app[GATEWAY].set_strategy(name, options, who="admin", ip=ip)
+        await request.app[GATEWAY].set_strategy(name, options, who="admin", ip=ip)
     except StrategyError as exc:
         raise BadRequest(str(exc)) from None
-    return web.json_response({"success": True, "strategy": name, "options": options})
+    return json_response({"success": True, "strategy": name, "options": options})
 
 
 @routes.post("/api/v1/config/reload")
@@ -101,7 +105,24 @@ async def reload(request: web.Request) -> web.Response:
         gw.reload_config(who="admin", ip=ip)
     except (ValueError, StrategyError) as exc:
         raise BadRequest(f"config not reloaded: {exc}") from None
-    return web.json_response({"success": True, "strategy": gw.strategy_name, "multi_backend": gw.multi_backend})
+    return json_response({"success": True, "strategy": gw.strategy_name, "multi_backend": gw.multi_backend})
+
+
+@routes.post("/api/v1/config/reset")
+async def reset(request: web.Request) -> web.Response:
+    """Drop a runtime change (``{"key": "balancer.strategy"}``): the config file's value applies again."""
+    ip = _admin(request)
+    key = (await _json(request)).get("key")
+    if not isinstance(key, str) or key not in runtime.KEYS:
+        raise BadRequest(runtime.unknown_key(key) if isinstance(key, str) else
+                         f'expected {{"key": "..."}}, one of {", ".join(runtime.KEYS)}')
+    gw = request.app[GATEWAY]
+    dropped = await gw.reset_setting(key, who="admin", ip=ip)
+    message = (f"runtime change of {', '.join(dropped)} dropped: the config file's value applies" if dropped
+               else f"{key} has no runtime change: it already comes from the config file")
+    return json_response({"success": True, "key": key, "reset": dropped, "message": message,
+                          "strategy": gw.strategy_name, "options": gw.strategy_options,
+                          "multi_backend": gw.multi_backend, "runtime": gw.settings.describe()})
 
 
 def _node_or_404(request: web.Request):  # type: ignore[no-untyped-def]
@@ -117,7 +138,7 @@ async def drain(request: web.Request) -> web.Response:
     state = _node_or_404(request)
     await request.app[GATEWAY].registry.set_draining(state.server_id, True)
     audit("node_drained", who="admin", ip=ip, server_id=state.server_id)
-    return web.json_response({"success": True, "server": state.public()})
+    return json_response({"success": True, "server": state.public()})
 
 
 @routes.post("/api/v1/admin/servers/{server_id}/undrain")
@@ -126,7 +147,7 @@ async def undrain(request: web.Request) -> web.Response:
     state = _node_or_404(request)
     await request.app[GATEWAY].registry.set_draining(state.server_id, False)
     audit("node_undrained", who="admin", ip=ip, server_id=state.server_id)
-    return web.json_response({"success": True, "server": state.public()})
+    return json_response({"success": True, "server": state.public()})
 
 
 @routes.delete("/api/v1/admin/servers/{server_id}")
@@ -135,7 +156,7 @@ async def remove(request: web.Request) -> web.Response:
     state = _node_or_404(request)
     await request.app[GATEWAY].registry.remove(state.server_id)
     audit("node_removed", who="admin", ip=ip, server_id=state.server_id)
-    return web.json_response({"success": True, "server_id": state.server_id})
+    return json_response({"success": True, "server_id": state.server_id})
 
 
 async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Response:
@@ -147,7 +168,7 @@ async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Resp
         raise BadRequest(f"status: one of {', '.join(s.value for s in TaskStatus)}") from None
     limit = parse_int(request.query.get("limit", "100"), "limit", 1, 10_000)
     found = await request.app[GATEWAY].store.list_tasks(statuses, limit, newest_first=newest_first)
-    return web.json_response({"success": True, "tasks": [_status_body(t) for t in found]})
+    return json_response({"success": True, "tasks": [_status_body(t) for t in found]})
 
 
 @routes.get("/api/v1/admin/tasks")
@@ -198,4 +219,4 @@ async def task_detail(request: web.Request) -> web.Response:
             "status": node.public()["status"],
         },
     })
-    return web.json_response({"success": True, "task": body})
+    return json_response({"success": True, "task": body})

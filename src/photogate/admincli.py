@@ -198,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
               f"change a runtime setting: {', '.join(RUNTIME_KEYS)}")
     cmd.add_argument("key", help=" | ".join(RUNTIME_KEYS))
     cmd.add_argument("value", help="the new value (JSON for balancer.options)")
-    add(config_sub, "reload", cmd_config_reload, "re-read the gateway's config file (as SIGHUP)")
+    add(config_sub, "reload", cmd_config_reload, "re-read the gateway's config file (as SIGHUP); "
+                                                 "runtime changes stay until reset")
+    cmd = add(config_sub, "reset", cmd_config_reset,
+              "drop a runtime change (config set, strategy, multi-backend): the config file's value applies again")
+    cmd.add_argument("key", help=" | ".join(RUNTIME_KEYS))
 
     cmd = add(commands, "strategy", cmd_strategy, "show the balancing strategy, or swap it")
     cmd.add_argument("name", nargs="?", help="round_robin, least_busy, weighted, or a plugin's name")
@@ -581,8 +585,24 @@ async def _config(ctx: Context) -> dict[str, Any]:
     return await ctx.client.call("GET", "/api/v1/config")
 
 
+def _runtime_note(key: str, runtime: Mapping[str, Any]) -> str:
+    """A note after a value that a runtime change set (a value without one is the file's)."""
+    entry = runtime.get(key)
+    if not isinstance(entry, Mapping) or entry.get("source") != "runtime":
+        return ""
+    return (f"  # runtime change by {entry.get('who') or 'unknown'} at {when(entry.get('changed_at'))}; "
+            f"the file says {_scalar(entry.get('file_value'))} (undo: photogate-admin config reset {key})")
+
+
+def _sources(runtime: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """Where each runtime key's value comes from, as comment lines."""
+    return [f"# {k}: {'runtime change' if (runtime.get(k) or {}).get('source') == 'runtime' else 'config file'}"
+            for k in keys if k in runtime]
+
+
 async def cmd_config_show(ctx: Context, args: argparse.Namespace) -> None:
     data = _masked(await _config(ctx))
+    runtime = data.pop("runtime", None) or {}  # the admin view: where each runtime value comes from
     key = getattr(args, "key", None)
     items = flatten(data)
     if key:
@@ -590,9 +610,15 @@ async def cmd_config_show(ctx: Context, args: argparse.Namespace) -> None:
         if not items:
             raise UsageError(f"config show: no key {key!r}; try `photogate-admin config show`")
         data = {k: v for k, v in items}
-    lines = [f"{k} = {_scalar(v)}" for k, v in items]
-    if not key:
-        lines.append(f"# changeable at runtime with `photogate-admin config set`: {', '.join(RUNTIME_KEYS)}")
+    elif runtime:  # --json: the whole view keeps the sources; one key's view keeps its flat shape
+        data["runtime"] = runtime
+    lines = [f"{k} = {_scalar(v)}{_runtime_note(k, runtime)}" for k, v in items]
+    if key:
+        lines += _sources(runtime, [k for k in RUNTIME_KEYS if k == key or k.startswith(key + ".")])
+    else:
+        lines.append(f"# changeable at runtime with `photogate-admin config set`: {', '.join(RUNTIME_KEYS)}; "
+                     "a runtime change wins over the file (and a reload) until `photogate-admin config reset KEY`")
+        lines += _sources(runtime, RUNTIME_KEYS)
     ctx.emit(data, "\n".join(lines))
 
 
@@ -628,6 +654,15 @@ def _bool(key: str, value: str) -> bool:
 async def cmd_config_reload(ctx: Context, args: argparse.Namespace) -> None:
     data = await ctx.client.call("POST", "/api/v1/config/reload", auth="admin")
     ctx.emit(data, f"config reloaded: strategy {data.get('strategy')}, "
+                   f"multi-backend {on_off(data.get('multi_backend'))}")
+
+
+async def cmd_config_reset(ctx: Context, args: argparse.Namespace) -> None:
+    if args.key not in RUNTIME_KEYS:
+        raise UsageError(f"config reset: {args.key!r} is not a runtime setting; runtime settings: "
+                         f"{', '.join(RUNTIME_KEYS)}", key=args.key)
+    data = await ctx.client.call("POST", "/api/v1/config/reset", auth="admin", json={"key": args.key})
+    ctx.emit(data, f"{data.get('message')}; now strategy {data.get('strategy')}, "
                    f"multi-backend {on_off(data.get('multi_backend'))}")
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import BodyPartReader, hdrs, web
@@ -28,8 +27,12 @@ from .errors import (
 )
 from .fields import parse_int, parse_number
 from .imagecheck import EXTENSION, ImageInfo
+from .jsonbody import encode, json_response
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    from .service import Gateway
 
 log = structlog.get_logger("photogate.api")
 routes = web.RouteTableDef()
@@ -48,8 +51,28 @@ QUALITY_LEVELS = {"low": 75, "medium": 85, "high": 95}
 MULTIPART_SLACK = 64 * 1024
 
 
-def _no_capacity(retry_after: int) -> ServiceUnavailable:
-    return ServiceUnavailable(UNAVAILABLE, headers={"Retry-After": str(retry_after)})
+def why_unavailable(gw: Gateway) -> str | None:
+    """Why no node can take work (``None`` when one can), in the words of both the uploads'
+    503 and ``/api/v1/health``: none registered, all draining, or none healthy."""
+    if gw.registry.serving(gw.multi_backend):
+        return None
+    nodes = gw.registry.all()
+    draining = [s.server_id for s in nodes if s.record.draining]
+    if not nodes:
+        return "no GPU server is registered: uploads are refused until one registers"
+    if len(draining) == len(nodes):
+        return (f"every GPU server is draining ({', '.join(draining[:5])}): uploads are refused until "
+                "an operator undrains one (photogate-admin undrain SERVER_ID)")
+    unhealthy = len(nodes) - len(draining)
+    if draining:
+        return (f"no GPU server can take work: {unhealthy} unhealthy, {len(draining)} draining; "
+                "uploads are refused until one is healthy again or undrained")
+    return (f"no healthy GPU server: all {unhealthy} registered fail their health checks; "
+            "uploads are refused until one is up")
+
+
+def _no_capacity(reason: str, retry_after: int) -> ServiceUnavailable:
+    return ServiceUnavailable(f"{UNAVAILABLE} ({reason})", headers={"Retry-After": str(retry_after)})
 
 
 def _no_storage(retry_after: int) -> StorageFull:
@@ -88,8 +111,8 @@ async def enhance(request: web.Request) -> web.StreamResponse:
     limit = cfg.limits.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"upload is {request.content_length} bytes; the limit is {limit} bytes")
-    if not gw.registry.serving(gw.multi_backend):
-        raise _no_capacity(cfg.limits.retry_after)
+    if (reason := why_unavailable(gw)) is not None:
+        raise _no_capacity(reason, cfg.limits.retry_after)
     gw.dispatcher.check_capacity()
     # The raw header, not request.content_type: aiohttp parses that with the email package
     # (about 0.5 ms, and every upload's boundary misses its cache); the multipart reader
@@ -155,7 +178,7 @@ async def enhance(request: web.Request) -> web.StreamResponse:
                 # The image itself: one request from photo to result (the task stays downloadable).
                 return await _result_response(request, current, {"X-Task-ID": task_id, "X-Task-Status": "completed"})
             body = _status_body(current)
-    return web.json_response(body)
+    return json_response(body)
 
 
 def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[str, Any], owner: str | None) -> TaskRecord:
@@ -271,7 +294,7 @@ class StatusBodies:
         hit = self._bodies.get(task.task_id)
         if hit is not None and hit[0] is task.status and hit[1] == task.updated_at:
             return hit[2]
-        body = json.dumps(_status_body(task)).encode()
+        body = encode(_status_body(task))
         if len(self._bodies) >= self.LIMIT:
             self._bodies.clear()
         self._bodies[task.task_id] = (task.status, task.updated_at, body)
@@ -342,10 +365,10 @@ def fleet_summary(request: web.Request) -> dict[str, Any]:
 async def health(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     fleet = fleet_summary(request)
-    serving = bool(gw.registry.serving(gw.multi_backend))
-    return web.json_response({
-        "status": "healthy" if serving else "degraded",
-        "message": "ok" if serving else "no healthy GPU server: uploads are refused until one is up",
+    reason = why_unavailable(gw)
+    return json_response({
+        "status": "healthy" if reason is None else "degraded",
+        "message": reason or "ok",
         "service": "photogate",
         "version": __version__,
         "uptime": round(time.time() - gw.started_at, 1),
@@ -357,7 +380,7 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/info")
 async def info(request: web.Request) -> web.Response:
-    return web.json_response({
+    return json_response({
         "name": "photogate",
         "description": "Gateway in front of a fleet of GPU photo-enhancement servers",
         "version": __version__,

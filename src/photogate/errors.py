@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from .jsonbody import encode, json_response
 
 log = structlog.get_logger("photogate.errors")
 
@@ -148,21 +149,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except PhotogateError as exc:
         if exc.headers.get("Connection") == "close":
-            return ClosingResponse(body=json.dumps(error_body(exc.message)).encode(), status=exc.status,
+            return ClosingResponse(body=encode(error_body(exc.message)), status=exc.status,
                                    headers=exc.headers, content_type="application/json")
-        return web.json_response(error_body(exc.message), status=exc.status, headers=exc.headers)
+        return json_response(error_body(exc.message), status=exc.status, headers=exc.headers)
     except HttpProcessingError as exc:  # aiohttp's parser, on a body a handler read itself
-        return web.json_response(error_body(f"malformed request: {str(exc.message)[:200]}"), status=400)
+        return json_response(error_body(f"malformed request: {str(exc.message)[:200]}"), status=400)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         headers = {k: v for k, v in exc.headers.items() if k.lower() not in {"content-type", "content-length"}}
-        return web.json_response(error_body(message), status=exc.status, headers=headers)
+        return json_response(error_body(message), status=exc.status, headers=headers)
     except Exception as exc:
         if storage_full(exc):  # every write path: a full disk is a 503 to retry later, never a 500
             log.error("storage_full", path=request.path, error=str(exc))
             full = StorageFull()
-            return web.json_response(error_body(full.message), status=full.status, headers=full.headers)
+            return json_response(error_body(full.message), status=full.status, headers=full.headers)
         log.exception("unhandled_error", path=request.path)
-        return web.json_response(error_body("internal error; see the gateway log"), status=500)
+        return json_response(error_body("internal error; see the gateway log"), status=500)

@@ -10,7 +10,6 @@ other aiohttp server in the process (a gpunode, a test's fake node) as it was.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -19,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from .errors import error_body
+from .jsonbody import encode
 
 log = structlog.get_logger("photogate.protocol")
 
@@ -52,7 +52,7 @@ def _handle_error(self: RequestHandler, request: Any, status: int = 500, exc: Ba
         log.error("unhandled_protocol_error", status=status, error=repr(exc)[:300])
     else:  # someone's malformed request: no traceback in the log for it
         log.info("malformed_http_request", status=status, error=_message(status, exc), client=request.remote)
-    resp = web.Response(body=json.dumps(error_body(_message(status, exc))).encode(), status=status,
+    resp = web.Response(body=encode(error_body(_message(status, exc))), status=status,
                         content_type="application/json")
     resp.force_close()
     return resp

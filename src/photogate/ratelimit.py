@@ -29,6 +29,7 @@ from aiohttp import web
 
 from .config import RateLimitConfig
 from .errors import Handler, StoreUnavailable, error_body
+from .jsonbody import json_response
 from .keys import GATEWAY
 from .netutil import CREDENTIAL_REFUSED, client_ip
 from .service import audit
@@ -162,7 +163,7 @@ RATE_LIMITS = web.AppKey("rate_limits", RateLimits)
 
 
 def _too_many(wait: float, message: str) -> web.Response:
-    return web.json_response(error_body(message), status=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    return json_response(error_body(message), status=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
 def _guarded(request: web.Request) -> bool:

@@ -25,6 +25,8 @@ before it increments. Keys (``P`` is ``storage.redis_prefix``)::
     P health               hash   server_id -> shared health state (JSON)
     P lease:health         string the gateway that probes the fleet now (SET NX PX)
     P owner:{openid}       zset   a WeChat user's task ids by created_at
+    P settings             hash   runtime setting -> JSON {value, changed_at, who}
+    P settings_version     string bumped (INCR) by every change of ``settings``
     P wx:...               the WeChat records (``photogate.wechat.db``)
 
 Keys are built inside the scripts from the prefix, so this runs on one Redis (a primary,
@@ -38,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -721,6 +723,38 @@ class RedisStore:
             self.prefix, server_id, "1" if ok else "0", json.dumps(report) if report is not None else "",
             error, threshold, repr(time.time()), counter, "1" if check else "0",
         ]))
+
+    # -- runtime settings (photogate.runtime) ------------------------------------------------
+
+    @unavailable
+    async def load_settings(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """The settings' version and every runtime change, read together."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(self.prefix + "settings_version")
+            pipe.hgetall(self.prefix + "settings")
+            version, raw = await pipe.execute()
+        return int(version or 0), {key: json.loads(entry) for key, entry in raw.items()}
+
+    @unavailable
+    async def save_settings(self, values: Mapping[str, Any], who: str) -> int:
+        """Store runtime changes and bump the version in one transaction; returns the version."""
+        now = time.time()
+        entries = {key: json.dumps({"value": value, "changed_at": now, "who": who}) for key, value in values.items()}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.prefix + "settings", mapping=entries)
+            pipe.incr(self.prefix + "settings_version")
+            return int((await pipe.execute())[-1])
+
+    @unavailable
+    async def drop_settings(self, keys: Sequence[str]) -> int:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.prefix + "settings", *keys)
+            pipe.incr(self.prefix + "settings_version")
+            return int((await pipe.execute())[-1])
+
+    @unavailable
+    async def settings_version(self) -> int:
+        return int(await self.redis.get(self.prefix + "settings_version") or 0)
 
     # -- rate limits ---------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 ``Gateway`` owns the store, blob store, registry, dispatcher and health monitor, and
 the runtime-changeable settings (strategy, multi-backend mode, health-check interval).
-Every change is audited.
+Every change is audited; a change of the strategy or of multi-backend mode is kept in the
+store (:mod:`photogate.runtime`) and wins over the config file until it is reset.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .health import HealthMonitor
 from .imagechecker import ImageChecker
 from .metrics import GatewayMetrics
 from .registry import Registry
+from .runtime import GROUPS, RuntimeSettings, file_values
 from .store import SQLiteStore
 
 if TYPE_CHECKING:
@@ -67,6 +69,8 @@ class Gateway:
         self.strategy_options: dict[str, Any] = dict(config.balancer.options)
         self.strategy: Strategy = load_strategy(self.strategy_name, self.strategy_options, self.rng)
         self.multi_backend = config.multi_backend.enabled
+        #: The file's values of the runtime keys and the store's runtime changes over them.
+        self.settings = RuntimeSettings(file_values(config))
         self.started_at = time.time()
         self.metrics = GatewayMetrics(self)  # its own registry; /metrics reads live state through it
         # Filled by start():
@@ -104,6 +108,8 @@ class Gateway:
             await self.blobs.sweep_partials()
             self.registry = Registry(self.store, cfg.health_check.failure_threshold)
         await self.registry.load()
+        await self.settings.open(self.store)
+        self._apply_settings()  # the runtime changes kept in the store, before the dispatcher starts
         self.images = ImageChecker(cfg.limits.check_memory_bytes)
         # No cookie jar: a proxy must never carry one node's cookies to another.
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
@@ -124,6 +130,9 @@ class Gateway:
         ]
         if shared:
             tasks.append(asyncio.create_task(self.registry.run(), name="shared-registry"))  # type: ignore[attr-defined]
+            # Another gateway's runtime change reaches this one within a registry refresh.
+            watch = self.settings.watch(self.registry.sync_interval, self._apply_settings)  # type: ignore[attr-defined]
+            tasks.append(asyncio.create_task(watch, name="runtime-settings"))
             log.info("gateway_started", data_dir=str(data), strategy=self.strategy_name, backend="redis",
                      redis=store.url, gateway=store.gateway_id, nodes=len(self.registry.all()))
         else:
@@ -142,37 +151,74 @@ class Gateway:
 
     # -- runtime settings ------------------------------------------------------------------
 
-    def set_strategy(self, name: str, options: Mapping[str, Any] | None, *, who: str, ip: str) -> None:
-        """Swap the strategy; jobs in flight keep running, the next placement uses the new one."""
-        strategy = load_strategy(name, options, self.rng)  # raises StrategyError before anything changes
-        old = self.strategy_name
-        self.strategy, self.strategy_name, self.strategy_options = strategy, name, dict(options or {})
-        self.dispatcher.strategy = strategy
-        self.dispatcher.wake()
-        audit("strategy_changed", who=who, ip=ip, old=old, new=name)
+    async def set_strategy(self, name: str, options: Mapping[str, Any] | None, *, who: str, ip: str) -> None:
+        """Swap the strategy and keep the change in the store; jobs in flight keep running,
+        the next placement uses the new one."""
+        load_strategy(name, options, self.rng)  # raises StrategyError before anything changes
+        await self.settings.change({"balancer.strategy": name, "balancer.options": dict(options or {})},
+                                   who=f"{who}@{ip}")
+        self._apply_settings(who=who, ip=ip)
 
-    def set_multi_backend(self, enabled: bool, *, who: str, ip: str) -> None:
-        old = self.multi_backend
-        self.multi_backend = enabled
-        self.dispatcher.multi_backend = enabled
-        self.dispatcher.wake()
-        audit("multi_backend_changed", who=who, ip=ip, old=old, new=enabled)
+    async def set_multi_backend(self, enabled: bool, *, who: str, ip: str) -> None:
+        await self.settings.change({"multi_backend.enabled": enabled}, who=f"{who}@{ip}")
+        self._apply_settings(who=who, ip=ip)
+
+    async def reset_setting(self, key: str, *, who: str, ip: str) -> list[str]:
+        """Drop the runtime change of ``key``: the config file's value applies again.
+        Returns the keys that had a runtime change."""
+        dropped = await self.settings.reset(key)
+        audit("runtime_setting_reset", who=who, ip=ip, key=key, dropped=dropped)
+        self._apply_settings(who=who, ip=ip)
+        return dropped
+
+    def _apply_settings(self, *, who: str | None = None, ip: str = "") -> None:
+        """Make the effective values (runtime changes over the file) the ones in use. A change
+        someone made here is audited (``who``); one read from the store (at start, or made by
+        another gateway) is logged."""
+        changes: list[tuple[str, Any, Any]] = []
+        want = self.settings.effective()
+        name, options = want["balancer.strategy"], dict(want["balancer.options"] or {})
+        if (name, options) != (self.strategy_name, self.strategy_options):
+            try:
+                strategy = load_strategy(name, options, self.rng)
+            except ValueError as exc:  # a stored strategy whose plugin is gone: keep the current one
+                log.error("runtime_strategy_unusable", strategy=name, error=str(exc),
+                          fix="photogate-admin config reset balancer.strategy")
+            else:
+                changes.append(("strategy_changed", self.strategy_name, name))
+                self.strategy, self.strategy_name, self.strategy_options = strategy, name, options
+                if hasattr(self, "dispatcher"):
+                    self.dispatcher.strategy = strategy
+        enabled = bool(want["multi_backend.enabled"])
+        if enabled != self.multi_backend:
+            changes.append(("multi_backend_changed", self.multi_backend, enabled))
+            self.multi_backend = enabled
+            if hasattr(self, "dispatcher"):
+                self.dispatcher.multi_backend = enabled
+        if changes and hasattr(self, "dispatcher"):
+            self.dispatcher.wake()
+        for action, old, new in changes:
+            if who is None:
+                log.info("runtime_setting_applied", change=action, old=old, new=new, version=self.settings.version)
+            else:
+                audit(action, who=who, ip=ip, old=old, new=new)
 
     def reload_config(self, *, who: str = "SIGHUP", ip: str = "local") -> None:
-        """Re-read the config file and apply what can change at runtime."""
+        """Re-read the config file and apply what can change at runtime. A runtime change
+        (``config set``, the dashboard) wins over the file until ``config reset`` drops it."""
         if self.config_path is None:
             log.warning("config_reload_skipped", reason="started without a config file")
             return
         new = load_config(self.config_path, dev=self.config.dev)
-        if (new.balancer.strategy, dict(new.balancer.options)) != (self.strategy_name, self.strategy_options):
-            self.set_strategy(new.balancer.strategy, new.balancer.options, who=who, ip=ip)
-        if new.multi_backend.enabled != self.multi_backend:
-            self.set_multi_backend(new.multi_backend.enabled, who=who, ip=ip)
+        load_strategy(new.balancer.strategy, new.balancer.options, self.rng)  # a bad file changes nothing
+        self.settings.file = file_values(new)
+        self._apply_settings(who=who, ip=ip)
         if new.health_check.interval != self.monitor.interval or new.health_check.timeout != self.monitor.timeout:
             self.monitor.interval, self.monitor.timeout = new.health_check.interval, new.health_check.timeout
             audit("health_check_changed", who=who, ip=ip, interval=new.health_check.interval)
         self.registry.failure_threshold = new.health_check.failure_threshold
-        log.info("config_reloaded", path=self.config_path)
+        kept = sorted(k for k in self.settings.changes if k in GROUPS)
+        log.info("config_reloaded", path=self.config_path, runtime_changes_kept=kept)
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated_at);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL, changed_at REAL NOT NULL,
+                                     who TEXT NOT NULL);
 """
 
 _TASK_COLUMNS = (
@@ -234,6 +236,53 @@ class SQLiteStore:
 
     def _exec(self, sql: str, params: Sequence[Any]) -> int:
         return self.conn.execute(sql, params).rowcount
+
+    # -- runtime settings (photogate.runtime) ------------------------------------------------
+
+    def _settings_version_sync(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'settings_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _load_settings_sync(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        rows = self.conn.execute("SELECT key, value, changed_at, who FROM settings").fetchall()
+        changes = {key: {"value": json.loads(value), "changed_at": at, "who": who} for key, value, at, who in rows}
+        return self._settings_version_sync(), changes
+
+    def _change_settings_sync(self, values: Mapping[str, Any], drop: Sequence[str], who: str) -> int:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            for key, value in values.items():
+                conn.execute(
+                    "INSERT INTO settings (key, value, changed_at, who) VALUES (?, ?, ?, ?) ON CONFLICT(key)"
+                    " DO UPDATE SET value = excluded.value, changed_at = excluded.changed_at, who = excluded.who",
+                    (key, json.dumps(value), now, who),
+                )
+            conn.executemany("DELETE FROM settings WHERE key = ?", [(key,) for key in drop])
+            version = self._settings_version_sync() + 1
+            conn.execute("INSERT INTO meta (key, value) VALUES ('settings_version', ?)"
+                         " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(version),))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return version
+
+    async def load_settings(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """The settings' version and every runtime change ``{key: {value, changed_at, who}}``."""
+        return await self._call(self._load_settings_sync)
+
+    async def save_settings(self, values: Mapping[str, Any], who: str) -> int:
+        """Store runtime changes in one transaction; returns the new version."""
+        return await self._call(self._change_settings_sync, dict(values), (), who)
+
+    async def drop_settings(self, keys: Sequence[str]) -> int:
+        return await self._call(self._change_settings_sync, {}, tuple(keys), "")
+
+    async def settings_version(self) -> int:
+        return await self._call(self._settings_version_sync)
 
     # -- tasks ---------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import hmac
 import html
-import json
 import secrets
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from . import __version__
 from .balancing import StrategyError, known_names
 from .bodies import read_form, read_json
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .jsonbody import dumps, json_response
 from .keys import GATEWAY
 from .models import TaskStatus
 from .netutil import bearer, client_ip, credential_refused, same_secret
@@ -265,7 +265,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
 @routes.get("/dashboard/state")
 async def state(request: web.Request) -> web.Response:
     _require(request)
-    return web.json_response(await snapshot(request.app[GATEWAY]), headers={"Cache-Control": "no-store"})
+    return json_response(await snapshot(request.app[GATEWAY]), headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/dashboard/events")
@@ -280,7 +280,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     with contextlib.suppress(ConnectionError):
         await resp.write(f"retry: {int(gw.config.ui.refresh * 1000)}\n\n".encode())
         while not closing.is_set() and _authorized(request):  # a session that expires ends the stream
-            data = json.dumps(await snapshot(gw), separators=(",", ":"))
+            data = dumps(await snapshot(gw), separators=(",", ":"))
             await resp.write(f"event: state\ndata: {data}\n\n".encode())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(closing.wait(), gw.config.ui.refresh)
@@ -304,7 +304,7 @@ async def drain(request: web.Request) -> web.Response:
         raise NotFound(f"no server {sid[:32]}")
     await gw.registry.set_draining(node.server_id, action == "drain")
     audit(f"node_{action}ed", who="admin", ip=ip, server_id=node.server_id, via="dashboard")
-    return web.json_response({"success": True, "server": node.public()})
+    return json_response({"success": True, "server": node.public()})
 
 
 @routes.post("/dashboard/api/strategy")
@@ -314,10 +314,10 @@ async def strategy(request: web.Request) -> web.Response:
     if not isinstance(name, str) or not name:
         raise BadRequest('expected {"strategy": "least_busy"}')
     try:
-        request.app[GATEWAY].set_strategy(name, {}, who="admin", ip=ip)
+        await request.app[GATEWAY].set_strategy(name, {}, who="admin", ip=ip)
     except StrategyError as exc:
         raise BadRequest(str(exc)) from None
-    return web.json_response({"success": True, "strategy": name})
+    return json_response({"success": True, "strategy": name})
 
 
 @routes.post("/dashboard/api/multi-backend")
@@ -326,8 +326,8 @@ async def multi_backend(request: web.Request) -> web.Response:
     enabled = (await _json(request)).get("enabled")
     if not isinstance(enabled, bool):
         raise BadRequest('expected {"enabled": true} or {"enabled": false}')
-    request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
-    return web.json_response({"success": True, "multi_backend": enabled})
+    await request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)
+    return json_response({"success": True, "multi_backend": enabled})
 
 
 #: The pages' scripts and style sheet, by name: nothing else is ever served from the folder.

@@ -11,6 +11,7 @@ from .allowlist import canonical, node_address_refused
 from .bodies import read_json
 from .errors import BadRequest, Forbidden, NodeIdentityConflict, NotFound, Unauthorized
 from .fields import parse_int
+from .jsonbody import json_response
 from .keys import GATEWAY
 from .netutil import client_ip, credential_refused, same_secret
 from .registry import NodeState
@@ -91,7 +92,7 @@ async def register(request: web.Request) -> web.Response:
         who=sid, ip=client_ip(request, gw.config.server.trusted_proxies),
         address=state.record.address, previous_address=previous,
     )
-    return web.json_response({
+    return json_response({
         "success": True,
         "message": f"服务器 {sid} 注册成功",
         "server_id": sid,
@@ -126,7 +127,7 @@ async def unregister(request: web.Request) -> web.Response:
     await gw.registry.remove(state.server_id)
     audit("node_unregistered", who=state.server_id, ip=client_ip(request, gw.config.server.trusted_proxies),
           address=state.record.address)
-    return web.json_response({
+    return json_response({
         "success": True,
         "message": f"服务器 {state.server_id} 注销成功",
         "server_id": state.server_id,
@@ -141,7 +142,7 @@ async def servers(request: web.Request) -> web.Response:
     _check_secret(request, request.headers.get("X-Webhook-Secret") or request.query.get("secret"), "list")
     nodes = gw.registry.all()
     summary = gw.registry.summary()
-    return web.json_response({
+    return json_response({
         "success": True,
         "data": {
             "total_servers": summary["total"],

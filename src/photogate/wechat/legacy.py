@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ..config import WechatProduct
 from ..errors import BadRequest
+from ..jsonbody import json_response
 from . import store as db
 
 #: Our order states as WeChat Pay's ``trade_state`` (what the original answered).
@@ -28,7 +29,7 @@ _OPENID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 def answer(body: Mapping[str, Any], data: Any) -> web.Response:
     """``body`` with the original's envelope: ``success`` and ``data`` (never a session_key)."""
-    return web.json_response({**body, "success": True, "data": data})
+    return json_response({**body, "success": True, "data": data})
 
 
 def openid_field(value: Any, where: str = "openid") -> str | None:

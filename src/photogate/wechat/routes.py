@@ -14,6 +14,7 @@ from ..access import ACCESS
 from ..admin_api import _admin
 from ..bodies import read_body, read_json
 from ..errors import BadRequest, PayloadTooLarge
+from ..jsonbody import json_response
 from ..service import audit
 from .access import WechatAccess
 from .legacy import answer, openid_field, order_data, product_for_fee
@@ -99,7 +100,7 @@ async def notify(request: web.Request) -> web.Response:
             raise NotifyRejected("body too large") from None
         await request.app[WECHAT].handle_notify(request.headers, body)
     except NotifyRejected as exc:
-        return web.json_response({"code": "FAIL", "message": str(exc)}, status=400)
+        return json_response({"code": "FAIL", "message": str(exc)}, status=400)
     return web.Response(status=204)
 
 
