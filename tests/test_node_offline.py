@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -269,3 +270,34 @@ async def test_a_running_node_listed_offline_registers_again(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_every_gateway_on_redis_sees_the_node_offline_and_back(
+        aiohttp_client: Any, tmp_path: Path, redis_config: dict[str, Any], nodes: Any) -> None:
+    a = Gateway(await aiohttp_client(create_app(make_config(tmp_path, **redis_config))))
+    b = Gateway(await aiohttp_client(create_app(make_config(tmp_path, **redis_config))))
+    node = await nodes()
+    await a.register(node, node_key=KEY)
+    await _wait_listed(b, [("GPU-001", node.port, "healthy")], "gateway b to see GPU-001")
+    resp = await a.client.post("/webhook/unregister", json={"secret": SECRET, "server_id": "GPU-001", "node_key": KEY})
+    assert resp.status == 200, await resp.text()
+    await _wait_listed(b, [("GPU-001", node.port, "offline")], "gateway b to see GPU-001 offline")
+    assert b.app[GATEWAY].registry.serving(True) == []
+    assert (await b.register(node, node_key=KEY))["server_id"] == "GPU-001"
+    await _wait_listed(a, [("GPU-001", node.port, "healthy")], "gateway a to see GPU-001 back")
+
+
+async def test_a_data_dir_from_before_offline_nodes_opens(aiohttp_client: Any, tmp_path: Path) -> None:
+    """An upgrade: the SQLite file of an earlier version (no ``offline`` column) keeps its nodes."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "photogate.db") as conn:
+        conn.execute("CREATE TABLE nodes (server_id TEXT PRIMARY KEY, ordinal INTEGER NOT NULL, ip TEXT NOT NULL,"
+                     " port INTEGER NOT NULL, node_key TEXT UNIQUE, node_token TEXT NOT NULL,"
+                     " slots INTEGER NOT NULL DEFAULT 1, weight INTEGER NOT NULL DEFAULT 1,"
+                     " draining INTEGER NOT NULL DEFAULT 0, registered_at REAL NOT NULL, updated_at REAL NOT NULL,"
+                     " info TEXT NOT NULL DEFAULT '{}')")
+        conn.execute("INSERT INTO nodes VALUES ('GPU-004', 4, '127.0.0.1', 9, ?, 'token', 1, 1, 0, 1.0, 1.0, '{}')",
+                     (KEY,))
+    gw = Gateway(await aiohttp_client(create_app(make_config(tmp_path))))
+    assert [(s["server_id"], s["offline"]) for s in await _servers(gw)] == [("GPU-004", False)]
