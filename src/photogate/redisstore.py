@@ -431,7 +431,8 @@ def _node(raw: str) -> tuple[int, NodeRecord]:
     record = NodeRecord(
         server_id=data["server_id"], ip=data["ip"], port=int(data["port"]), node_token=data["node_token"],
         node_key=data.get("node_key"), slots=int(data.get("slots") or 1), weight=int(data.get("weight") or 1),
-        draining=bool(data.get("draining")), offline=bool(data.get("offline")), registered_at=float(data.get("registered_at") or 0),
+        draining=bool(data.get("draining")), offline=bool(data.get("offline")),
+        registered_at=float(data.get("registered_at") or 0),
         updated_at=float(data.get("updated_at") or 0), info=info if isinstance(info, dict) else {},
     )
     return int(data.get("ordinal") or 0), record
