@@ -97,14 +97,19 @@ async def test_seed_flags_register_list_unregister(gateway: Gateway, nodes) -> N
                                "--secret", SECRET, **seed)
     assert (code, out) == (0, f"unregistered GPU-001 at 127.0.0.1:{port} (服务器 GPU-001 注销成功)\n"), err
     code, out, _ = await cli(None, "list", "--gateway", gw_url, "--secret", SECRET, **seed)
-    assert out.splitlines()[0] == "no GPU servers registered"
+    assert out.splitlines()[1].split()[:3] == ["GPU-001", f"127.0.0.1:{port}", "offline"]  # not forgotten
+    assert "1 server: 0 healthy, 0 unhealthy, 1 offline; strategy" in out
     assert SECRET not in out
 
-    # Registering again gets the next id from the counter; unregister by id.
+    # Registering again from its address brings its id back; unregister by id; remove forgets it.
     code, out, _ = await cli(gateway, "register", "--ip", "127.0.0.1", "--port", port, "--weight", "3")
+    assert "GPU-001" in out
+    code, out, _ = await cli(gateway, "unregister", "--server-id", "gpu-1")
+    assert (code, out.split()[:2]) == (0, ["unregistered", "GPU-001"])
+    code, out, err = await cli(gateway, "remove", "GPU-001")
+    assert code == 0, err
+    code, out, _ = await cli(gateway, "register", "--ip", "127.0.0.1", "--port", port)
     assert "GPU-002" in out
-    code, out, _ = await cli(gateway, "unregister", "--server-id", "gpu-2")
-    assert (code, out.split()[:2]) == (0, ["unregistered", "GPU-002"])
 
 
 # -- 1. every command, --json parsed back -------------------------------------------------------

@@ -139,13 +139,18 @@ async def test_node_ids_keys_addresses_and_the_counter(store: Any, open_store: C
     await store.delete_node("GPU-001")
     c, _, _ = await store.register_node("10.0.0.1", 9000, "key-aaaaaaaa", fields, "token-c")
     assert c.server_id == "GPU-003"  # the counter never hands an id out twice
+    await store.set_node_offline("GPU-003")  # unregistered: kept, offline
     reopened = await open_store()
     try:
         nodes = await reopened.load_nodes()
     finally:
         await reopened.close()
-    assert [(n.server_id, n.address, n.draining) for n in nodes] == [
-        ("GPU-002", "10.0.0.2:9000", True), ("GPU-003", "10.0.0.1:9000", False)]
+    assert [(n.server_id, n.address, n.draining, n.offline) for n in nodes] == [
+        ("GPU-002", "10.0.0.2:9000", True, False), ("GPU-003", "10.0.0.1:9000", False, True)]
+    # Its key, from another address, brings it back online with its id and token.
+    back, created, previous = await store.register_node("10.0.0.7", 9000, "key-aaaaaaaa", fields, "token-z")
+    assert (back.server_id, created, previous, back.offline, back.node_token) == (
+        "GPU-003", False, "10.0.0.1:9000", False, "token-c")
 
 
 # -- the gateway, seen from outside ----------------------------------------------------------------
@@ -184,7 +189,9 @@ async def test_register_list_unregister(start_gateway: Callable[..., Awaitable[G
                                                                "node_key": "node-key-1"})
     assert resp.status == 200 and (await resp.json())["server_id"] == "GPU-001"
     resp = await gw.client.get("/webhook/servers", headers={"X-Webhook-Secret": SECRET})
-    assert [s["server_id"] for s in (await resp.json())["data"]["servers"]] == ["GPU-002"]
+    # Offline, not forgotten (DESIGN §9): only an operator's remove forgets a node.
+    assert [(s["server_id"], s["status"]) for s in (await resp.json())["data"]["servers"]] == [
+        ("GPU-001", "offline"), ("GPU-002", "healthy")]
     resp = await gw.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": 1, "secret": "wrong"})
     assert resp.status == 403
 

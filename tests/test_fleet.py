@@ -73,8 +73,13 @@ async def test_register_and_unregister_are_audited_without_the_secret(gateway: G
     actions = [(e["action"], e["who"]) for e in logs if e["event"] == "audit"]
     assert actions == [("node_registered", "GPU-001"), ("node_unregistered", "GPU-001")]
     assert SECRET not in repr(logs) and node.token not in repr(logs)
+    # Offline, not forgotten (DESIGN §9): still listed, and unregistering it again is no error.
     again = await gateway.client.post("/webhook/unregister", json={"server_id": "GPU-001", "secret": SECRET})
-    assert again.status == 404
+    assert again.status == 200
+    listed = await (await gateway.client.get(f"/webhook/servers?secret={SECRET}")).json()
+    assert [(s["server_id"], s["status"]) for s in listed["data"]["servers"]] == [("GPU-001", "offline")]
+    unknown = await gateway.client.post("/webhook/unregister", json={"server_id": "GPU-009", "secret": SECRET})
+    assert unknown.status == 404
 
 
 async def test_bad_registration_bodies(gateway: Gateway) -> None:

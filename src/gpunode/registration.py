@@ -12,7 +12,8 @@ before the port listens, so registering there could announce a node that is not 
   ``GPU-00N`` after a restart or an IP change.
 - Every ``ip_check_interval`` s the advertised IP is read again; a change re-registers.
 - Every ``gateway_check_interval`` s the node asks ``GET /webhook/servers`` whether the
-  gateway still lists it; a gateway that lost its store gets a fresh registration.
+  gateway still lists it (and not as ``offline``: unregistered by someone else); a gateway
+  that lost its store, or lists it offline, gets a fresh registration.
   (An inference request carrying a token that is not ours is *not* a trigger: anyone
   can send one.)
 """
@@ -194,7 +195,9 @@ class Registrar:
             return None
         for s in servers:
             if isinstance(s, dict) and s.get("server_id") == self.server_id:
-                return s.get("ip", self.ip) == self.ip and int(s.get("port", self.port)) == self.port
+                # Listed as offline: unregistered (kept with its id); registering brings it back.
+                return (s.get("ip", self.ip) == self.ip and int(s.get("port", self.port)) == self.port
+                        and s.get("status") != "offline")
         return False
 
     async def run(self) -> None:

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--slots", type=int, help="jobs it runs at once (default 1, or what its health reports)")
     cmd.add_argument("--weight", type=int, help="weight for the weighted strategy (default 1)")
 
-    cmd = add(commands, "unregister", cmd_unregister, "unregister a GPU server by address or id")
+    cmd = add(commands, "unregister", cmd_unregister, "unregister a GPU server by address or id "
+              "(it stays listed, offline, with its id; remove forgets it)")
     cmd.add_argument("--ip", help="the GPU server's registered address")
     cmd.add_argument("--port", type=_port, help="the GPU server's registered port")
     cmd.add_argument("--server-id", type=parse_server_id, help="or its id, e.g. GPU-003")
@@ -215,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (
         ("drain", cmd_drain, "stop new work to a server; its in-flight tasks finish"),
         ("undrain", cmd_undrain, "let a drained server take new work again"),
-        ("remove", cmd_remove, "remove a server from the registry"),
+        ("remove", cmd_remove, "remove a server from the registry (forget it: its id is not reused)"),
     ):
         cmd = add(commands, name, func, text)
         cmd.add_argument("server_id", type=parse_server_id, metavar="SERVER_ID", help="e.g. GPU-003")
@@ -533,11 +534,17 @@ async def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
     lines += [f"{s.get('server_id')}: last error: {s['last_error']}" for s in servers if s.get("last_error")]
     lines.append(
         f"{plural(fleet.get('total_servers', len(servers)), 'server')}: {fleet.get('healthy_servers', 0)} healthy, "
-        f"{fleet.get('unhealthy_servers', 0)} unhealthy; strategy {fleet.get('strategy', '?')}, "
+        f"{fleet.get('unhealthy_servers', 0)} unhealthy{_offline(fleet.get('offline_servers'))}; "
+        f"strategy {fleet.get('strategy', '?')}, "
         f"multi-backend {on_off(fleet.get('multi_backend'))}, "
         f"health checks {'running' if fleet.get('health_check_running') else 'stopped'}"
     )
     ctx.emit(data, "\n".join(lines))
+
+
+def _offline(count: object) -> str:
+    """", N offline" when some nodes are offline (unregistered, kept with their ids)."""
+    return f", {count} offline" if isinstance(count, int) and count > 0 else ""
 
 
 async def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
@@ -548,7 +555,8 @@ async def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
         f"gateway   {ctx.config.gateway}  {data.get('status')}  "
         f"(photogate {data.get('version')}, up {duration(data.get('uptime'))})",
         f"fleet     {plural(fleet.get('total', 0), 'server')}: {fleet.get('healthy', 0)} healthy, "
-        f"{fleet.get('unhealthy', 0)} unhealthy, {fleet.get('draining', 0)} draining; "
+        f"{fleet.get('unhealthy', 0)} unhealthy{_offline(fleet.get('offline'))}, "
+        f"{fleet.get('draining', 0)} draining; "
         f"{fleet.get('busy', 0)}/{fleet.get('slots', 0)} slots busy",
         f"balancing {fleet.get('strategy')}, multi-backend {on_off(fleet.get('multi_backend'))}",
         f"queue     {fleet.get('queued', 0)} queued, {fleet.get('in_flight', 0)} in flight",

@@ -49,7 +49,7 @@ class HealthMonitor:
             await self.registry.record_check(server_id, True, report)
 
     async def check_all(self) -> None:
-        nodes = self.registry.all()
+        nodes = self.registry.probed()  # an offline (unregistered) node is not probed
         await asyncio.gather(*(self.check(s.server_id, s.record.base_url + "/health") for s in nodes))
         self.rounds += 1
 

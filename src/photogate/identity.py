@@ -12,6 +12,15 @@ A node is its ``node_key``. A leaked webhook secret may add nodes, never take ov
   token it was using. A key given there is attached (never replaced) and owns it from then on;
 - anything else is a new node with a new id.
 
+Offline (unregistered) nodes are kept, so the rule is the same for them: a registration this
+rule gives an offline node's id brings that node back online with it (its key from any
+address not held by another node, or, keyless, from its own address). An offline keyed node
+still holds its address against other keys: offline is not forgotten, and a node that lost
+its key is told to have the old id removed, as while it was online. An offline keyless node's
+address can be claimed, as an online one's can: nobody can prove to be that node, and the
+token is rotated, so no caller gets the token it had. Only an operator's ``remove`` forgets a
+node (and frees its address and key).
+
 The stores look the two candidate records up and apply the :class:`Claim` atomically
 (SQLite: in one transaction; Redis: compare-and-set on what was looked up).
 """

@@ -178,6 +178,8 @@ class _LiveState(Collector):
             f"Input megapixels completed per second over the last {THROUGHPUT_WINDOW_S:g} s", value=fleet_mps)
         up = GaugeMetricFamily("photogate_node_up", "1 if the node passes its health checks", labels=["server_id"])
         draining = GaugeMetricFamily("photogate_node_draining", "1 if the node is drained", labels=["server_id"])
+        offline = GaugeMetricFamily("photogate_node_offline", "1 if the node unregistered (kept with its id)",
+                                    labels=["server_id"])
         inflight = GaugeMetricFamily("photogate_node_in_flight", "Photos on the node now", labels=["server_id"])
         slots = GaugeMetricFamily("photogate_node_slots", "Photos the node runs at once", labels=["server_id"])
         failures = GaugeMetricFamily("photogate_node_consecutive_failures", "Failed checks in a row",
@@ -196,6 +198,7 @@ class _LiveState(Collector):
             sid = [s.server_id]
             up.add_metric(sid, 1 if s.healthy else 0)
             draining.add_metric(sid, 1 if s.record.draining else 0)
+            offline.add_metric(sid, 1 if s.record.offline else 0)
             inflight.add_metric(sid, s.inflight)
             slots.add_metric(sid, s.slots)
             failures.add_metric(sid, s.failures)
@@ -210,7 +213,7 @@ class _LiveState(Collector):
                 "model": str(s.health.get("model") or s.record.info.get("model") or ""),
                 "provider": str(s.health.get("provider") or s.record.info.get("provider") or ""),
             })
-        yield from (up, draining, inflight, slots, failures, last_check, mps, reported, node_info)
+        yield from (up, draining, offline, inflight, slots, failures, last_check, mps, reported, node_info)
 
 
 # -- aiohttp wiring -----------------------------------------------------------------------------

@@ -26,6 +26,9 @@ class NodeRecord:
     slots: int = 1
     weight: int = 1
     draining: bool = False
+    #: Unregistered (DESIGN §9): kept with its id, key and address; no work, no probes.
+    #: A registration that :func:`~photogate.identity.decide` gives this id brings it back.
+    offline: bool = False
     registered_at: float = 0.0
     updated_at: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)

@@ -18,7 +18,7 @@ before it increments. Keys (``P`` is ``storage.redis_prefix``)::
     P ghosts               hash   server_id -> "n:until": jobs a dead gateway may have left
                                   running there (counted as taken until the node says it
                                   is idle, or until ``until``)
-    P nodes                hash   server_id -> node record (JSON)
+    P nodes                hash   server_id -> node record (JSON; an unregistered node stays, offline)
     P node_addr            hash   "ip:port" -> server_id
     P node_key             hash   node key -> server_id
     P node_counter         string the last ordinal handed out (INCR)
@@ -251,7 +251,7 @@ if rec then
   end
   if nkey ~= '' and rec.node_key == cjson.null then rec.node_key = nkey end
   if rotate then rec.node_token = token end
-  rec.ip, rec.port = ip, port
+  rec.ip, rec.port, rec.offline = ip, port, false
   if slots ~= '' then rec.slots = tonumber(slots) end
   if weight ~= '' then rec.weight = tonumber(weight) end
   rec.updated_at, rec.info = now, cjson.decode(info)
@@ -262,7 +262,7 @@ else
   sid = string.format('GPU-%03d', ordinal)
   rec = {server_id = sid, ordinal = ordinal, ip = ip, port = port, node_token = token,
          node_key = (nkey ~= '' and nkey) or cjson.null, slots = tonumber(slots ~= '' and slots or '1'),
-         weight = tonumber(weight ~= '' and weight or '1'), draining = false,
+         weight = tonumber(weight ~= '' and weight or '1'), draining = false, offline = false,
          registered_at = now, updated_at = now, info = cjson.decode(info)}
   created = 1
 end
@@ -294,6 +294,22 @@ redis.call('HDEL', p .. 'health', sid)
 return 1
 """
 
+#: Unregistered: the record stays (id, key, address, token), marked offline and down.
+#: ARGV: prefix, server_id. Returns 1 if the node was there.
+SET_OFFLINE = """
+local p, sid = ARGV[1], ARGV[2]
+local raw = redis.call('HGET', p .. 'nodes', sid)
+if not raw then return 0 end
+local rec = cjson.decode(raw)
+rec.offline = true
+redis.call('HSET', p .. 'nodes', sid, cjson.encode(rec))
+local hraw = redis.call('HGET', p .. 'health', sid)
+local h = hraw and cjson.decode(hraw) or {failures = 0, completed = 0, failed = 0, health = {}}
+h.healthy, h.last_error = false, 'offline: unregistered'
+redis.call('HSET', p .. 'health', sid, cjson.encode(h))
+return 1
+"""
+
 #: ARGV: prefix, server_id, '1'/'0'.
 SET_DRAINING = """
 local raw = redis.call('HGET', ARGV[1] .. 'nodes', ARGV[2])
@@ -309,7 +325,9 @@ return 1
 #: Returns 1 when the node went up, -1 when it went down, 0 otherwise.
 HEALTH = """
 local p, sid = ARGV[1], ARGV[2]
-if redis.call('HEXISTS', p .. 'nodes', sid) == 0 then return 0 end
+local node = redis.call('HGET', p .. 'nodes', sid)
+-- Gone, or offline (a probe or a job that was under way when it unregistered): no change.
+if not node or cjson.decode(node).offline == true then return 0 end
 local raw = redis.call('HGET', p .. 'health', sid)
 local h = raw and cjson.decode(raw) or {healthy = false, failures = 0, completed = 0, failed = 0, health = {}}
 local was = h.healthy
@@ -415,7 +433,8 @@ def _node(raw: str) -> tuple[int, NodeRecord]:
     record = NodeRecord(
         server_id=data["server_id"], ip=data["ip"], port=int(data["port"]), node_token=data["node_token"],
         node_key=data.get("node_key"), slots=int(data.get("slots") or 1), weight=int(data.get("weight") or 1),
-        draining=bool(data.get("draining")), registered_at=float(data.get("registered_at") or 0),
+        draining=bool(data.get("draining")), offline=bool(data.get("offline")),
+        registered_at=float(data.get("registered_at") or 0),
         updated_at=float(data.get("updated_at") or 0), info=info if isinstance(info, dict) else {},
     )
     return int(data.get("ordinal") or 0), record
@@ -456,6 +475,7 @@ class RedisStore:
         self._register = reg(REGISTER)
         self._delete_node = reg(DELETE_NODE)
         self._draining = reg(SET_DRAINING)
+        self._offline = reg(SET_OFFLINE)
         self._health = reg(HEALTH)
         self._lease = reg(LEASE)
         self._bucket = reg(BUCKET)
@@ -710,6 +730,10 @@ class RedisStore:
     @unavailable
     async def delete_node(self, server_id: str) -> None:
         await self._delete_node(keys=[], args=[self.prefix, server_id])
+
+    @unavailable
+    async def set_node_offline(self, server_id: str) -> None:
+        await self._offline(keys=[], args=[self.prefix, server_id])
 
     @unavailable
     async def set_node_draining(self, server_id: str, draining: bool) -> None:

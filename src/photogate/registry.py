@@ -24,6 +24,9 @@ from .store import SQLiteStore
 
 log = structlog.get_logger("photogate.registry")
 
+#: What an offline node's ``last_error`` says.
+OFFLINE_ERROR = "offline: unregistered"
+
 
 @dataclass
 class NodeState:
@@ -88,6 +91,14 @@ class NodeState:
             health=dict(self.health),
         )
 
+    @property
+    def status(self) -> str:
+        """``offline`` (unregistered), ``draining``, ``healthy`` or ``unhealthy``."""
+        rec = self.record
+        if rec.offline:
+            return "offline"
+        return "draining" if rec.draining else ("healthy" if self.healthy else "unhealthy")
+
     def public(self) -> dict[str, Any]:
         rec = self.record
         return {
@@ -96,8 +107,9 @@ class NodeState:
             "port": rec.port,
             "address": rec.address,
             "healthy": self.healthy,
-            "status": "draining" if rec.draining else ("healthy" if self.healthy else "unhealthy"),
+            "status": self.status,
             "draining": rec.draining,
+            "offline": rec.offline,
             "busy": self.inflight,
             "slots": self.slots,
             "weight": rec.weight,
@@ -136,7 +148,8 @@ class Registry:
     async def load(self) -> None:
         """Load persisted nodes. Their health is unknown until the first check answers."""
         for rec in await self._store.load_nodes():
-            self._nodes[rec.server_id] = NodeState(record=rec, healthy=False, last_error="not checked since start")
+            error = OFFLINE_ERROR if rec.offline else "not checked since start"
+            self._nodes[rec.server_id] = NodeState(record=rec, healthy=False, last_error=error)
 
     def subscribe(self, callback: Callable[[], None]) -> None:
         """``callback`` runs whenever capacity may have appeared (node up, slot freed, ...)."""
@@ -168,7 +181,25 @@ class Registry:
         self._changed()
         return state, created, previous
 
+    async def unregister(self, server_id: str) -> NodeState | None:
+        """The node left (DESIGN §9): offline, not forgotten. It keeps its id, key, address and
+        token, gets no work and no probes, and the registration :mod:`~photogate.identity`
+        gives this id (its key from any free address; a keyless node from its address) brings
+        it back. Jobs already running there finish or fail as usual."""
+        state = self._nodes.get(server_id)
+        if state is not None:
+            await self._store.set_node_offline(server_id)
+            self._go_offline(state)
+            self._changed()
+        return state
+
+    @staticmethod
+    def _go_offline(state: NodeState) -> None:
+        state.record.offline = True
+        state.healthy, state.failures, state.last_error, state.busy_since = False, 0, OFFLINE_ERROR, None
+
     async def remove(self, server_id: str) -> NodeState | None:
+        """An operator forgets the node: its id is never handed out again."""
         state = self._nodes.pop(server_id, None)
         if state is not None:
             await self._store.delete_node(server_id)
@@ -201,11 +232,15 @@ class Registry:
         """Whether this gateway's health monitor probes the fleet (always, with one gateway)."""
         return True
 
+    def probed(self) -> list[NodeState]:
+        """The nodes the health monitor checks: every node that is not offline."""
+        return [s for s in self.all() if not s.record.offline]
+
     async def record_check(
         self, server_id: str, ok: bool, report: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
         state = self._nodes.get(server_id)
-        if state is None:  # unregistered while the probe was in flight
+        if state is None or state.record.offline:  # removed or unregistered while the probe was in flight
             return
         state.last_check = time.time()
         if ok:
@@ -232,6 +267,8 @@ class Registry:
             self._mark_ok(state)
 
     def _mark_ok(self, state: NodeState) -> None:
+        if state.record.offline:  # a job that was running when it unregistered
+            return
         state.failures, state.last_error = 0, None
         if not state.healthy:
             state.healthy = True
@@ -239,6 +276,8 @@ class Registry:
             self._changed()
 
     def _mark_failure(self, state: NodeState, error: str) -> None:
+        if state.record.offline:
+            return
         state.failures += 1
         state.last_error = error
         if state.healthy and state.failures >= self.failure_threshold:
@@ -252,7 +291,7 @@ class Registry:
 
     def serving(self, multi_backend: bool) -> list[NodeState]:
         """Healthy, non-draining nodes work may go to; only the primary when multi-backend is off."""
-        up = [s for s in self.all() if s.healthy and not s.record.draining]
+        up = [s for s in self.all() if s.healthy and not s.record.draining and not s.record.offline]
         return up if multi_backend else up[:1]
 
     def candidates(self, multi_backend: bool, exclude: frozenset[str] = frozenset()) -> list[NodeView]:
@@ -296,11 +335,13 @@ class Registry:
 
     def summary(self) -> dict[str, int]:
         nodes = self.all()
-        healthy = sum(1 for s in nodes if s.healthy)
+        offline = sum(1 for s in nodes if s.record.offline)
+        healthy = sum(1 for s in nodes if s.healthy and not s.record.offline)
         return {
             "total": len(nodes),
             "healthy": healthy,
-            "unhealthy": len(nodes) - healthy,
+            "unhealthy": len(nodes) - healthy - offline,
+            "offline": offline,
             "draining": sum(1 for s in nodes if s.record.draining),
             "busy": sum(s.inflight for s in nodes),
             "slots": sum(s.slots for s in nodes if s.healthy),

@@ -81,6 +81,9 @@ class SharedRegistry(Registry):
     def _apply(state: NodeState, record: NodeRecord, shared: dict[str, Any] | None, inflight: int) -> None:
         state.record = record
         state.inflight = inflight
+        if record.offline:
+            Registry._go_offline(state)
+            return
         if shared is None:
             state.healthy, state.last_error = False, "not checked yet"
             return
@@ -113,6 +116,12 @@ class SharedRegistry(Registry):
         self._touch(state.server_id)
         return state, created, previous
 
+    async def unregister(self, server_id: str) -> NodeState | None:
+        state = await super().unregister(server_id)
+        if state is not None:
+            self._touch(server_id)
+        return state
+
     async def remove(self, server_id: str) -> NodeState | None:
         self._touch(server_id)  # before: the local entry goes before the store's delete is done
         return await super().remove(server_id)
@@ -143,7 +152,7 @@ class SharedRegistry(Registry):
     async def _record(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None, error: str = "",
                       counter: str = "", check: bool = False) -> None:
         state = self._nodes.get(server_id)
-        if state is None:  # unregistered meanwhile
+        if state is None or state.record.offline:  # removed or unregistered meanwhile
             return
         moved = await self.redis_store.record_health(server_id, ok, report=report, error=error,
                                                      threshold=self.failure_threshold, counter=counter, check=check)

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     draining INTEGER NOT NULL DEFAULT 0,
     registered_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    info TEXT NOT NULL DEFAULT '{}'
+    info TEXT NOT NULL DEFAULT '{}',
+    offline INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS nodes_addr ON nodes (ip, port);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -68,7 +69,9 @@ _TASK_COLUMNS = (
     "task_id, status, created_at, updated_at, input_mime, input_bytes, width, height, params, "
     "server_id, attempts, result_mime, result_bytes, error, owner, started_at, finished_at"
 )
-_NODE_COLUMNS = "server_id, ip, port, node_token, node_key, slots, weight, draining, registered_at, updated_at, info"
+_NODE_COLUMNS = (
+    "server_id, ip, port, node_token, node_key, slots, weight, draining, registered_at, updated_at, info, offline"
+)
 
 
 def _task(row: Sequence[Any]) -> TaskRecord:
@@ -106,6 +109,7 @@ def _node(row: Sequence[Any]) -> NodeRecord:
         registered_at=row[8],
         updated_at=row[9],
         info=json.loads(row[10]),
+        offline=bool(row[11]),
     )
 
 
@@ -136,6 +140,9 @@ class SQLiteStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+        # A data dir from before nodes could be offline (unregister used to delete them).
+        if "offline" not in {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}:
+            conn.execute("ALTER TABLE nodes ADD COLUMN offline INTEGER NOT NULL DEFAULT 0")
         self._conn = conn
 
     async def close(self) -> None:
@@ -185,7 +192,7 @@ class SQLiteStore:
                 conn.execute(
                     "UPDATE nodes SET ip = ?, port = ?, node_key = COALESCE(node_key, ?),"
                     " node_token = CASE WHEN ? THEN ? ELSE node_token END, slots = COALESCE(?, slots),"
-                    " weight = COALESCE(?, weight), updated_at = ?, info = ? WHERE server_id = ?",
+                    " weight = COALESCE(?, weight), updated_at = ?, info = ?, offline = 0 WHERE server_id = ?",
                     (ip, port, claim.attach_key, claim.rotate_token, new_token, fields["slots"], fields["weight"],
                      now, info, old.server_id),
                 )
@@ -202,7 +209,7 @@ class SQLiteStore:
                 )
                 server_id = f"GPU-{ordinal:03d}"
                 conn.execute(
-                    f"INSERT INTO nodes (ordinal, {_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    f"INSERT INTO nodes (ordinal, {_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, 0)",
                     (ordinal, server_id, ip, port, new_token, node_key, fields["slots"] or 1, fields["weight"] or 1,
                      now, now, info),
                 )
@@ -233,6 +240,10 @@ class SQLiteStore:
 
     async def set_node_draining(self, server_id: str, draining: bool) -> None:
         await self._call(self._exec, "UPDATE nodes SET draining = ? WHERE server_id = ?", (int(draining), server_id))
+
+    async def set_node_offline(self, server_id: str) -> None:
+        """Unregistered: kept (id, key, address, token), but offline until it registers again."""
+        await self._call(self._exec, "UPDATE nodes SET offline = 1 WHERE server_id = ?", (server_id,))
 
     def _exec(self, sql: str, params: Sequence[Any]) -> int:
         return self.conn.execute(sql, params).rowcount

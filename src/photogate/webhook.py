@@ -124,7 +124,7 @@ async def unregister(request: web.Request) -> web.Response:
               reason="node_key missing or wrong", server_id=state.server_id)
         raise Forbidden(f"{state.server_id} registered with a node_key: unregister it with that node_key, "
                         f"or an operator removes it (photogate-admin remove {state.server_id})")
-    await gw.registry.remove(state.server_id)
+    await gw.registry.unregister(state.server_id)  # offline, not forgotten: it keeps its id
     audit("node_unregistered", who=state.server_id, ip=client_ip(request, gw.config.server.trusted_proxies),
           address=state.record.address)
     return json_response({
@@ -148,6 +148,7 @@ async def servers(request: web.Request) -> web.Response:
             "total_servers": summary["total"],
             "healthy_servers": summary["healthy"],
             "unhealthy_servers": summary["unhealthy"],
+            "offline_servers": summary["offline"],
             "health_check_running": gw.monitor.running,
             "multi_backend": gw.multi_backend,
             "strategy": gw.strategy_name,

@@ -95,7 +95,8 @@ class FakeGateway:
             sid = f"GPU-{self.counter:03d}"
             self.by_key[key] = sid
         token = secrets.token_urlsafe(16)
-        self.servers[sid] = {"server_id": sid, "ip": body["ip"], "port": body["port"], "token": token}
+        self.servers[sid] = {"server_id": sid, "ip": body["ip"], "port": body["port"], "token": token,
+                             "status": "healthy"}
         return web.json_response({"success": True, "message": f"服务器 {sid} 注册成功", "server_id": sid,
                                   "ip": body["ip"], "port": body["port"], "node_token": token})
 
@@ -104,8 +105,10 @@ class FakeGateway:
         if body.get("secret") != self.secret:
             return web.json_response({"error": "invalid secret"}, status=401)
         self.events.append(("unregister", body))
-        if self.servers.pop(body.get("server_id", ""), None) is None:
+        server = self.servers.get(body.get("server_id", ""))
+        if server is None:
             return web.json_response({"error": "unknown server"}, status=404)
+        server["status"] = "offline"  # as the gateway does: offline, not forgotten (DESIGN §9)
         return web.json_response({"success": True, "message": "注销成功"})
 
     async def list_servers(self, request: web.Request) -> web.Response:

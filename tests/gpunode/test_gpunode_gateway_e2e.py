@@ -54,8 +54,8 @@ async def test_photo_enhanced_through_the_gateway(tmp_path: Path, start_node, ht
         assert out.size == (128, 96)
         await node.stop()  # unregisters from the real gateway
         async with http.get(f"{gw}/webhook/servers", headers={"X-Webhook-Secret": SECRET}) as resp:
-            listed = [s["server_id"] for s in (await resp.json())["data"]["servers"]]
-        assert node.app[REGISTRAR].server_id not in listed
+            listed = {s["server_id"]: s["status"] for s in (await resp.json())["data"]["servers"]}
+        assert listed == {node.app[REGISTRAR].server_id: "offline"}  # offline, not forgotten
     finally:
         if node is not None:
             await node.stop()

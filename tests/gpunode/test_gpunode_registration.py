@@ -112,7 +112,7 @@ async def test_sigterm_unregisters(tmp_path: Path, fake_gateway: FakeGateway) ->
         rc = await asyncio.wait_for(proc.wait(), timeout=30)
         assert rc == 0
         assert fake_gateway.unregistrations()[0]["server_id"] == "GPU-001"
-        assert fake_gateway.servers == {}
+        assert [s["status"] for s in fake_gateway.servers.values()] == ["offline"]
         log = (await proc.stderr.read()).decode()  # type: ignore[union-attr]
         assert '"registered"' in log and '"GPU-001"' in log and '"unregistered"' in log
         assert fake_gateway.secret not in log and token not in log

@@ -336,4 +336,7 @@ async def test_the_secret_alone_cannot_unregister_a_keyed_node(
     resp = await gw.client.post("/webhook/unregister", json={"secret": SECRET, "ip": "127.0.0.1",
                                                              "port": victim.port, "node_key": VICTIM_KEY})
     assert resp.status == 200, await resp.text()
-    assert await _servers(gw) == []
+    # Offline, not forgotten: the address still needs the key.
+    assert [(s["server_id"], s["status"]) for s in await _servers(gw)] == [("GPU-001", "offline")]
+    status, text = await _post_register(gw, {"ip": "127.0.0.1", "port": victim.port, "node_key": ATTACKER_KEY})
+    assert status == 409, text
