@@ -17,6 +17,7 @@ from . import __version__, listen
 from .app import create_app
 from .balancing import StrategyError
 from .config import ConfigError, load_config
+from .devmode import dev_credentials
 from .errors import StoreUnavailable
 from .keys import GATEWAY
 from .logsetup import configure_logging
@@ -59,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"photogate: config error: {exc}\n")
         return 2
     configure_logging(dev=config.dev, level=config.logging.level)
+    if config.dev:
+        log.warning("dev_credentials", **dev_credentials(config))
     try:
         app = create_app(config, config_path=args.config)
     except StrategyError as exc:

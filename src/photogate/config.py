@@ -556,6 +556,7 @@ def load_config(
     if dev:
         cfg = dataclasses.replace(cfg, dev=True)
         if not cfg.webhook.secret:
-            cfg = dataclasses.replace(cfg, webhook=WebhookConfig(secret=WELL_KNOWN_SECRET))
+            # Only the secret: the file's other webhook keys (allowed_node_networks) still hold.
+            cfg = dataclasses.replace(cfg, webhook=dataclasses.replace(cfg.webhook, secret=WELL_KNOWN_SECRET))
     _validate(cfg)
     return cfg
