@@ -812,7 +812,8 @@ async def cmd_enhance(ctx: Context, args: argparse.Namespace) -> None:
     task_id = str(submitted.get("task_id"))
     if not (args.wait or args.out):
         ctx.emit(submitted, f"submitted task {task_id} ({submitted.get('status')}); "
-                            f"follow it with `photogate-admin task {task_id}`, or use --wait to save the result")
+                            f"`photogate-admin wait {task_id}` waits for it and `download {task_id}` saves it "
+                            "(or use --wait)")
         return
 
     status = await _wait_completed(ctx, task_id, args.max_wait)
