@@ -86,7 +86,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=float, default=0.0,
                    help="with --simulate: each job's time varies by up to this fraction (default %(default)s)")
     p.add_argument("--dev", action="store_true", help="readable console logs")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+    p.add_argument("--log-level", default="info", type=str.lower, choices=("debug", "info", "warning", "error"),
                    help="least severe log events written (default %(default)s)")
     return p
 
@@ -171,7 +171,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         sock = socket.create_server((config.host, config.port), reuse_port=False)
     except OSError as exc:
-        sys.stderr.write(f"gpunode: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}; "
+        where = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
+        sys.stderr.write(f"gpunode: cannot listen on {where}: {exc.strerror or exc}; "
                          "choose another --port (0: any free port) or stop what holds it\n")
         return 2
     port = sock.getsockname()[1]
