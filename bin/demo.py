@@ -60,10 +60,13 @@ async def run(args: argparse.Namespace) -> int:
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PHOTOGATE_ADMIN_TOKEN": os.environ.get("PHOTOGATE_ADMIN_TOKEN", "demo-admin-token")}
     logs = {name: (data / f"{name}.log").open("ab") for name in ("photogate", "gpunode")}
+    # Each child in a session of its own: Ctrl-C signals the terminal's whole process group,
+    # and a gateway stopping at the same moment as its node left the node unable to
+    # unregister. Only this script gets it, and stops them in order (the finally below).
     procs = [
         subprocess.Popen([str(bindir / "photogate"), "--dev", "--config", str(REPO / "config.yaml"),
                           "--port", str(gw_port), "--data-dir", str(data / "gateway")],
-                         stdout=logs["photogate"], stderr=subprocess.STDOUT, env=env),
+                         stdout=logs["photogate"], stderr=subprocess.STDOUT, env=env, start_new_session=True),
     ]
     try:
         async with aiohttp.ClientSession() as http:
@@ -76,7 +79,7 @@ async def run(args: argparse.Namespace) -> int:
             procs.append(subprocess.Popen(
                 [str(bindir / "gpunode"), "--gateway", gateway, "--secret", SECRET, "--port", str(node_port),
                  "--host", "127.0.0.1", "--advertise-ip", "127.0.0.1", "--state-dir", str(data / "node")],
-                stdout=logs["gpunode"], stderr=subprocess.STDOUT, env=env))
+                stdout=logs["gpunode"], stderr=subprocess.STDOUT, env=env, start_new_session=True))
 
             async def node_healthy() -> bool:
                 async with http.get(gateway + "/webhook/servers", headers={"X-Webhook-Secret": SECRET}) as resp:
@@ -120,7 +123,7 @@ async def run(args: argparse.Namespace) -> int:
                   "Ctrl-C stops both.")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
             return 0

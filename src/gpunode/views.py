@@ -89,8 +89,11 @@ async def health(request: web.Request) -> web.Response:
         "provider": info.provider,
         "device": info.device,
         "throughput": engine.throughput(),
+        # Registered means "the gateway has given us an id and a token": never true standalone,
+        # where --token is a local credential, not a registration.
+        "mode": "gateway" if registrar else "standalone",
         "server_id": registrar.server_id if registrar else None,
-        "registered": bool(_expected_token(request)),
+        "registered": registrar is not None and registrar.token is not None,
     })
 
 

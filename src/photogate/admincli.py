@@ -238,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     cmd.add_argument("--quality", help="JPEG/WebP quality, 1 to 100")
     cmd.add_argument("--max-wait", type=_positive, default=600.0, metavar="SECONDS",
                      help="how long --wait waits for the result (default 600)")
+
+    cmd = add(commands, "wait", cmd_wait, "wait for a submitted task to finish (with a progress bar)")
+    cmd.add_argument("task_id", type=parse_task_id, metavar="TASK_ID", help="the 32-character id enhance answered with")
+    cmd.add_argument("--max-wait", type=_positive, default=600.0, metavar="SECONDS",
+                     help="give up after this long (default 600); the task goes on")
+
+    cmd = add(commands, "download", cmd_download, "save a completed task's result")
+    cmd.add_argument("task_id", type=parse_task_id, metavar="TASK_ID", help="the 32-character id enhance answered with")
+    cmd.add_argument("-o", "--out", type=Path, metavar="PATH",
+                     help="file or folder to save it to (default: enhanced_TASK_ID.EXT here)")
     return parser
 
 
@@ -446,11 +456,21 @@ def size(nbytes: int | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
+    """A duration as a person reads it: ``45 ms``, ``17.8 s``, ``3 min 5 s``, ``2 h 4 min``, ``3 d 5 h``."""
     if seconds is None:
         return "—"
-    if seconds < 120:
-        return f"{seconds:.2f} s"
-    return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60):02d}m" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+    seconds = max(float(seconds), 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f}".removesuffix(".0") + " s"
+    whole = int(seconds)
+    for big, small, big_unit, small_unit in ((86400, 3600, "d", "h"), (3600, 60, "h", "min"), (60, 1, "min", "s")):
+        if whole >= big:
+            high, low = divmod(whole, big)
+            low //= small
+            return f"{high} {big_unit} {low} {small_unit}" if low else f"{high} {big_unit}"
+    raise AssertionError("unreachable")
 
 
 def plural(count: int, noun: str) -> str:
@@ -835,16 +855,39 @@ async def cmd_enhance(ctx: Context, args: argparse.Namespace) -> None:
     task_id = str(submitted.get("task_id"))
     if not (args.wait or args.out):
         ctx.emit(submitted, f"submitted task {task_id} ({submitted.get('status')}); "
-                            f"follow it with `photogate-admin task {task_id}`, or use --wait to save the result")
+                            f"`photogate-admin wait {task_id}` waits for it and `download {task_id}` saves it "
+                            "(or use --wait)")
         return
 
-    progress = Progress(ctx, task_id)
-    status = await _wait_finished(ctx, task_id, args.max_wait, progress)
-    if status.get("status") == "failed":
-        raise Refused(f"task {task_id} failed: {status.get('error')}", task=status)
-    out, nbytes, mime = await _download(ctx, task_id, path, args.out)
+    status = await _wait_completed(ctx, task_id, args.max_wait)
+    out, nbytes, mime = await _download(ctx, task_id, args.out, folder=path.parent, stem=f"{path.stem}_enhanced")
     ctx.emit({**status, "saved_to": str(out), "bytes": nbytes, "content_type": mime},
              f"saved the enhanced image to {out} ({mime}, {size(nbytes)})")
+
+
+async def cmd_wait(ctx: Context, args: argparse.Namespace) -> None:
+    task_id = args.task_id
+    status = await _wait_completed(ctx, task_id, args.max_wait)
+    ctx.emit(status, f"task {task_id} completed on {status.get('server_id') or '?'}; "
+                     f"save it with `photogate-admin download {task_id}`")
+
+
+async def cmd_download(ctx: Context, args: argparse.Namespace) -> None:
+    out_arg: Path | None = args.out
+    if out_arg is not None and not out_arg.is_dir() and not out_arg.parent.is_dir():
+        raise UsageError(f"download: -o {out_arg}: no such directory: {out_arg.parent}")
+    out, nbytes, mime = await _download(ctx, args.task_id, out_arg, folder=Path.cwd(),
+                                        stem=f"enhanced_{args.task_id}")
+    ctx.emit({"task_id": args.task_id, "saved_to": str(out), "bytes": nbytes, "content_type": mime},
+             f"saved the enhanced image to {out} ({mime}, {size(nbytes)})")
+
+
+async def _wait_completed(ctx: Context, task_id: str, max_wait: float) -> dict[str, Any]:
+    """Wait (with a progress bar) for ``completed``; a failed task is a refusal (exit 1)."""
+    status = await _wait_finished(ctx, task_id, max_wait, Progress(ctx, task_id))
+    if status.get("status") == "failed":
+        raise Refused(f"task {task_id} failed: {status.get('error')}", task=status)
+    return status
 
 
 async def _wait_finished(ctx: Context, task_id: str, max_wait: float, progress: Progress) -> dict[str, Any]:
@@ -858,25 +901,26 @@ async def _wait_finished(ctx: Context, task_id: str, max_wait: float, progress: 
                 return status
             if time.monotonic() > deadline:
                 raise Refused(f"task {task_id} is still {status.get('status')} after {max_wait:g} s; "
-                              f"check later with `photogate-admin task {task_id}`", task=status)
+                              f"wait again with `photogate-admin wait {task_id}`", task=status)
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 1.0)
     finally:
         progress.done()
 
 
-async def _download(ctx: Context, task_id: str, source: Path, out: Path | None) -> tuple[Path, int, str]:
+async def _download(ctx: Context, task_id: str, out: Path | None, *, folder: Path, stem: str) -> tuple[Path, int, str]:
+    """Stream the result to ``out`` (a file, or a folder for ``stem.EXT``; default ``folder``),
+    through ``.part``: a file that exists under its name is whole."""
     loop = asyncio.get_running_loop()
     async with ctx.client.open("GET", f"/api/v1/download/{task_id}") as resp:
         mime = resp.content_type
         if out is None or out.is_dir():
-            name = f"{source.stem}_enhanced.{EXTENSIONS.get(mime, 'bin')}"
-            out = (out or source.parent) / name
+            out = (out or folder) / f"{stem}.{EXTENSIONS.get(mime, 'bin')}"
         partial = out.with_name(out.name + ".part")
         try:
             handle = await loop.run_in_executor(None, partial.open, "wb")
         except OSError as exc:
-            raise UsageError(f"enhance: cannot write {partial}: {exc.strerror}", task_id=task_id) from None
+            raise UsageError(f"cannot write {partial}: {exc.strerror}", task_id=task_id) from None
         nbytes, complete = 0, False
         try:
             async for chunk in resp.content.iter_chunked(256 * 1024):
@@ -920,10 +964,11 @@ async def run(argv: Sequence[str] | None = None, stdout: IO[str] | None = None,
         ) as session:
             await args.func(Context(Client(session, config), config, out), args)
     except CliError as exc:
-        if as_json:
+        if as_json:  # once: a script reads the JSON document, and stderr stays empty
             out.write(json.dumps({"error": exc.message, "exit_status": int(exc.status), **exc.data},
                                  ensure_ascii=False, indent=2) + "\n")
-        err.write(f"photogate-admin: {exc.message}\n")
+        else:
+            err.write(f"photogate-admin: {exc.message}\n")
         return int(exc.status)
     return ExitStatus.OK
 

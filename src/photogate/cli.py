@@ -16,7 +16,7 @@ from aiohttp import web
 from . import __version__, listen
 from .app import create_app
 from .balancing import StrategyError
-from .config import ConfigError, load_config
+from .config import ENV_OVERRIDES, ConfigError, load_config
 from .devmode import dev_credentials
 from .errors import StoreUnavailable
 from .keys import GATEWAY
@@ -25,10 +25,19 @@ from .logsetup import configure_logging
 log = structlog.get_logger("photogate.cli")
 
 
+def env_help() -> str:
+    """The environment variables the gateway reads, from the table config.py applies."""
+    width = max(map(len, ENV_OVERRIDES)) + 2
+    lines = [f"  {var:<{width}}{dotted}" for var, dotted in ENV_OVERRIDES.items()]
+    lines.append(f"  {'NO_COLOR':<{width}}set: --dev logs without ANSI colours (never used when not a terminal)")
+    return "environment (overrides the config file's key; a flag overrides both):\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="photogate",
         description="Run the photogate gateway: public photo API, GPU node webhook, admin API.",
+        epilog=env_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.yaml)")
     parser.add_argument("--host", help="listen address (server.host)")

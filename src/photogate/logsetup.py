@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import secrets
 import sys
+from typing import IO
 
 import structlog
 from aiohttp import web
@@ -40,6 +42,13 @@ def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, 
     return event
 
 
+def use_colors(stream: IO[str]) -> bool:
+    """ANSI colours only on a terminal (the quickstart's log files get plain text), and never
+    with ``$NO_COLOR`` set (no-color.org)."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
+
+
 def configure_logging(*, dev: bool = False, level: str = "info") -> None:
     """Configure structlog (and the stdlib loggers aiohttp uses) once per process."""
     numeric = logging.getLevelName(level.upper())
@@ -51,7 +60,7 @@ def configure_logging(*, dev: bool = False, level: str = "info") -> None:
         _redact,
     ]
     if dev:
-        processors += [structlog.dev.ConsoleRenderer()]
+        processors += [structlog.dev.ConsoleRenderer(colors=use_colors(sys.stdout))]
     else:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(
