@@ -8,9 +8,13 @@ finished one, progress 1 and ETA 0.
 
 from __future__ import annotations
 
+import io
+import re
+from pathlib import Path
 from typing import Any
 
-from support import Gateway, image_bytes, wait_until
+from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, wait_until
+from photogate.admincli import run
 from photogate.keys import GATEWAY
 
 #: 400 x 250 = 0.1 megapixels: one second on a node doing 0.1 MP/s.
@@ -125,3 +129,28 @@ async def test_admin_task_listing_carries_the_estimate(gateway: Gateway, nodes) 
     body = answer["task"]
     assert 0.0 < body["eta_seconds"] <= SECONDS and 0.0 <= body["progress"] < 1.0
     await gateway.wait_done(task_id)
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_cli_bar_moves_with_the_estimate(gateway: Gateway, nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    node = await nodes(delay=2 * SECONDS, throughput=0.1)
+    await gateway.register(node)
+    await _reported(gateway, node.server_id)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(image_bytes(800, 250))  # 2 s on this node
+    out, err = _Tty(), io.StringIO()
+    env = {"GATEWAY_URL": str(gateway.client.make_url("")).rstrip("/"), "WEBHOOK_SECRET": SECRET,
+           "PHOTOGATE_ADMIN_TOKEN": ADMIN_TOKEN}
+    code = await run(["enhance", str(photo), "--wait", "--out", str(tmp_path)], stdout=out, stderr=err, env=env)
+    assert code == 0, err.getvalue()
+    frames = re.findall(r"\r\[[#-]+\] +(\d+)%  processing on GPU-001 +[\d.]+s  eta ([\d.]+)s", out.getvalue())
+    percents = [int(p) for p, _ in frames]
+    etas = [float(e) for _, e in frames]
+    # The bar fills while the node works (no 50 % jump), and the ETA counts down.
+    assert len(set(percents)) >= 2 and percents == sorted(percents) and 0 < max(percents) < 100, out.getvalue()
+    assert etas == sorted(etas, reverse=True) and etas[0] <= 2 * SECONDS, out.getvalue()
+    assert "100%  completed" in out.getvalue()
