@@ -154,3 +154,21 @@ async def test_cli_bar_moves_with_the_estimate(gateway: Gateway, nodes, tmp_path
     assert len(set(percents)) >= 2 and percents == sorted(percents) and 0 < max(percents) < 100, out.getvalue()
     assert etas == sorted(etas, reverse=True) and etas[0] <= 2 * SECONDS, out.getvalue()
     assert "100%  completed" in out.getvalue()
+
+
+async def test_dashboard_state_carries_the_estimate(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    node = await nodes(delay=SECONDS, throughput=0.1)
+    await gateway.register(node)
+    await _reported(gateway, node.server_id)
+    photo = image_bytes(*PHOTO)
+    running = await gateway.submit(photo)
+    await _status_when(gateway, running, lambda s: s["status"] == "processing", "the task to run")
+    queued = await gateway.submit(photo)
+    resp = await gateway.client.get("/dashboard/state", headers=gateway.admin_headers())
+    assert resp.status == 200
+    tasks = {t["task_id"]: t for t in (await resp.json())["tasks"]}
+    assert 0.0 < tasks[running]["eta_seconds"] <= SECONDS and tasks[running]["queue_position"] is None
+    assert tasks[queued]["queue_position"] == 1
+    assert SECONDS <= tasks[queued]["eta_seconds"] <= 2 * SECONDS
+    for task_id in (running, queued):
+        await gateway.wait_done(task_id)
