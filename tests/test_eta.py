@@ -15,6 +15,7 @@ from typing import Any
 
 from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, wait_until
 from photogate.admincli import run
+from photogate.estimates import fit
 from photogate.keys import GATEWAY
 
 #: 400 x 250 = 0.1 megapixels: one second on a node doing 0.1 MP/s.
@@ -172,3 +173,14 @@ async def test_dashboard_state_carries_the_estimate(gateway: Gateway, nodes) -> 
     assert SECONDS <= tasks[queued]["eta_seconds"] <= 2 * SECONDS
     for task_id in (running, queued):
         await gateway.wait_done(task_id)
+
+
+def test_pace_fits_an_overhead_and_a_speed() -> None:
+    # 0.5 s per photo plus 2 s per megapixel, from photos of three sizes.
+    pace = fit([(0.5, 1.5), (1.0, 2.5), (2.0, 4.5), (1.0, 2.5)], 0.7)
+    assert abs(pace.overhead - 0.5) < 1e-9 and abs(pace.per_mp - 2.0) < 1e-9
+    # All of one size: no way to tell overhead from speed; time proportional to the size.
+    same = fit([(1.0, 2.0), (1.0, 3.0)], 0.5)
+    assert same.overhead == 0.0 and abs(same.seconds(1.0) - (0.5 * 2.0 + 3.0) / 1.5) < 1e-9
+    # A fit that would say a negative overhead is not believed either.
+    assert fit([(1.0, 0.5), (2.0, 3.0)], 1.0).overhead == 0.0

@@ -1,10 +1,10 @@
 """Progress and ETA of every task, from the nodes' measured speed and the photos' sizes.
 
-Each node's speed (input megapixels per second, per slot) is learned from the jobs this
-gateway ran on it (an EWMA of megapixels over the time from dispatch to the node's answer),
-with the ``throughput`` its ``/health`` reports as the prior until it has finished one.
+Each node's pace (seconds per photo: an overhead plus seconds per input megapixel, per
+slot) is fitted to the jobs this gateway ran on it (the time from dispatch to the node's
+answer), with the ``throughput`` its ``/health`` reports (MP/s) until it has finished one.
 
-A running task's expected duration is its megapixels over its node's speed; its progress is
+A running task's expected duration is its node's pace for its megapixels; its progress is
 the time it has run over that. A queued task's start is found by playing the queue forward
 over the serving nodes' slots (each slot free when its running job is expected to end; the
 queue in dispatch order, each task to the slot the strategy would give it). That play is a
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,9 @@ from .models import TaskRecord, TaskStatus
 if TYPE_CHECKING:
     from .registry import NodeState
 
-#: Weight of the newest job in a node's learned speed.
-ALPHA = 0.3
+#: The jobs a node's pace is fitted to, and the weight of each older one against the next.
+WINDOW = 16
+DECAY = 0.7
 #: The queue plan is rebuilt at most this often (seconds), however fast the queue changes ...
 MIN_REBUILD = 0.25
 #: ... and at least this often, to follow what the nodes learned meanwhile.
@@ -39,27 +41,64 @@ PLAYED = 2000
 OVERDUE_SHARE = 0.1
 
 
-class SpeedBook:
-    """Each node's speed in megapixels per second per slot: learned, else reported."""
+@dataclass(frozen=True)
+class Pace:
+    """How long a node takes for a photo: ``overhead + megapixels * per_mp`` seconds."""
 
-    def __init__(self, alpha: float = ALPHA) -> None:
-        self.alpha = alpha
-        self._learned: dict[str, float] = {}
+    overhead: float
+    per_mp: float
+
+    def seconds(self, megapixels: float) -> float:
+        return self.overhead + megapixels * self.per_mp
+
+
+class SpeedBook:
+    """Each node's pace per slot: fitted to the jobs it finished here, else from the speed
+    it reports. A fit needs photos of different sizes (else the time is taken as
+    proportional to the megapixels); recent jobs weigh more (``decay`` per job)."""
+
+    def __init__(self, window: int = WINDOW, decay: float = DECAY) -> None:
+        self.window = window
+        self.decay = decay
+        self._samples: dict[str, deque[tuple[float, float]]] = {}
+        self._paces: dict[str, Pace] = {}
 
     def learn(self, server_id: str, megapixels: float, seconds: float) -> None:
-        """A job of ``megapixels`` took ``seconds`` from dispatch to the node's answer. The
-        first one replaces the node's report (which counts inference alone, not the trip)."""
+        """A job of ``megapixels`` took ``seconds`` from dispatch to the node's answer."""
         if megapixels <= 0 or seconds <= 0:
             return
-        sample = megapixels / seconds
-        old = self._learned.get(server_id)
-        self._learned[server_id] = sample if old is None else self.alpha * sample + (1 - self.alpha) * old
+        samples = self._samples.setdefault(server_id, deque(maxlen=self.window))
+        samples.append((megapixels, seconds))
+        self._paces[server_id] = fit(samples, self.decay)
 
-    def speed(self, state: NodeState | None) -> float | None:
+    def pace(self, state: NodeState | None) -> Pace | None:
         if state is None:
             return None
-        learned = self._learned.get(state.server_id)
-        return learned if learned is not None else _speed(state.health.get("throughput"))
+        learned = self._paces.get(state.server_id)
+        if learned is not None:
+            return learned
+        reported = _speed(state.health.get("throughput"))
+        return None if reported is None else Pace(0.0, 1.0 / reported)
+
+
+def fit(samples: Sequence[tuple[float, float]], decay: float) -> Pace:
+    """Weighted least squares of seconds on megapixels (newest weighs 1, the one before
+    ``decay``, ...), kept only when it makes sense (sizes that differ by half or more, a
+    positive slope and overhead); else seconds proportional to megapixels."""
+    weights = [decay ** (len(samples) - 1 - i) for i in range(len(samples))]
+    total = sum(weights)
+    sum_x = sum(w * x for w, (x, _) in zip(weights, samples))
+    sum_y = sum(w * y for w, (_, y) in zip(weights, samples))
+    sizes = [x for x, _ in samples]
+    if max(sizes) >= 1.5 * min(sizes):
+        mean_x, mean_y = sum_x / total, sum_y / total
+        sxx = sum(w * (x - mean_x) ** 2 for w, (x, _) in zip(weights, samples))
+        sxy = sum(w * (x - mean_x) * (y - mean_y) for w, (x, y) in zip(weights, samples))
+        slope = sxy / sxx if sxx > 0 else 0.0
+        overhead = mean_y - slope * mean_x
+        if slope > 0 and overhead >= 0:
+            return Pace(overhead, slope)
+    return Pace(0.0, sum_y / sum_x)
 
 
 def _speed(value: Any) -> float | None:
@@ -115,12 +154,6 @@ def running_estimate(elapsed: float, expected: float | None) -> Estimate:
     return Estimate(min(elapsed / (elapsed + left), 0.99), left)
 
 
-@dataclass(frozen=True)
-class _Slot:
-    server_id: str
-    speed: float
-
-
 class QueuePlan:
     """Where each queued task stands, as of ``built`` (monotonic)."""
 
@@ -141,11 +174,10 @@ class QueuePlan:
 
     @classmethod
     def play(cls, now: float, queue: Sequence[tuple[str, float, float]], nodes: Sequence[NodeState],
-             speeds: dict[str, float | None], running: Iterable[Running], plans_ahead: bool) -> QueuePlan:
+             paces: dict[str, Pace | None], running: Iterable[Running], plans_ahead: bool) -> QueuePlan:
         """``queue``: (task id, megapixels, seconds until it may start) in dispatch order."""
-        known = [s for s in speeds.values() if s is not None]
-        fallback = sum(known) / len(known) if known else None
-        rate = {n.server_id: speeds.get(n.server_id) or fallback for n in nodes}
+        fallback = average([p for p in paces.values() if p is not None])
+        pace: dict[str, Pace] = {n.server_id: paces.get(n.server_id) or fallback for n in nodes}  # type: ignore[misc]
         places: dict[str, tuple[int, float | None, float | None]] = {}
         if fallback is None or not nodes:
             for i, (task_id, _, _) in enumerate(queue):
@@ -154,40 +186,43 @@ class QueuePlan:
         # Each slot's free time: when its running job is expected to end, else now.
         busy: dict[str, list[float]] = {n.server_id: [] for n in nodes}
         for job in running:
-            if job.answered or job.server_id not in busy:
-                continue
-            speed = rate[job.server_id]
-            assert speed is not None
-            busy[job.server_id].append(max(job.megapixels / speed - (now - job.started), 0.0))
-        free: dict[str, list[float]] = {}
-        for node in nodes:
-            times = sorted(busy[node.server_id])
-            free[node.server_id] = times + [0.0] * max(node.slots - len(times), 0)
+            if not job.answered and job.server_id in busy:
+                left = pace[job.server_id].seconds(job.megapixels) - (now - job.started)
+                busy[job.server_id].append(max(left, 0.0))
+        free = {n.server_id: sorted(busy[n.server_id]) + [0.0] * max(n.slots - len(busy[n.server_id]), 0)
+                for n in nodes}
         every = [(t, n.server_id) for n in nodes for t in free[n.server_id]]
         heapq.heapify(every)
-        capacity = sum(rate[n.server_id] * n.slots for n in nodes)  # type: ignore[operator]
+        # The fleet's megapixels per second, for the tail of a long queue.
+        capacity = sum(n.slots / pace[n.server_id].per_mp for n in nodes)
         tail_start = 0.0
         for i, (task_id, megapixels, ready) in enumerate(queue):
             if i < PLAYED:
                 if plans_ahead:
                     # As ``fastest`` does: the node on which the task would finish first.
-                    server_id = min(free, key=lambda s: max(free[s][0], ready) + megapixels / rate[s])  # type: ignore[operator]
+                    server_id = min(free, key=lambda s: max(free[s][0], ready) + pace[s].seconds(megapixels))
                     start = max(heapq.heappop(free[server_id]), ready)
-                    duration = megapixels / rate[server_id]  # type: ignore[operator]
+                    duration = pace[server_id].seconds(megapixels)
                     heapq.heappush(free[server_id], start + duration)
                 else:
                     # The first slot to be free takes it.
                     at, server_id = heapq.heappop(every)
                     start = max(at, ready)
-                    duration = megapixels / rate[server_id]  # type: ignore[operator]
+                    duration = pace[server_id].seconds(megapixels)
                     heapq.heappush(every, (start + duration, server_id))
                 places[task_id] = (i + 1, start, duration)
                 tail_start = start
             else:
                 # Far back in a long queue: the fleet's total speed is precise enough.
                 tail_start += megapixels / capacity
-                places[task_id] = (i + 1, max(tail_start, ready), megapixels / fallback)
+                places[task_id] = (i + 1, max(tail_start, ready), fallback.seconds(megapixels))
         return cls(now, places)
+
+
+def average(paces: Sequence[Pace]) -> Pace | None:
+    if not paces:
+        return None
+    return Pace(sum(p.overhead for p in paces) / len(paces), sum(p.per_mp for p in paces) / len(paces))
 
 
 class Estimator:
@@ -219,11 +254,10 @@ class Estimator:
 
     def _expected(self, server_id: str | None, megapixels: float) -> float | None:
         registry = self.dispatcher.registry
-        speed = self.speeds.speed(registry.get(server_id)) if server_id else None
-        if speed is None:
-            known = [v for v in (self.speeds.speed(s) for s in registry.all()) if v is not None]
-            speed = sum(known) / len(known) if known else None
-        return megapixels / speed if speed else None
+        pace = self.speeds.pace(registry.get(server_id)) if server_id else None
+        if pace is None:  # a node with no report and no history yet: as the others
+            pace = average([p for p in (self.speeds.pace(s) for s in registry.all()) if p is not None])
+        return None if pace is None else pace.seconds(megapixels)
 
     def plan(self, now: float) -> QueuePlan:
         plan = self._plan
@@ -233,7 +267,7 @@ class Estimator:
             return plan
         d = self.dispatcher
         nodes = d.registry.serving(d.multi_backend)
-        plan = QueuePlan.play(now, d.waiting(), nodes, {n.server_id: self.speeds.speed(n) for n in nodes},
+        plan = QueuePlan.play(now, d.waiting(), nodes, {n.server_id: self.speeds.pace(n) for n in nodes},
                               list(d.running.values()), bool(getattr(d.strategy, "plans_ahead", False)))
         self._plan, self._plan_version = plan, version
         return plan
