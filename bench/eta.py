@@ -13,9 +13,9 @@ Fleets:
 - ``sim``: simulated nodes (``gpunode --simulate``, one slot each, ±10 % jitter per job) at
   1, 2 and 4 MP/s, an open-loop seeded schedule of photos of 0.3-12 MP (as
   ``scheduling.py``) at 70 % of capacity and at 120 % (a queue builds up);
-- ``cpu``: one real gpunode with the bundled model on the CPU: a warm-up photo (no history:
-  its ETA is unknown, counted apart), then, once it is done, three photos at once (one
-  runs, two queue).
+- ``cpu``: one real gpunode with the bundled model on the CPU: a warm-up photo of a quarter
+  the pixels (no history: its ETA is unknown, counted apart), then, each once the one before
+  is done, three photos at once (one runs, two queue), then three of mixed sizes at once.
 
     python bench/eta.py                   # both fleets, about 2 minutes on 2 cores
     python bench/eta.py --fleets sim --jobs 40 --loads 0.7
@@ -201,14 +201,17 @@ async def main_async(args: argparse.Namespace) -> int:
                     "--gateway", "{gateway}", "--secret", SECRET, "--advertise-ip", "127.0.0.1",
                     "--state-dir", str(Path(tmp) / "cpu")]
             w, h = args.cpu_size
-            # The warm-up alone first: its answer is what the gateway learns the node's speed from.
+            # The warm-up alone first: its answer is what the gateway learns the node's pace from.
             warm = [(0.0, photo(w // 2, h // 2, 100))]
             three = [(0.0, photo(w, h, 101 + i)) for i in range(3)]
-            results = await run_fleet(Path(tmp) / "cpu", [argv], "round_robin", [warm, three],
+            mixed = [(0.0, photo(w, h, 104)), (0.0, photo(w // 2, h // 2, 105)), (0.0, photo(w, h, 106))]
+            results = await run_fleet(Path(tmp) / "cpu", [argv], "round_robin", [warm, three, mixed],
                                       max(args.poll, 0.5), args.time_limit)
-            rows.append(summarize(f"CPU model (bundled x2), {w}x{h} after a warm-up", results[1:]))
-            rows[-1]["warm_up_eta_unknown"] = all(r.midpoint() is None or r.midpoint()[1] is None  # type: ignore[index]
-                                                  for r in results[:1])
+            warm_unknown = all(r.midpoint() is None or r.midpoint()[1] is None for r in results[:1])  # type: ignore[index]
+            rows.append(summarize(f"CPU model, 3 × {w}x{h} after one {w // 2}x{h // 2}", results[1:4]))
+            rows[-1]["warm_up_eta_unknown"] = warm_unknown
+            print(row(rows[-1]), flush=True)
+            rows.append(summarize(f"CPU model, then {w}x{h}, {w // 2}x{h // 2}, {w}x{h}", results[4:]))
             print(row(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
