@@ -177,7 +177,7 @@ class Dispatcher:
         """The tasks queued here in dispatch order: (task id, megapixels, seconds until
         it may start); those backing off after a failure last, by ready time."""
         now = asyncio.get_running_loop().time()
-        ready = [(q.task.task_id, q.task.megapixels, 0.0) for q in sorted(self._heap)]
+        ready = [(q.task.task_id, q.task.megapixels, 0.0) for q in sorted(self._heap, key=_queue_order)]
         return ready + [(q.task.task_id, q.task.megapixels, max(at - now, 0.0)) for at, _, q in sorted(self._delayed)]
 
     def check_capacity(self) -> None:
@@ -569,6 +569,10 @@ class Dispatcher:
             if source is None:
                 await asyncio.get_running_loop().run_in_executor(None, writer.final.unlink, True)
             return exc
+
+
+def _queue_order(item: _Queued) -> tuple[float, int]:
+    return item.created_at, item.seq
 
 
 async def _open_for_read(path: Path) -> BinaryIO:

@@ -235,6 +235,7 @@ class Estimator:
         self._wall = wall
         self._plan: QueuePlan | None = None
         self._plan_version = -1
+        self._min_rebuild = MIN_REBUILD
 
     def estimate(self, task: TaskRecord) -> Estimate:
         done = finished(task)
@@ -263,11 +264,14 @@ class Estimator:
         plan = self._plan
         version = self.dispatcher.changes
         if plan is not None and now - plan.built < MAX_AGE and (
-                version == self._plan_version or now - plan.built < MIN_REBUILD):
+                version == self._plan_version or now - plan.built < self._min_rebuild):
             return plan
         d = self.dispatcher
+        began = time.perf_counter()
         nodes = d.registry.serving(d.multi_backend)
         plan = QueuePlan.play(now, d.waiting(), nodes, {n.server_id: self.speeds.pace(n) for n in nodes},
                               list(d.running.values()), bool(getattr(d.strategy, "plans_ahead", False)))
+        # A long queue (milliseconds a build) is played less often: at most a tenth of the loop.
+        self._min_rebuild = max(MIN_REBUILD, 10 * (time.perf_counter() - began))
         self._plan, self._plan_version = plan, version
         return plan
