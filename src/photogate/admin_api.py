@@ -167,8 +167,10 @@ async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Resp
     except ValueError:
         raise BadRequest(f"status: one of {', '.join(s.value for s in TaskStatus)}") from None
     limit = parse_int(request.query.get("limit", "100"), "limit", 1, 10_000)
-    found = await request.app[GATEWAY].store.list_tasks(statuses, limit, newest_first=newest_first)
-    return json_response({"success": True, "tasks": [_status_body(t) for t in found]})
+    gw = request.app[GATEWAY]
+    found = await gw.store.list_tasks(statuses, limit, newest_first=newest_first)
+    estimate = gw.dispatcher.estimator.estimate
+    return json_response({"success": True, "tasks": [_status_body(t, estimate(t)) for t in found]})
 
 
 @routes.get("/api/v1/admin/tasks")
@@ -197,7 +199,7 @@ async def task_detail(request: web.Request) -> web.Response:
     if task is None:
         raise NotFound(f"no task {task_id[:64]} (tasks expire after storage.task_ttl)")
     node = gw.registry.get(task.server_id) if task.server_id else None
-    body = _status_body(task)
+    body = _status_body(task, gw.dispatcher.estimator.estimate(task))
     body.update({
         "last_error": task.error,
         "params": task.params,

@@ -803,6 +803,17 @@ async def cmd_task(ctx: Context, args: argparse.Namespace) -> None:
 # -- enhance ----------------------------------------------------------------------------------
 
 
+def _eta_words(status: dict[str, Any]) -> str:
+    """``eta 12.5s`` (and when a queued task should start), or nothing when unknown."""
+    eta = status.get("eta_seconds")
+    if status.get("status") not in ("queued", "processing") or not isinstance(eta, (int, float)):
+        return ""
+    start = status.get("estimated_start_seconds")
+    if status.get("status") == "queued" and isinstance(start, (int, float)):
+        return f"starts in {start:.0f}s, eta {eta:.0f}s"
+    return f"eta {eta:.1f}s"
+
+
 class Progress:
     """A redrawn bar on a terminal; one line per change of state otherwise."""
 
@@ -819,14 +830,19 @@ class Progress:
     def update(self, status: dict[str, Any]) -> None:
         state, server = status.get("status"), status.get("server_id")
         label = f"{state} on {server}" if state == "processing" and server else str(state)
+        position = status.get("queue_position")
+        if state == "queued" and isinstance(position, int):
+            label = f"queued, #{position}"
         elapsed = time.monotonic() - self.started
+        eta = _eta_words(status)
         if self.tty:
             fraction = min(max(float(status.get("progress") or 0.0), 0.0), 1.0)
             filled = round(fraction * self.WIDTH)
             bar = "#" * filled + "-" * (self.WIDTH - filled)
-            self.ctx.write(f"\r[{bar}] {fraction:4.0%}  {label:<24} {elapsed:5.1f}s")
+            # Padded: a shorter line must cover the longer one it redraws.
+            self.ctx.write(f"\r[{bar}] {fraction:4.0%}  {label:<20} {elapsed:5.1f}s  {eta:<18}")
         elif (state, server) != self.last:
-            self.ctx.write(f"{elapsed:6.1f}s  task {self.task_id} {label}\n")
+            self.ctx.write(f"{elapsed:6.1f}s  task {self.task_id} {label}{'  ' + eta if eta else ''}\n")
         self.last = (state, server)
 
     def done(self) -> None:

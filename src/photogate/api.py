@@ -6,6 +6,7 @@ import asyncio
 import re
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from . import __version__
 from .access import AccessPolicy, access_policy
 from .blobs import BlobWriter
 from .bodies import BodyReads, FormBudget
+from .estimates import Estimate, finished
 from .errors import (
     BadRequest,
     Conflict,
@@ -177,7 +179,7 @@ async def enhance(request: web.Request) -> web.StreamResponse:
             if inline == "inline" and current.status is TaskStatus.COMPLETED:
                 # The image itself: one request from photo to result (the task stays downloadable).
                 return await _result_response(request, current, {"X-Task-ID": task_id, "X-Task-Status": "completed"})
-            body = _status_body(current)
+            body = _status_body(current, gw.dispatcher.estimator.estimate(current))
     return json_response(body)
 
 
@@ -246,15 +248,15 @@ async def _store_upload(gw: Any, access: AccessPolicy, owner: str | None, task_i
 #: Results up to this size are read in one go rather than streamed from the file.
 SMALL_RESULT = 512 * 1024
 
-_PROGRESS = {TaskStatus.QUEUED: 0.0, TaskStatus.PROCESSING: 0.5, TaskStatus.COMPLETED: 1.0, TaskStatus.FAILED: 1.0}
 
 
-def _status_body(task: TaskRecord) -> dict[str, Any]:
+def _status_body(task: TaskRecord, estimate: Estimate | None = None) -> dict[str, Any]:
+    """The status answer; ``estimate`` (progress, ETA, queue place) from the dispatcher's
+    estimator, or left out (:meth:`StatusBodies.get` adds it to the cached rest)."""
     return {
         "task_id": task.task_id,
         "status": task.status.value,
         "message": MESSAGES[task.status],
-        "progress": _PROGRESS[task.status],
         "result_url": f"/api/v1/download/{task.task_id}" if task.status is TaskStatus.COMPLETED else None,
         "error": task.error if task.status is TaskStatus.FAILED else None,
         "server_id": task.server_id,
@@ -263,6 +265,7 @@ def _status_body(task: TaskRecord) -> dict[str, Any]:
         "height": task.height,
         "created_at": task.created_at,
         "updated_at": task.updated_at,
+        **(estimate.fields() if estimate is not None else {}),
     }
 
 
@@ -283,22 +286,30 @@ async def _task_or_404(request: web.Request, *, peek: bool = False) -> TaskRecor
 
 class StatusBodies:
     """Encoded status answers of recently polled tasks, each valid while its task's
-    ``(status, updated_at)`` is unchanged (every change of a task moves ``updated_at``)."""
+    ``(status, updated_at)`` is unchanged (every change of a task moves ``updated_at``).
+    A finished task's answer is kept whole; an unfinished one's without its estimate (which
+    moves with the clock), encoded anew on each request and joined to the rest."""
 
     LIMIT = 8192
 
     def __init__(self) -> None:
         self._bodies: dict[str, tuple[TaskStatus, float, bytes]] = {}
 
-    def get(self, task: TaskRecord) -> bytes:
+    def get(self, task: TaskRecord, estimate: Callable[[TaskRecord], Estimate]) -> bytes:
         hit = self._bodies.get(task.task_id)
         if hit is not None and hit[0] is task.status and hit[1] == task.updated_at:
-            return hit[2]
-        body = encode(_status_body(task))
-        if len(self._bodies) >= self.LIMIT:
-            self._bodies.clear()
-        self._bodies[task.task_id] = (task.status, task.updated_at, body)
-        return body
+            body = hit[2]
+        else:
+            done = finished(task)
+            body = encode(_status_body(task, done))
+            if done is None:
+                body = body[:-1]  # without its closing brace: the estimate follows
+            if len(self._bodies) >= self.LIMIT:
+                self._bodies.clear()
+            self._bodies[task.task_id] = (task.status, task.updated_at, body)
+        if finished(task) is not None:
+            return body
+        return body + b", " + encode(estimate(task).fields())[1:]
 
 
 STATUS_BODIES = web.AppKey("status_bodies", StatusBodies)
@@ -310,7 +321,8 @@ async def status(request: web.Request) -> web.Response:
     # The busiest request a gateway gets: answered from the cache, no copy, no thread hop,
     # and the same answer is encoded once while the task does not change.
     task = await _task_or_404(request, peek=True)
-    return web.Response(body=request.app[STATUS_BODIES].get(task), headers=JSON_TYPE)
+    estimator = request.app[GATEWAY].dispatcher.estimator
+    return web.Response(body=request.app[STATUS_BODIES].get(task, estimator.estimate), headers=JSON_TYPE)
 
 
 @routes.get("/api/v1/download/{task_id}")

@@ -30,6 +30,7 @@ from .balancing import JobView, Strategy
 from .blobs import BlobStore, BlobWriter
 from .config import DispatchConfig
 from .errors import PhotogateError, ServiceUnavailable, StoreUnavailable
+from .estimates import Estimator, Running
 from .imagecheck import MIME, ImageInfo
 from .metrics import GatewayMetrics
 from .models import TaskRecord, TaskStatus
@@ -151,6 +152,11 @@ class Dispatcher:
         #: Refunds a failed task's charge; photogate.wechat installs its policy at start.
         self.access: AccessPolicy = OPEN_ACCESS
         self.metrics = metrics or GatewayMetrics()
+        #: The jobs this gateway runs (task id -> node, size, start), and a count of the
+        #: changes to the queue, the jobs and the fleet: what the status estimates read.
+        self.running: dict[str, Running] = {}
+        self.changes = 0
+        self.estimator = Estimator(self)
         registry.subscribe(self.wake)
 
     # -- queue ---------------------------------------------------------------------------
@@ -164,7 +170,15 @@ class Dispatcher:
         return len(self._workers)
 
     def wake(self) -> None:
+        self.changes += 1
         self._wake.set()
+
+    def waiting(self) -> list[tuple[str, float, float]]:
+        """The tasks queued here in dispatch order: (task id, megapixels, seconds until
+        it may start); those backing off after a failure last, by ready time."""
+        now = asyncio.get_running_loop().time()
+        ready = [(q.task.task_id, q.task.megapixels, 0.0) for q in sorted(self._heap, key=_queue_order)]
+        return ready + [(q.task.task_id, q.task.megapixels, max(at - now, 0.0)) for at, _, q in sorted(self._delayed)]
 
     def check_capacity(self) -> None:
         if self.queued >= self.max_queue:
@@ -353,6 +367,8 @@ class Dispatcher:
             hook = getattr(self.strategy, "on_dispatched", None)
             if hook is not None:
                 hook(chosen.server_id, job)
+            self.running[job.task_id] = Running(chosen.server_id, job.megapixels, time.monotonic())
+            self.changes += 1
             worker = asyncio.create_task(self._run_job(item, state, job), name=f"job-{item.task.task_id}")
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
@@ -374,10 +390,14 @@ class Dispatcher:
             if released:
                 return
             released = True
+            seconds = time.monotonic() - started
+            if answered:
+                self.estimator.speeds.learn(server_id, job.megapixels, seconds)
+                self.running[task.task_id] = Running(server_id, job.megapixels, started, answered=True)
             await self.registry.release(state, hold=hold)
             hook = getattr(self.strategy, "on_completed", None)
             if hook is not None:
-                hook(server_id, job, time.monotonic() - started, answered)
+                hook(server_id, job, seconds, answered)
 
         try:
             task.attempts += 1
@@ -447,7 +467,11 @@ class Dispatcher:
             log.error("task_store_failed", task_id=task.task_id, error=str(exc), retry_in=self.STORE_RETRY_DELAY)
             self.submit(task, item.tried, self.STORE_RETRY_DELAY)
         finally:
-            await node_done(ok)
+            try:
+                await node_done(ok)
+            finally:
+                self.running.pop(task.task_id, None)
+                self.changes += 1
 
     async def _fail(self, task: TaskRecord, error: str) -> None:
         await self.store.update_task(task.task_id, status=TaskStatus.FAILED, error=error, finished_at=time.time())
@@ -546,6 +570,10 @@ class Dispatcher:
             if source is None:
                 await asyncio.get_running_loop().run_in_executor(None, writer.final.unlink, True)
             return exc
+
+
+def _queue_order(item: _Queued) -> tuple[float, int]:
+    return item.created_at, item.seq
 
 
 async def _open_for_read(path: Path) -> BinaryIO:

@@ -242,6 +242,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
             "provider": s.health.get("provider") or s.record.info.get("provider"),
         })
     recent = await gw.store.list_tasks(list(TaskStatus), RECENT_TASKS, newest_first=True)
+    estimate = gw.dispatcher.estimator.estimate
     return {
         "time": time.time(),
         "version": __version__,
@@ -258,6 +259,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
             "width": t.width, "height": t.height, "created_at": t.created_at, "error": t.error,
             "queued_s": _seconds(t.created_at, t.started_at), "processing_s": _seconds(t.started_at, t.finished_at),
             "total_s": _seconds(t.created_at, t.finished_at),
+            **estimate(t).fields(),
         } for t in recent],
     }
 

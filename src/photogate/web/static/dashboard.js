@@ -105,6 +105,9 @@
         el("td", {}, fmtSeconds(t.queued_s)),
         el("td", {}, fmtSeconds(t.processing_s)),
         el("td", {}, fmtSeconds(t.total_s)),
+        el("td", { class: "eta" }, t.eta_seconds == null ? "–" :
+          (t.queue_position != null ? "#" + t.queue_position + ", " : Math.round(t.progress * 100) + "%, ") +
+          fmtSeconds(t.eta_seconds)),
         el("td", { class: "err" }, t.error || "")));
     }
   }

@@ -26,6 +26,20 @@
     return "HTTP " + resp.status;
   }
 
+  // The gateway's estimate: the place in the queue, when it starts, how long until done.
+  function describe(task) {
+    const eta = task.eta_seconds;
+    const about = (s) => (s < 10 ? s.toFixed(1) : Math.round(s)) + " s";
+    if (task.status === "queued") {
+      let words = "Waiting for a GPU server";
+      if (task.queue_position != null) words += " (#" + task.queue_position + " in the queue)";
+      if (task.estimated_start_seconds != null) words += ", starts in about " + about(task.estimated_start_seconds);
+      return words;
+    }
+    const words = "Enhancing on " + (task.server_id || "a GPU server") + " " + Math.round((task.progress || 0) * 100) + "%";
+    return eta == null ? words : words + ", about " + about(eta) + " left";
+  }
+
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
   async function poll(taskId, started) {
@@ -36,8 +50,7 @@
       const seconds = ((Date.now() - started) / 1000).toFixed(1);
       if (task.status === "completed") return task;
       if (task.status === "failed") throw new Error(task.error || "the enhancement failed");
-      const words = task.status === "queued" ? "Waiting for a GPU server" : "Enhancing on " + (task.server_id || "a GPU server");
-      setProgress(Math.max(task.progress || 0, 0.1), words + "… " + seconds + " s");
+      setProgress(Math.max(task.progress || 0, 0.02), describe(task) + " · " + seconds + " s");
       await sleep(400);
     }
   }
