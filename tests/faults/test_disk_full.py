@@ -59,11 +59,12 @@ class SmallDisk:
         self.full = True
         if not self.real:
             return
-        with self.filler.open("wb") as fh:
+        # Unbuffered: a buffered file would keep the bytes that did not fit and raise ENOSPC
+        # again when it is closed.
+        with self.filler.open("wb", buffering=0) as fh:
             try:
                 while True:
                     fh.write(b"\0" * 65536)
-                    fh.flush()
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
         size = self.filler.stat().st_size
