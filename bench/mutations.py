@@ -86,7 +86,9 @@ MUTATIONS: list[Mutation] = [
       "tests/test_own_limits.py::test_the_longest_side_limit_refuses_a_strip"),
     m("wechat-signature", "a WeChat Pay signature that does not verify is refused",
       [(PAY, "if not verify(key, message, signature):", "if False:")],
-      WX + "test_wechat_pay_client.py::test_keyring_checks_window_serial_and_probe",
+      WX + "test_wechat_pay_client.py::test_keyring_checks_window_serial_and_probe"),
+    m("wechat-signature-notify", "a payment notification whose signature does not verify credits nothing",
+      [(PAY, "if not verify(key, message, signature):", "if False:")],
       WX + "test_wechat_flow.py::test_bad_notifications_rejected_and_credited_once"),
     m("wechat-serial-compare", "certificate serials compare by value (a leading zero)",
       [(PAY, 'return format(int(text, 16), "X") if _HEX.fullmatch(text) else text', "return text")],
@@ -98,11 +100,15 @@ MUTATIONS: list[Mutation] = [
       WX + "test_wechat_pay_client.py::test_certificate_serial_keeps_its_leading_zero"),
     m("round-robin-choice", "round_robin moves on to the next node",
       [("src/photogate/balancing.py", "self._last = chosen.server_id", "self._last = None")],
-      "tests/test_balancing.py::test_round_robin_cycles_in_id_order_and_skips_missing_nodes",
+      "tests/test_balancing.py::test_round_robin_cycles_in_id_order_and_skips_missing_nodes"),
+    m("round-robin-dispatch", "round_robin spreads a gateway's jobs 10/10/10 over three nodes",
+      [("src/photogate/balancing.py", "self._last = chosen.server_id", "self._last = None")],
       "tests/test_tasks.py::test_round_robin_sequential_30_tasks_split_10_10_10"),
-    m("strategy-swap", "a swapped strategy places the next jobs",
+    m("strategy-swap-api", "a strategy swapped by the admin API places the next jobs",
       [("src/photogate/service.py", "self.dispatcher.strategy = strategy", "pass")],
-      "tests/test_balancing.py::test_a_swap_changes_where_the_next_jobs_go",
+      "tests/test_balancing.py::test_a_swap_changes_where_the_next_jobs_go"),
+    m("strategy-swap-dashboard", "a strategy swapped on the dashboard places the next jobs",
+      [("src/photogate/service.py", "self.dispatcher.strategy = strategy", "pass")],
       "tests/test_ui.py::test_a_dashboard_swap_changes_where_the_next_jobs_go"),
     # -- the hardening of issue 13 ------------------------------------------------------------
     m("i13-json-depth", "JSON nesting is bounded (32) before json.loads recurses",
@@ -144,6 +150,9 @@ MUTATIONS: list[Mutation] = [
     m("i13-loopback-outside-dev", "loopback nodes are refused outside --dev",
       [("src/photogate/allowlist.py", "if dev or _listed_explicitly(address, allowed):", "if True:")],
       SEC + "test_sec_node_identity.py::test_loopback_refused_outside_dev_with_the_default_networks"),
+    m("i13-embedded-ipv4", "an IPv4 address written inside IPv6 is judged as that IPv4",
+      [("src/photogate/allowlist.py", "address = effective(given)", "address = canonical(ip)")],
+      SEC + "test_sec_node_identity.py::test_embedded_and_special_addresses_always_refused"),
     m("i13-identity-keyless-takeover", "a keyless registration never gets a keyed node's id or token",
       [("src/photogate/identity.py", "    if at_address.node_key:\n", "    if False:\n")],
       SEC + "test_sec_node_identity.py::test_keyless_registration_of_a_keyed_node_gets_409_not_its_token"),
@@ -168,9 +177,12 @@ MUTATIONS: list[Mutation] = [
       [("src/gpunode/cli.py", 'secret = args.secret_file.read_text(encoding="utf-8").strip()',
         "secret = str(args.env_secret)")],
       "tests/gpunode/test_gpunode_secret_file.py::test_gpunode_secret_from_a_file"),
-    m("i13-disk-full-503", "a full disk is a 503 with Retry-After, never a 500",
+    m("i13-disk-full-503", "a full disk (ENOSPC) is a 503 with Retry-After, never a 500",
       [("src/photogate/errors.py", "return exc.errno in (errno.ENOSPC, errno.EDQUOT)", "return False")],
-      SEC + "test_sec_misc.py::test_upload_on_a_full_disk_answers_clearly_and_leaves_no_part",
+      SEC + "test_sec_misc.py::test_upload_on_a_full_disk_answers_clearly_and_leaves_no_part"),
+    m("i13-database-full-503", "a full database is a 503 with Retry-After, never a 500",
+      [("src/photogate/errors.py", 'return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)',
+        "return False")],
       SEC + "test_sec_misc.py::test_register_on_a_full_database_is_503_and_writes_nothing"),
     m("i13-refund-clawback-sqlite", "a refund takes the order's credits back (SQLite)",
       [("src/photogate/wechat/store.py", "taken = min(int(row[0]) if row else 0, order.credits)", "taken = 0")],
@@ -189,6 +201,10 @@ MUTATIONS: list[Mutation] = [
     m("i13-node-result-declared", "a result declared over its bound is refused before reading",
       [("src/photogate/nodeio.py", "    if declared is not None and declared > bound:", "    if False:")],
       SEC + "test_sec_node_answers.py::test_declared_oversized_result_is_refused_before_reading"),
+    m("i13-node-health-cap", "a node's /health answer is read up to 64 KiB",
+      [("src/photogate/nodeio.py", "body, complete = await read_capped(resp, limit)",
+        "body, complete = await resp.read(), True")],
+      SEC + "test_sec_node_answers.py::test_huge_health_answer_is_a_failed_check"),
     m("i13-busy-no-attempt", "a node's 503 busy spends no attempt",
       [(DISPATCHER, "if resp.status in (429, 503):", "if False:")],
       SEC + "test_sec_node_answers.py::test_busy_node_spends_no_attempt_and_gets_no_work_until_free"),
@@ -242,6 +258,8 @@ def check_snippets(mutations: list[Mutation], root: Path = ROOT) -> list[str]:
         for test in mut.tests:
             if not (root / test.split("::")[0]).is_file():
                 problems.append(f"{mut.name}: no test file {test.split('::')[0]}")
+            if Path(test.split("::")[0]).name == "test_mutations.py":
+                problems.append(f"{mut.name}: {test} would run this script inside itself")
     return problems
 
 
@@ -271,6 +289,7 @@ def copy_env(copy: Path) -> dict[str, str]:
     # install's finder, which only answers for what the path did not find.
     env["PYTHONPATH"] = os.pathsep.join([str(copy / "src"), str(copy)])
     env.pop("PYTEST_ADDOPTS", None)
+    env["COLUMNS"] = "400"  # the short summary's failure messages, not cut at 80 columns
     return env
 
 
@@ -288,9 +307,10 @@ def run_pytest(copy: Path, tests: tuple[str, ...], timeout: float = RUN_TIMEOUT)
 
 def _first_failure(output: str) -> str:
     for line in output.splitlines():
-        found = re.match(r"(?:FAILED|ERROR) (\S+::\S+)", line)
+        found = re.match(r"(?:FAILED|ERROR) (\S+::\S+)(?: - (.*))?", line)
         if found:
-            return found.group(1).rsplit("/", 1)[-1]
+            test = found.group(1).rsplit("::", 1)[-1]
+            return f"{test}: {found.group(2)}" if found.group(2) else test
     return ""
 
 
@@ -315,7 +335,9 @@ def run_one(mut: Mutation, scratch: Path, *, mutate: bool = True) -> Outcome:
     if code == 1 and failed:
         return Outcome(mut, True, "yes", _first_failure(output), seconds)
     if code == 0:
-        return Outcome(mut, False, "NO", _summary(output), seconds)
+        if "passed" not in _summary(output):  # all skipped (no redis-server?): nothing was checked
+            return Outcome(mut, False, "SKIPPED", _summary(output), seconds)
+        return Outcome(mut, False, "passed" if not mutate else "NO", _summary(output), seconds)
     return Outcome(mut, False, "ERROR", f"pytest exit {code}: {_summary(output)}", seconds)
 
 
@@ -336,11 +358,11 @@ def canary(scratch: Path) -> str | None:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    rows = [("mutation", "tests", "caught", "first failing test / why", "seconds")]
+    rows = [("mutation", "tests", "caught", "first failure", "seconds")]
     for o in outcomes:
         tests = ", ".join(t.split("::")[-1] if "::" in t else t for t in o.mutation.tests)
         rows.append((o.mutation.name, tests, o.verdict, o.detail, f"{o.seconds:.1f}"))
-    widths = [min(max(len(r[i]) for r in rows), 70) for i in range(len(rows[0]))]
+    widths = [min(max(len(r[i]) for r in rows), limit) for i, limit in enumerate((30, 60, 7, 90, 7))]
     lines = []
     for i, row in enumerate(rows):
         cells = [(c if len(c) <= widths[j] else c[: widths[j] - 3] + "...").ljust(widths[j]) for j, c in enumerate(row)]
@@ -401,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(outcomes))
     total = time.monotonic() - started
     if args.baseline:
-        bad = [o for o in outcomes if o.verdict != "NO"]
+        bad = [o for o in outcomes if o.verdict != "passed"]
         print(f"\nbaseline: {len(outcomes) - len(bad)}/{len(outcomes)} unmutated runs passed in {total:.0f} s")
         return 1 if bad else 0
     missed = [o for o in outcomes if not o.caught]
