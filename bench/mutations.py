@@ -133,6 +133,10 @@ MUTATIONS: list[Mutation] = [
     m("i13-bmp-rle", "RLE-compressed BMP is refused (415)",
       [(IMAGECHECK, 'if fmt == "BMP" and im.info.get("compression") in (BMP_RLE8, BMP_RLE4):', "if False:")],
       SEC + "test_sec_cpu_bombs.py::test_cpu_bombs_are_refused_with_a_reason"),
+    m("i13-body-read-deadline", "each read of a body waits at most limits.read_timeout (408)",
+      [(BODIES, "async with _timeout(max(min(self.read_timeout, left), 0.001)):",
+        "async with _timeout(max(min(self.read_timeout * 10, left), 0.001)):")],
+      SEC + "test_sec_input.py::test_a_stalled_body_is_answered_408_and_its_connection_closed"),
     m("i13-stalled-body-close", "a stalled body gets 408 and its connection closed at once",
       [("src/photogate/errors.py", "            protocol.force_close()", "            pass")],
       SEC + "test_sec_input.py::test_a_stalled_body_is_answered_408_and_its_connection_closed"),
@@ -358,17 +362,13 @@ def canary(scratch: Path) -> str | None:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    rows = [("mutation", "tests", "caught", "first failure", "seconds")]
+    """A markdown table (mutation, tests, caught, seconds), then each run's first failure."""
+    lines = ["| mutation | tests | caught | seconds |", "| --- | --- | --- | ---: |"]
     for o in outcomes:
-        tests = ", ".join(t.split("::")[-1] if "::" in t else t for t in o.mutation.tests)
-        rows.append((o.mutation.name, tests, o.verdict, o.detail, f"{o.seconds:.1f}"))
-    widths = [min(max(len(r[i]) for r in rows), limit) for i, limit in enumerate((30, 60, 7, 90, 7))]
-    lines = []
-    for i, row in enumerate(rows):
-        cells = [(c if len(c) <= widths[j] else c[: widths[j] - 3] + "...").ljust(widths[j]) for j, c in enumerate(row)]
-        lines.append(" | ".join(cells).rstrip())
-        if i == 0:
-            lines.append("-+-".join("-" * w for w in widths))
+        tests = ", ".join(f"`{t.split('/')[-1]}`" for t in o.mutation.tests)
+        lines.append(f"| {o.mutation.name} | {tests} | {o.verdict} | {o.seconds:.1f} |")
+    lines.append("")
+    lines += [f"{o.mutation.name}: {o.detail[:300]}" for o in outcomes]
     return "\n".join(lines)
 
 
