@@ -36,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COPIED = ("src", "strategies", "tests", "bench", "bin", "config.yaml", "setup.cfg", "pyproject.toml")
+#: Any quick test that imports photogate: run on a copy broken on purpose.
+CANARY_TEST = "tests/test_balancing.py::test_round_robin_cycles_in_id_order_and_skips_missing_nodes"
 #: Per pytest run; pytest-timeout (setup.cfg) stops a single test at 120 s before this.
 RUN_TIMEOUT = 240.0
 
@@ -217,7 +219,8 @@ MUTATIONS: list[Mutation] = [
        (DISPATCHER, "        self._timer = None\n        self.wake()", "        self.wake()")],
       SEC + "test_sec_node_answers.py::test_retry_wakes_on_time_in_the_gateway_process"),
     m("i13-gpunode-header-limits", "gpunode checks output limits before inference",
-      [("src/gpunode/inference.py", "imaging.check_output(fmt or imaging.default_format(", "(fmt or imaging.default_format("),
+      [("src/gpunode/inference.py", "imaging.check_output(fmt or imaging.default_format(",
+        "(fmt or imaging.default_format("),
        ("src/gpunode/inference.py", "imaging.check_output(fmt, *tiling.output_size((in_w, in_h), scale))",
         "(fmt, *tiling.output_size((in_w, in_h), scale))")],
       "tests/gpunode/test_gpunode_limits_sec.py::test_webp_side_limit_refused_from_the_header_before_inference"),
@@ -352,8 +355,7 @@ def canary(scratch: Path) -> str | None:
         init = copy / "src" / "photogate" / "__init__.py"
         init.write_text('raise ImportError("mutations.py canary: the scratch copy is what runs")\n'
                         + init.read_text(encoding="utf-8"), encoding="utf-8")
-        code, output = run_pytest(copy, ("tests/test_balancing.py::test_round_robin_cycles_in_id_order_and_skips_missing_nodes",),
-                                  timeout=120)
+        code, output = run_pytest(copy, (CANARY_TEST,), timeout=120)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
     if code == 0 or "mutations.py canary" not in output:
