@@ -26,6 +26,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -303,13 +304,16 @@ def copy_env(copy: Path) -> dict[str, str]:
 def run_pytest(copy: Path, tests: tuple[str, ...], timeout: float = RUN_TIMEOUT) -> tuple[int | None, str]:
     argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
             "--basetemp", str(copy / ".pytest-tmp"), *tests]
+    # A session of its own: on a timeout, pytest and the gateways and nodes it started go together.
+    proc = subprocess.Popen(argv, cwd=copy, env=copy_env(copy), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        done = subprocess.run(argv, cwd=copy, env=copy_env(copy), capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
         return None, out
-    return done.returncode, done.stdout + done.stderr
+    return proc.returncode, out
 
 
 def _first_failure(output: str) -> str:
