@@ -191,7 +191,8 @@ async def test_huge_error_body_is_read_up_to_a_few_kb(make_gateway, hostile) -> 
 
 
 async def test_valid_png_followed_by_junk_is_the_nodes_failure(make_gateway, hostile) -> None:  # type: ignore[no-untyped-def]
-    gateway = await make_gateway()
+    # No probes during the test: a good probe would reset the count of failures checked below.
+    gateway = await make_gateway(**{"health_check.interval": 3600})
     bad, good = await hostile(), await hostile()
     await gateway.register(bad)  # GPU-001: round robin's first choice
     await gateway.register(good)
@@ -230,6 +231,9 @@ async def test_declared_oversized_result_is_refused_before_reading(make_gateway,
     final = await gateway.wait_done(await gateway.submit(), timeout=60)
     assert final["status"] == "failed" and final["attempts"] == 2, final
     assert "failed after 2 attempts" in final["error"] and "result too large" in final["error"], final
+    # Refused on its Content-Length, before any of it was read (not by the cap while streaming).
+    declared = len(_enhanced(image_bytes())) + node.junk_bytes
+    assert f"the node declared {declared} bytes" in final["error"], final
     assert _results(gw) == []
     assert node.sent < 20 * MiB, node.sent
 
@@ -265,6 +269,21 @@ async def test_huge_health_answer_is_a_failed_check(make_gateway, hostile) -> No
     server = (await _servers(gateway))["GPU-001"]
     assert "larger than 65536 bytes" in server["last_error"], server
     assert rss.growth < 32 * MiB, f"gateway RSS grew {rss.growth / MiB:.0f} MiB reading health answers"
+
+
+async def test_a_retry_avoids_the_node_that_failed_it_even_when_the_strategy_prefers_it(  # type: ignore[no-untyped-def]
+        make_gateway, nodes) -> None:
+    # weighted at 10:1 would send the retry back to GPU-001; passive health is kept out of it
+    # (a high threshold), so only the task's own record of the node that failed it moves it on.
+    gateway = await make_gateway(**{"balancer.strategy": "weighted", "health_check.failure_threshold": 100})
+    bad, good = await nodes(), await nodes()
+    await gateway.register(bad, weight=10)
+    await gateway.register(good, weight=1)
+    bad.mode = "error500"
+    for _ in range(3):
+        final = await gateway.wait_done(await gateway.submit())
+        assert final["status"] == "completed" and final["server_id"] == "GPU-002" and final["attempts"] == 2, final
+    assert good.jobs == 3
 
 
 # -- item 14(a): busy is not failure --------------------------------------------------------------
