@@ -77,6 +77,7 @@ class BlobWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.partial, self.final)
+        _sync_directory(self.final.parent)  # the rename itself survives a power cut
         return then(self.final) if then is not None else None
 
     async def commit(self, then: Callable[[Path], T] | None = None) -> T | None:
@@ -99,6 +100,14 @@ class BlobWriter:
 
     async def abort(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.discard)
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Memory:
