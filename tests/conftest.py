@@ -96,3 +96,22 @@ def redis_config(redis_server: RedisServer) -> dict[str, Any]:
     """Overrides that put a gateway on the session's Redis, under a prefix of its own."""
     return {"storage.backend": "redis", "storage.redis_url": redis_server.url,
             "storage.redis_prefix": unique_prefix(), "storage.redis_lease_ttl": 1.0}
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Config overrides for the backend under test: a test taking it runs on both stores."""
+    if request.param == "sqlite":
+        return {}
+    return dict(request.getfixturevalue("redis_config"))
+
+
+@pytest.fixture
+async def start_gateway(aiohttp_client: Any, tmp_path: Path,
+                        backend: dict[str, Any]) -> Callable[..., Awaitable[Gateway]]:
+    """A gateway on this test's store (``backend``); a second call after closing the first
+    is a restart on the same data."""
+    async def start(**overrides: Any) -> Gateway:
+        return Gateway(await aiohttp_client(create_app(make_config(tmp_path, **{**backend, **overrides}))))
+
+    return start

@@ -15,20 +15,11 @@ from aiohttp import FormData
 from redis_support import unique_prefix
 from support import SECRET, Gateway, image_bytes, make_config, wait_until
 
-from photogate.app import create_app
 from photogate.models import TaskRecord, TaskStatus
 from photogate.redisstore import RedisStore
 from photogate.store import SQLiteStore
 
-BACKENDS = ["sqlite", "redis"]
 
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Config overrides for the backend under test."""
-    if request.param == "sqlite":
-        return {}
-    return dict(request.getfixturevalue("redis_config"))
 
 
 @pytest.fixture
@@ -49,14 +40,6 @@ async def store(open_store: Callable[[], Awaitable[Any]]) -> AsyncIterator[Any]:
     yield opened
     await opened.close()
 
-
-@pytest.fixture
-async def start_gateway(aiohttp_client: Any, tmp_path: Path,
-                        backend: dict[str, Any]) -> Callable[..., Awaitable[Gateway]]:
-    async def start(**overrides: Any) -> Gateway:
-        return Gateway(await aiohttp_client(create_app(make_config(tmp_path, **{**backend, **overrides}))))
-
-    return start
 
 
 def _task(task_id: str, created: float, **fields: Any) -> TaskRecord:

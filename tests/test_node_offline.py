@@ -15,7 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +31,6 @@ from photogate.keys import GATEWAY
 KEY = "offline-node-key-0123456789"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {}
-    return dict(request.getfixturevalue("redis_config"))
-
-
-@pytest.fixture
-async def start_gateway(aiohttp_client: Any, tmp_path: Path,
-                        backend: dict[str, Any]) -> Callable[..., Awaitable[Gateway]]:
-    """A gateway on this test's store: a second call after closing the first is a restart."""
-    async def start(**overrides: Any) -> Gateway:
-        return Gateway(await aiohttp_client(create_app(make_config(tmp_path, **{**backend, **overrides}))))
-
-    return start
 
 
 class NodeProcs:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -24,10 +23,6 @@ from support import ADMIN_TOKEN, SECRET, Gateway, make_config, wait_until
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FILE = {"balancer.strategy": "round_robin", "multi_backend.enabled": True}
 
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return {} if request.param == "sqlite" else request.getfixturevalue("redis_config")
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import structlog
 from support import SECRET, Gateway, make_config, wait_until
 
@@ -33,20 +32,6 @@ VICTIM_KEY = "victim-key-0123456789"
 ATTACKER_KEY = "attacker-key-0123456789"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    if request.param == "sqlite":
-        return {}
-    return dict(request.getfixturevalue("redis_config"))
-
-
-@pytest.fixture
-async def start_gateway(aiohttp_client: Any, tmp_path: Path,
-                        backend: dict[str, Any]) -> Callable[..., Awaitable[Gateway]]:
-    async def start(**overrides: Any) -> Gateway:
-        return Gateway(await aiohttp_client(create_app(make_config(tmp_path, **{**backend, **overrides}))))
-
-    return start
 
 
 async def _post_register(gw: Gateway, body: dict[str, Any]) -> tuple[int, str]:
