@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import FormData
-from support import ADMIN_TOKEN, SECRET, Gateway, free_port, image_bytes
+from support import ADMIN_TOKEN, Gateway, SECRET, free_port, image_bytes, read_http_answer
 
 from photogate.app import create_app
 from photogate.keys import GATEWAY
@@ -48,11 +48,7 @@ class Answer:
 
 
 async def _read_answer(reader: asyncio.StreamReader, timeout: float) -> Answer:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), timeout)
-    return Answer(int(lines[0].split()[1]), headers, body)
+    return Answer(*await read_http_answer(reader, timeout))
 
 
 async def exchange(port: int, *parts: bytes, gap: float = 0.0, timeout: float = 10.0) -> Answer:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import Gateway, free_port, make_config
+from support import Gateway, free_port, make_config, read_http_answer
 
 from photogate.app import create_app
 
@@ -84,11 +84,7 @@ class Answer:
 
 
 async def _read_answer(reader: asyncio.StreamReader, timeout: float) -> Answer:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), timeout)
-    return Answer(int(lines[0].split()[1]), headers, body)
+    return Answer(*await read_http_answer(reader, timeout))
 
 
 def request(method: str, target: str, body: bytes = b"", ctype: str = "application/json",
