@@ -57,7 +57,8 @@ def mirror(data: bytes, fmt: str | None, quality: int, *, max_pixels: int) -> tu
                 raise BadImage(f"image has {im.width * im.height} pixels, this node takes at most {max_pixels}")
             im.load()
             source, alpha = im.format or "", "A" in im.getbands() or "transparency" in im.info
-            flipped = ImageOps.mirror(im if im.mode in ("RGB", "RGBA", "L", "LA") else im.convert("RGBA" if alpha else "RGB"))
+            plain = im if im.mode in ("RGB", "RGBA", "L", "LA") else im.convert("RGBA" if alpha else "RGB")
+            flipped = ImageOps.mirror(plain)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise BadImage(f"not an image: {exc}") from None
     out = imaging.normalize_format(fmt) if fmt else imaging.default_format(source, alpha)

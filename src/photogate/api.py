@@ -17,7 +17,6 @@ from . import __version__
 from .access import AccessPolicy, access_policy
 from .blobs import BlobWriter
 from .bodies import BodyReads, FormBudget
-from .estimates import Estimate, finished
 from .errors import (
     BadRequest,
     Conflict,
@@ -27,6 +26,7 @@ from .errors import (
     StorageFull,
     storage_full,
 )
+from .estimates import Estimate, finished
 from .fields import parse_int, parse_number
 from .imagecheck import EXTENSION, ImageInfo
 from .jsonbody import encode, json_response
@@ -183,7 +183,8 @@ async def enhance(request: web.Request) -> web.StreamResponse:
     return json_response(body)
 
 
-def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[str, Any], owner: str | None) -> TaskRecord:
+def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[str, Any],
+              owner: str | None) -> TaskRecord:
     now = time.time()
     return TaskRecord(
         task_id=task_id, status=TaskStatus.QUEUED, created_at=now, updated_at=now, input_mime=info.mime,

@@ -64,7 +64,8 @@ def _connection_limits(config: Config) -> dict[str, float]:
 def _setup_cors(app: web.Application, config: Config) -> None:
     # No credentials: the public API authenticates by bearer token, never by cookie.
     options = aiohttp_cors.ResourceOptions(
-        allow_credentials=False, expose_headers=("X-Request-ID", "Content-Disposition", "Retry-After", "X-Task-ID", "X-Task-Status"),
+        allow_credentials=False,
+        expose_headers=("X-Request-ID", "Content-Disposition", "Retry-After", "X-Task-ID", "X-Task-Status"),
         allow_headers=("Content-Type", "Authorization", "X-Request-ID"), max_age=3600,
     )
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in config.cors.origins})

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.yaml)")
     parser.add_argument("--host", help="listen address (server.host)")
-    parser.add_argument("--port", type=int, help="listen port (server.port; 0: any free port, logged by gateway_listening)")
+    parser.add_argument("--port", type=int,
+                        help="listen port (server.port; 0: any free port, logged by gateway_listening)")
     parser.add_argument("--data-dir", metavar="DIR", help="where the database and photos live (storage.data_dir)")
     parser.add_argument(
         "--dev", action="store_true",

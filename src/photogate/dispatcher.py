@@ -182,7 +182,8 @@ class Dispatcher:
 
     def check_capacity(self) -> None:
         if self.queued >= self.max_queue:
-            raise ServiceUnavailable("队列已满，请稍后重试 (the queue is full; try again later)", headers={"Retry-After": "30"})
+            raise ServiceUnavailable("队列已满，请稍后重试 (the queue is full; try again later)",
+                                     headers={"Retry-After": "30"})
 
     def submit(self, task: TaskRecord, tried: set[str] | None = None, delay: float = 0.0) -> None:
         item = _Queued(task.created_at, next(self._seq), task, tried or set())
@@ -507,7 +508,8 @@ class Dispatcher:
         writer = self.blobs.result_writer(task.task_id)
         try:
             async with self.session.post(
-                url, data=kept if fh is None else fh, params=params, headers=headers, timeout=timeout, allow_redirects=False
+                url, data=kept if fh is None else fh, params=params, headers=headers, timeout=timeout,
+                allow_redirects=False,
             ) as resp:
                 if resp.status != 200:
                     detail = await error_text(resp)

@@ -30,8 +30,8 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from . import segments
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .webpcheck import read_webp
 
 #: Formats photogate accepts, by Pillow name -> MIME type.

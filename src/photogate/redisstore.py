@@ -52,8 +52,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .config import redacted_url
 from . import identity
+from .config import redacted_url
 from .errors import StoreUnavailable
 from .models import NodeRecord, TaskRecord, TaskStatus
 

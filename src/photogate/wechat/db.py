@@ -246,8 +246,8 @@ class RedisWechatDB:
 
     @unavailable
     async def update_order(self, out_trade_no: str, **changes: Any) -> None:
-        await self._update_order(keys=[], args=[self.p, out_trade_no, json.dumps({k: _s(v) for k, v in changes.items()}),
-                                                repr(time.time())])
+        encoded = json.dumps({k: _s(v) for k, v in changes.items()})
+        await self._update_order(keys=[], args=[self.p, out_trade_no, encoded, repr(time.time())])
 
     @unavailable
     async def get_order(self, out_trade_no: str) -> Order | None:
