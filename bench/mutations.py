@@ -65,7 +65,7 @@ def m(name: str, claim: str, edits: list[tuple[str, str, str]], *tests: str) -> 
 MUTATIONS: list[Mutation] = [
     # -- the central claims -------------------------------------------------------------------
     m("durability-task-record", "an accepted task is on disk before its id is answered (SIGKILL)",
-      [("src/photogate/store.py", "task = await self._call(self._insert_sync, task)",
+      [("src/photogate/storage/sqlite/store.py", "task = await self._call(self._insert_sync, task)",
         "task = task() if callable(task) else task")],
       "tests/test_process.py::test_kill_and_restart_mid_run_loses_nothing"),
     m("durability-recover-processing", "tasks processing at a kill run again after the restart",
@@ -73,7 +73,7 @@ MUTATIONS: list[Mutation] = [
         "tasks = await self.store.list_tasks([TaskStatus.QUEUED])")],
       "tests/test_process.py::test_kill_and_restart_mid_run_loses_nothing"),
     m("durability-power-cut-sqlite", "every commit is synced (a power cut loses no accepted task)",
-      [("src/photogate/store.py", 'conn.execute("PRAGMA synchronous=FULL")', 'conn.execute("PRAGMA synchronous=NORMAL")')],
+      [("src/photogate/storage/sqlite/store.py", 'conn.execute("PRAGMA synchronous=FULL")', 'conn.execute("PRAGMA synchronous=NORMAL")')],
       "tests/security/test_sec_durability.py::test_the_task_store_syncs_every_commit"),
     m("durability-power-cut-rename", "a published photo's rename is synced (its directory fsynced)",
       [("src/photogate/blobs.py", "        _sync_directory(self.final.parent)  # the rename itself survives a power cut\n", "")],
@@ -114,10 +114,10 @@ MUTATIONS: list[Mutation] = [
       [("src/photogate/balancing.py", "self._last = chosen.server_id", "self._last = None")],
       "tests/test_tasks.py::test_round_robin_sequential_30_tasks_split_10_10_10"),
     m("strategy-swap-api", "a strategy swapped by the admin API places the next jobs",
-      [("src/photogate/service.py", "self.dispatcher.strategy = strategy", "pass")],
+      [("src/photogate/gateway.py", "self.dispatcher.strategy = strategy", "pass")],
       "tests/test_balancing.py::test_a_swap_changes_where_the_next_jobs_go"),
     m("strategy-swap-dashboard", "a strategy swapped on the dashboard places the next jobs",
-      [("src/photogate/service.py", "self.dispatcher.strategy = strategy", "pass")],
+      [("src/photogate/gateway.py", "self.dispatcher.strategy = strategy", "pass")],
       "tests/test_ui.py::test_a_dashboard_swap_changes_where_the_next_jobs_go"),
     # -- the hardening of issue 13 ------------------------------------------------------------
     m("i13-json-depth", "JSON nesting is bounded (32) before json.loads recurses",

@@ -9,11 +9,11 @@ from typing import Any
 import ci_skips
 import pytest
 import structlog
+from redis_support import RedisServer, unique_prefix
+from support import FakeNode, Gateway, GatewayProcess, make_config, refused_port
 
 from photogate.app import create_app
 from photogate.config import Config
-from redis_support import RedisServer, unique_prefix
-from support import FakeNode, Gateway, GatewayProcess, make_config, refused_port
 
 
 def pytest_configure(config: pytest.Config) -> None:

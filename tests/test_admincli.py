@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from PIL import Image
+from support import ADMIN_TOKEN, REPO, SECRET, FakeNode, Gateway, image_bytes, wait_until
 
 from photogate.admincli import _masked, parse_server_id, run
 from photogate.keys import GATEWAY
-from support import ADMIN_TOKEN, REPO, SECRET, FakeNode, Gateway, image_bytes, wait_until
 
 
 class Tty(io.StringIO):

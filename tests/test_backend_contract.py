@@ -16,10 +16,8 @@ from redis_support import unique_prefix
 from support import SECRET, Gateway, image_bytes, make_config, wait_until
 
 from photogate.models import TaskRecord, TaskStatus
-from photogate.redisstore import RedisStore
-from photogate.store import SQLiteStore
-
-
+from photogate.storage.redis.store import RedisStore
+from photogate.storage.sqlite.store import SQLiteStore
 
 
 @pytest.fixture

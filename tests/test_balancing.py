@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
 from support import Gateway
+
 from photogate.app import create_app
 from photogate.balancing import JobView, NodeView, RoundRobin, StrategyError, load_strategy
 from photogate.config import load_config

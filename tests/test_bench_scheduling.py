@@ -8,7 +8,6 @@ import math
 import sys
 
 import aiohttp
-
 from support import REPO
 
 sys.path.insert(0, str(REPO / "bench"))

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
-from photogate import listen
 from redis_support import RedisServer
 from support import ADMIN_TOKEN, SECRET, reported_port, wait_until
+
+from photogate import listen
 
 
 def _gateway(tmp_path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:

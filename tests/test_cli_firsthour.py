@@ -23,11 +23,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 import structlog
+from support import ADMIN_TOKEN, REPO, SECRET, Gateway, image_bytes, reported_port, wait_until
 
 from photogate import cli as photogate_cli
 from photogate import logsetup
 from photogate.admincli import duration, run
-from support import ADMIN_TOKEN, REPO, SECRET, Gateway, image_bytes, reported_port, wait_until
 
 ANSI = "\x1b["
 

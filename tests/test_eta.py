@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, wait_until
+
 from photogate.admincli import run
 from photogate.estimates import fit
 from photogate.keys import GATEWAY

@@ -120,8 +120,9 @@ def test_loads_by_name_and_plans_ahead() -> None:
 async def test_fastest_in_the_gateway_holds_big_photos_for_the_fast_node(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
     import asyncio
 
-    from photogate.keys import GATEWAY
     from support import image_bytes, wait_until
+
+    from photogate.keys import GATEWAY
 
     gateway = await make_gateway(**{"balancer.strategy": "fastest"})
     slow = await nodes(delay=0.4, throughput=0.05)  # a 0.5 MP photo: 10 s expected here

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import structlog
+from support import SECRET, FakeNode, Gateway, wait_until
 
 from photogate.keys import GATEWAY
-
-from support import SECRET, FakeNode, Gateway, wait_until
 
 
 async def test_three_nodes_get_sequential_ids_and_keep_them(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-
 from support import ADMIN_TOKEN, SECRET, FakeNode, Gateway, image_bytes, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

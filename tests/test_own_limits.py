@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 from PIL import Image
+from support import Gateway
 
 from photogate.keys import GATEWAY
-from support import Gateway
 
 #: Pillow's own refusal starts at twice this (about 179 MP): every image here is far below.
 PILLOW_BOMB_LIMIT = 2 * Image.MAX_IMAGE_PIXELS

@@ -9,7 +9,6 @@ import signal
 from pathlib import Path
 
 import aiohttp
-
 from support import SECRET, FakeNode, image_bytes, wait_until
 
 CONFIG = """

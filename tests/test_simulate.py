@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 from PIL import Image, ImageOps
-
 from support import SECRET, Gateway, wait_until
 
 

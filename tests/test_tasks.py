@@ -13,8 +13,8 @@ import zlib
 import pytest
 from aiohttp import FormData
 from PIL import Image
-
 from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, wait_until
+
 from photogate.blobs import BlobWriter
 from photogate.keys import GATEWAY
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import structlog
+from support import ADMIN_TOKEN, Gateway
 
 from photogate.ui import COOKIE, make_session, session_valid
-
-from support import ADMIN_TOKEN, Gateway
 
 ACTION = {"X-Photogate-Dashboard": "1"}
 

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from . import runtime
 from .api import TASK_ID, _status_body
+from .audit import audit
 from .balancing import StrategyError
 from .bodies import read_json
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
@@ -16,7 +17,6 @@ from .jsonbody import json_response
 from .keys import GATEWAY
 from .models import TaskStatus
 from .netutil import bearer, client_ip, credential_refused, same_secret
-from .service import audit
 
 routes = web.RouteTableDef()
 

@@ -34,7 +34,7 @@ from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
-    from .service import Gateway
+    from .gateway import Gateway
 
 log = structlog.get_logger("photogate.api")
 routes = web.RouteTableDef()

@@ -11,12 +11,12 @@ from aiohttp import hdrs, web
 from . import admin_api, api, webhook
 from .config import Config
 from .errors import error_middleware
+from .gateway import Gateway
 from .keys import GATEWAY
 from .logsetup import request_id_middleware
 from .metrics import setup_metrics
 from .protocol_errors import json_protocol_errors
 from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
-from .service import Gateway
 from .ui import setup_ui
 from .wechat import setup_wechat
 

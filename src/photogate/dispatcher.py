@@ -36,11 +36,11 @@ from .metrics import GatewayMetrics
 from .models import TaskRecord, TaskStatus
 from .nodeio import AnswerTooLarge, busy_hold, error_text, iter_capped, result_bound
 from .registry import NodeState, Registry
-from .store import SQLiteStore
+from .storage.sqlite.store import SQLiteStore
 
 if TYPE_CHECKING:
     from .imagechecker import ImageChecker
-    from .redisstore import RedisStore
+    from .storage.redis.store import RedisStore
 
 log = structlog.get_logger("photogate.dispatcher")
 

@@ -2,6 +2,6 @@
 
 from aiohttp import web
 
-from .service import Gateway
+from .gateway import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)

@@ -27,8 +27,8 @@ from .errors import Handler, Unauthorized
 from .netutil import bearer, credential_refused, same_secret
 
 if TYPE_CHECKING:
+    from .gateway import Gateway
     from .models import TaskRecord
-    from .service import Gateway
 
 log = structlog.get_logger("photogate.metrics")
 

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .audit import audit
 from .config import RateLimitConfig
 from .errors import Handler, StoreUnavailable, error_body
 from .jsonbody import json_response
 from .keys import GATEWAY
 from .netutil import CREDENTIAL_REFUSED, client_ip
-from .service import audit
 
 if TYPE_CHECKING:
-    from .redisstore import RedisStore
+    from .storage.redis.store import RedisStore
 
 #: Buckets kept per limiter before idle (full) ones are dropped: bounds memory under a scan.
 MAX_CLIENTS = 50_000

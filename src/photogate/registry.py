@@ -20,7 +20,7 @@ import structlog
 
 from .balancing import NodeView, node_order
 from .models import NodeRecord
-from .store import SQLiteStore
+from .storage.sqlite.store import SQLiteStore
 
 log = structlog.get_logger("photogate.registry")
 

@@ -25,8 +25,8 @@ import structlog
 
 from .errors import StoreUnavailable
 from .models import NodeRecord
-from .redisstore import RedisStore
 from .registry import NodeState, Registry
+from .storage.redis.store import RedisStore
 
 log = structlog.get_logger("photogate.shared")
 

@@ -25,14 +25,15 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
+from .audit import audit
 from .balancing import StrategyError, known_names
 from .bodies import read_form, read_json
 from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .gateway import Gateway
 from .jsonbody import dumps, json_response
 from .keys import GATEWAY
 from .models import TaskStatus
 from .netutil import bearer, client_ip, credential_refused, same_secret
-from .service import Gateway, audit
 
 WEB_DIR = Path(__file__).with_name("web")
 COOKIE = "photogate_dashboard"

@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from .allowlist import canonical, node_address_refused
+from .audit import audit
 from .bodies import read_json
 from .errors import BadRequest, Forbidden, NodeIdentityConflict, NotFound, Unauthorized
 from .fields import parse_int
@@ -15,7 +16,6 @@ from .jsonbody import json_response
 from .keys import GATEWAY
 from .netutil import client_ip, credential_refused, same_secret
 from .registry import NodeState
-from .service import audit
 
 log = structlog.get_logger("photogate.webhook")
 routes = web.RouteTableDef()

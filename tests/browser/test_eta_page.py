@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from support import FakeNode, Gateway, image_bytes, wait_until
+
 from photogate.keys import GATEWAY
 
 TIMEOUT_MS = 15_000

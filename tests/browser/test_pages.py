@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+from support import ADMIN_TOKEN, FakeNode, Gateway
 
 from photogate.keys import GATEWAY
-
-from support import ADMIN_TOKEN, FakeNode, Gateway
 
 TIMEOUT_MS = 15_000
 

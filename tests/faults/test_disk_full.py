@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from ci_skips import fell_back
 from faults_support import (
     Procs,
     control,
@@ -32,7 +33,6 @@ from faults_support import (
     wait_answers,
     wait_finished,
 )
-from ci_skips import fell_back
 from PIL import Image
 
 from photogate.blobs import BlobWriter

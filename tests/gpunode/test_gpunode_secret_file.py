@@ -10,7 +10,6 @@ import pytest
 from gpunode.cli import build_parser, config_from_args, main
 
 
-
 def test_gpunode_secret_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "secret"
     path.write_text("from-the-file-0123\n")

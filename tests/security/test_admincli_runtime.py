@@ -8,8 +8,9 @@ import io
 import json
 from typing import Any
 
-from photogate.admincli import run
 from support import ADMIN_TOKEN, SECRET, Gateway
+
+from photogate.admincli import run
 
 
 def url(gw: Gateway) -> str:

@@ -11,7 +11,6 @@ import re
 from typing import Any
 
 from aiohttp import FormData
-
 from support import REPO, Gateway, image_bytes, wait_until
 
 UNAVAILABLE = "服务暂时不可用，请稍后重试"

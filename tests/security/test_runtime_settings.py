@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
+from support import ADMIN_TOKEN, SECRET, Gateway, make_config, wait_until
 
 from photogate.app import create_app
 from photogate.config import Config, load_config
-from support import ADMIN_TOKEN, SECRET, Gateway, make_config, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FILE = {"balancer.strategy": "round_robin", "multi_backend.enabled": True}

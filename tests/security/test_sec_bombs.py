@@ -14,7 +14,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
 from support import REPO, SECRET, FakeNode, wait_until
 
 sys.path.insert(0, str(REPO / "bench"))

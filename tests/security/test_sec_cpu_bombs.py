@@ -13,9 +13,9 @@ from typing import Any
 
 from aiohttp import FormData
 from PIL import Image
+from support import REPO
 
 from photogate.segments import MAX_SEGMENTS
-from support import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 from bomb_images import bmp, bmp_rle8, cpu_bombs, jpeg_segments, png_chunks  # noqa: E402

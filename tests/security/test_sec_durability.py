@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from photogate.blobs import BlobStore
-from photogate.store import SQLiteStore
+from photogate.storage.sqlite.store import SQLiteStore
 
 
 async def test_the_task_store_syncs_every_commit(tmp_path: Path) -> None:

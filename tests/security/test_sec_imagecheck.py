@@ -11,10 +11,10 @@ import struct
 import pytest
 from aiohttp import FormData, web
 from PIL import Image
+from support import FakeNode, image_bytes, make_config
 
 from photogate.config import ConfigError
 from photogate.imagechecker import MemoryBudget
-from support import FakeNode, image_bytes, make_config
 
 
 def _webp(size: tuple[int, int] = (40, 30), **kw: object) -> bytes:

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import FormData
-from support import ADMIN_TOKEN, Gateway, SECRET, free_port, image_bytes, read_http_answer
+from support import ADMIN_TOKEN, SECRET, Gateway, free_port, image_bytes, read_http_answer
 
 from photogate.app import create_app
 from photogate.keys import GATEWAY

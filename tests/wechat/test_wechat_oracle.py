@@ -24,9 +24,9 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from wechat_fake import APIV3_KEY, APPID, MCHID, MERCHANT_SERIAL, PUB_KEY_ID, FakeWechat, WxKeys
 from wechatpayv3 import core as oracle_core
 from wechatpayv3 import utils as oracle
-from wechat_fake import APIV3_KEY, APPID, MCHID, MERCHANT_SERIAL, PUB_KEY_ID, FakeWechat, WxKeys
 
 from photogate.wechat.pay import (
     KeyRing,

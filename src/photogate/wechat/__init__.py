@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ..access import ACCESS
-from ..service import Gateway
+from ..gateway import Gateway
 from .access import WechatAccess
 from .routes import routes
 from .service import WECHAT, WechatService

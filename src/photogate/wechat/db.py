@@ -24,8 +24,8 @@ import time
 from dataclasses import asdict, fields
 from typing import Any
 
-from ..redisstore import RedisStore, unavailable
-from ..store import SQLiteStore
+from ..storage.redis.store import RedisStore, unavailable
+from ..storage.sqlite.store import SQLiteStore
 from . import store as db
 from .store import CREATED, REFUNDING, Order
 

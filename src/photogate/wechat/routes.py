@@ -12,10 +12,10 @@ from aiohttp import web
 
 from ..access import ACCESS
 from ..admin_api import _admin
+from ..audit import audit
 from ..bodies import read_body, read_json
 from ..errors import BadRequest, PayloadTooLarge
 from ..jsonbody import json_response
-from ..service import audit
 from .access import WechatAccess
 from .legacy import answer, openid_field, order_data, product_for_fee
 from .service import WECHAT, NotifyRejected

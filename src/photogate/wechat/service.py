@@ -19,11 +19,11 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from ..audit import audit
 from ..config import ConfigError, WechatConfig
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
-from ..redisstore import RedisStore
-from ..service import audit
-from ..store import SQLiteStore
+from ..storage.redis.store import RedisStore
+from ..storage.sqlite.store import SQLiteStore
 from . import store as db
 from .db import RedisWechatDB, SQLiteWechatDB, wechat_db
 from .login import Identity, UpstreamError, WechatApi

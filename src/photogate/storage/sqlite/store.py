@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import identity
-from .models import NodeRecord, TaskRecord, TaskStatus
+from ... import identity
+from ...models import NodeRecord, TaskRecord, TaskStatus
 
 T = TypeVar("T")
 

@@ -52,12 +52,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import identity
-from .config import redacted_url
-from .errors import StoreUnavailable
-from .models import NodeRecord, TaskRecord, TaskStatus
+from ... import identity
+from ...config import redacted_url
+from ...errors import StoreUnavailable
+from ...models import NodeRecord, TaskRecord, TaskStatus
 
-log = structlog.get_logger("photogate.redisstore")
+log = structlog.get_logger("photogate.storage.redis")
 T = TypeVar("T")
 
 _FLOATS = ("created_at", "updated_at", "started_at", "finished_at")

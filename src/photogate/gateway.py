@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from .audit import audit
 from .balancing import Strategy, load_strategy
 from .blobs import BlobStore
 from .config import Config, load_config
@@ -29,18 +30,12 @@ from .imagechecker import ImageChecker
 from .metrics import GatewayMetrics
 from .registry import Registry
 from .runtime import GROUPS, RuntimeSettings, file_values
-from .store import SQLiteStore
+from .storage.sqlite.store import SQLiteStore
 
 if TYPE_CHECKING:
-    from .redisstore import RedisStore
+    from .storage.redis.store import RedisStore
 
 log = structlog.get_logger("photogate")
-audit_log = structlog.get_logger("photogate.audit")
-
-
-def audit(action: str, *, who: str, ip: str, **details: Any) -> None:
-    """One audit event: who did what, from which address. Never pass a secret here."""
-    audit_log.info("audit", action=action, who=who, client_ip=ip, **details)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -90,8 +85,8 @@ class Gateway:
         data = cfg.data_path
         shared = cfg.storage.backend == "redis"
         if shared:
-            from .redisstore import RedisStore
             from .shared import SharedRegistry
+            from .storage.redis.store import RedisStore
 
             # Several gateways: state in Redis, photos on a directory they all mount.
             self.store = store = await RedisStore.open(cfg.storage.redis_url, cfg.storage.redis_prefix,

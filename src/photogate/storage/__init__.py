@@ -1,0 +1,1 @@
+"""Where the gateway keeps its state: tasks, nodes, the queue and runtime settings."""

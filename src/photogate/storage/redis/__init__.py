@@ -1,0 +1,1 @@
+"""The Redis backend: several gateways sharing one Redis."""

@@ -1,0 +1,1 @@
+"""The SQLite backend: one gateway, one database file."""
