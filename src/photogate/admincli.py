@@ -27,6 +27,7 @@ from typing import IO, Any, NoReturn
 import aiohttp
 
 from . import __version__
+from .config import secret_names
 
 DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 #: ``config set`` keys the gateway can change without a restart, and how.
@@ -496,7 +497,8 @@ def _scalar(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-SECRET_WORDS = ("secret", "token", "password", "private_key", "apiv3_key")
+#: The config's secret field names (``photogate.config.secret_names``); a key containing one is masked.
+SECRET_WORDS = tuple(sorted(secret_names()))
 
 
 def _masked(data: Any, key: str = "") -> Any:

@@ -40,6 +40,44 @@ ENV_OVERRIDES: dict[str, str] = {
 }
 
 
+#: Field metadata of a credential: ``public_dict`` masks it, ``photogate-admin`` never prints a
+#: key of that name (``secret_names``). ``"url"``: only the password inside the URL is masked.
+SECRET: Mapping[str, Any] = {"secret": True}
+SECRET_URL: Mapping[str, Any] = {"secret": "url"}
+
+
+def secret_names() -> frozenset[str]:
+    """The names of every field marked secret in any section (a URL's password aside, which
+    is masked inside the URL): the one list of them."""
+    names: set[str] = set()
+    todo: list[type] = [Config]
+    while todo:
+        for f in dataclasses.fields(todo.pop()):
+            if f.metadata.get("secret") is True:
+                names.add(f.name)
+            elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+                todo.append(f.default_factory)
+    return frozenset(names)
+
+
+def _masked(obj: Any) -> Any:
+    """``obj`` (a config dataclass) as plain data, each secret field masked."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    data: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), f.metadata.get("secret")
+        if kind == "url":
+            data[f.name] = redacted_url(value)
+        elif kind:
+            data[f.name] = "***" if value else ""
+        elif isinstance(value, Mapping):
+            data[f.name] = {k: _masked(v) for k, v in value.items()}
+        else:
+            data[f.name] = _masked(value)
+    return data
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the key."""
 
@@ -61,7 +99,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class WebhookConfig:
-    secret: str = ""
+    secret: str = field(default="", metadata=SECRET)
     #: Networks a node may register from (issues 6, 13). 0.0.0.0/8, broadcast, link-local,
     #: multicast and reserved addresses are always refused; loopback only in --dev or when a
     #: listed network is all loopback. IPv6 spellings of an IPv4 address are judged as it.
@@ -70,7 +108,7 @@ class WebhookConfig:
 
 @dataclass(frozen=True)
 class AdminConfig:
-    token: str = ""
+    token: str = field(default="", metadata=SECRET)
 
 
 @dataclass(frozen=True)
@@ -110,7 +148,7 @@ class StorageConfig:
     #: ``sqlite`` (one gateway, the default) or ``redis`` (several gateways share state).
     backend: str = "sqlite"
     #: ``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``); backend redis only.
-    redis_url: str = ""
+    redis_url: str = field(default="", metadata=SECRET_URL)
     #: Prefix of every Redis key, so several deployments can share one Redis.
     redis_prefix: str = "photogate:"
     #: Seconds a gateway's heartbeat (and the health prober's lease) lives in Redis: a
@@ -170,7 +208,7 @@ class LoggingConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     #: Bearer token Prometheus must send to ``GET /metrics``; empty: /metrics is open.
-    token: str = ""
+    token: str = field(default="", metadata=SECRET)
 
 
 @dataclass(frozen=True)
@@ -200,7 +238,7 @@ class WechatConfig:
     """Mini-program login and WeChat Pay API v3 (``photogate.wechat``); off while ``appid`` is empty."""
 
     appid: str = ""
-    secret: str = ""
+    secret: str = field(default="", metadata=SECRET)
     #: /api/v1/enhance needs a WeChat session; tasks are visible to their owner only.
     login_enabled: bool = False
     #: Each enhancement costs ``credits_per_enhancement`` credits, bought with WeChat Pay.
@@ -215,8 +253,8 @@ class WechatConfig:
     timeout: float = 10.0
     mchid: str = ""
     merchant_serial: str = ""
-    merchant_private_key: str = ""  # path of apiclient_key.pem
-    apiv3_key: str = ""
+    merchant_private_key: str = field(default="", metadata=SECRET)  # path of apiclient_key.pem: not shown
+    apiv3_key: str = field(default="", metadata=SECRET)
     pay_public_key: str = ""  # path of the WeChat Pay public key (pub_key.pem)
     pay_public_key_id: str = ""  # PUB_KEY_ID_...
     platform_certs: tuple[str, ...] = ()  # paths of WeChat Pay platform certificates (PEM)
@@ -319,14 +357,8 @@ class Config:
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration minus secrets (the admin's ``GET /api/v1/config``)."""
-        data = dataclasses.asdict(self)
-        data["webhook"]["secret"] = "***" if self.webhook.secret else ""
-        data["admin"]["token"] = "***" if self.admin.token else ""
-        data["metrics"]["token"] = "***" if self.metrics.token else ""
+        data = _masked(self)
         data["server"]["tls"] = {"enabled": bool(self.server.tls.cert)}
-        data["wechat"]["secret"] = "***" if self.wechat.secret else ""
-        data["wechat"]["apiv3_key"] = "***" if self.wechat.apiv3_key else ""
-        data["storage"]["redis_url"] = redacted_url(self.storage.redis_url)
         return _jsonable(data)
 
 
