@@ -52,11 +52,13 @@ def secret_names() -> frozenset[str]:
     names: set[str] = set()
     todo: list[type] = [Config]
     while todo:
-        for f in dataclasses.fields(todo.pop()):
+        section = todo.pop()
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
             if f.metadata.get("secret") is True:
                 names.add(f.name)
-            elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
-                todo.append(f.default_factory)
+            elif dataclasses.is_dataclass(hints[f.name]):
+                todo.append(hints[f.name])
     return frozenset(names)
 
 
