@@ -20,7 +20,9 @@ from aiohttp import web
 from PIL import Image
 from support import ADMIN_TOKEN, REPO, SECRET, FakeNode, Gateway, image_bytes, wait_until
 
-from photogate.admincli import _masked, parse_server_id, run
+from photogate.admincli import run
+from photogate.admincli.output import masked
+from photogate.admincli.parser import parse_server_id
 from photogate.keys import GATEWAY
 
 
@@ -218,7 +220,7 @@ async def test_human_output(gateway: Gateway, nodes, tmp_path: Path) -> None:  #
 def test_credentials_are_masked_and_ids_normalised() -> None:
     config = {"wechat": {"secret": "s3", "apiv3_key": "k", "merchant_private_key": "/etc/key.pem", "appid": "wx1"},
               "webhook": {"secret": "***"}, "admin": {"token": ""}, "node_token": "t"}
-    assert _masked(config) == {"wechat": {"secret": "***", "apiv3_key": "***", "merchant_private_key": "***",
+    assert masked(config) == {"wechat": {"secret": "***", "apiv3_key": "***", "merchant_private_key": "***",
                                           "appid": "wx1"},
                                "webhook": {"secret": "***"}, "admin": {"token": ""}, "node_token": "***"}
     ids = [parse_server_id(v) for v in ("GPU-003", "gpu-3", "3", " 12 ")]
