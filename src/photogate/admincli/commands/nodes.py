@@ -13,9 +13,9 @@ from ..output import ago, masked, offline, on_off, plural, table
 
 async def cmd_register(ctx: Context, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {"ip": args.ip, "port": args.port, "secret": ctx.client.secret()}
-    for key in ("slots", "weight"):
-        if getattr(args, key) is not None:
-            body[key] = getattr(args, key)
+    for key, value in (("slots", args.slots), ("weight", args.weight)):
+        if value is not None:
+            body[key] = value
     data = masked(await ctx.client.call("POST", "/webhook/register", json=body))  # node_token
     ctx.emit(data, f"registered {data.get('server_id')} at {data.get('ip')}:{data.get('port')} "
                    f"({data.get('message', '')})")

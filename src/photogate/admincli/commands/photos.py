@@ -73,9 +73,9 @@ async def cmd_enhance(ctx: Context, args: argparse.Namespace) -> None:
     if args.out is not None and not args.out.is_dir() and not args.out.parent.is_dir():
         raise UsageError(f"enhance: --out {args.out}: no such directory: {args.out.parent}")
     form = aiohttp.FormData()
-    for key in ("scale", "format", "quality"):
-        if getattr(args, key):
-            form.add_field(key, str(getattr(args, key)))
+    for key, value in (("scale", args.scale), ("format", args.format), ("quality", args.quality)):
+        if value:
+            form.add_field(key, str(value))
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     try:
         handle = path.open("rb")
