@@ -70,8 +70,8 @@ async def test_fleet_probed_once_per_interval_in_all_and_the_prober_is_replaced(
     await wait_until(lambda: node.health_hits >= 2, 5, "the first health checks")
     # One prober: every probe the node sees is a round of the lease holder's monitor; the other
     # gateway runs none. (Counted, not timed: both run in this process, so one read is exact.)
-    prober, other = (a, b) if a.app[GATEWAY].registry.prober else (b, a)  # type: ignore[attr-defined]
-    assert other.app[GATEWAY].registry.prober is False  # type: ignore[attr-defined]
+    prober, other = (a, b) if a.app[GATEWAY].registry.probes_here() else (b, a)
+    assert other.app[GATEWAY].registry.probes_here() is False
     hits, t0 = node.health_hits, time.monotonic()
     rounds = {gw: gw.app[GATEWAY].monitor.rounds for gw in (a, b)}
     await wait_until(lambda: node.health_hits >= hits + 10, 10, "ten more health checks")
@@ -87,7 +87,7 @@ async def test_fleet_probed_once_per_interval_in_all_and_the_prober_is_replaced(
     await prober.client.close()
     hits = node.health_hits
     await wait_until(lambda: node.health_hits >= hits + 3, 5, "the other gateway to probe")
-    assert other.app[GATEWAY].registry.prober is True  # type: ignore[attr-defined]
+    assert other.app[GATEWAY].registry.probes_here() is True
 
 
 async def test_every_gateway_sees_the_same_health(start: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:

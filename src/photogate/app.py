@@ -14,7 +14,7 @@ from .errors import error_middleware
 from .gateway import Gateway
 from .keys import GATEWAY
 from .logsetup import request_id_middleware
-from .metrics import setup_metrics
+from .metrics.http import setup_metrics
 from .protocol_errors import json_protocol_errors
 from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
 from .ui import setup_ui
@@ -44,7 +44,8 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     app.add_routes(webhook.routes)
     app.add_routes(admin_api.routes)
     setup_wechat(app, gateway)  # /api/wechat/ and its access policy, when wechat.appid is set
-    setup_metrics(app, gateway.metrics)  # GET /metrics; counts requests by route and status
+    # GET /metrics; counts requests by route and status
+    setup_metrics(app, gateway.metrics, gateway, token=config.metrics.token)
     setup_ui(app)  # / (try-it page), /dashboard (admin), /static/
     _setup_cors(app, config)
     return app

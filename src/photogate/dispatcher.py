@@ -131,6 +131,8 @@ class Dispatcher:
         #: Shared: the claimed tasks this gateway holds (queued here or running).
         self._held: set[str] = set()
         self._next_reconcile = 0.0
+        #: Shared: tasks in Redis's queue that no gateway has claimed yet (at the last pass).
+        self._unclaimed = 0
         self.blobs = blobs
         self.registry = registry
         self.session = session
@@ -163,7 +165,7 @@ class Dispatcher:
 
     @property
     def queued(self) -> int:
-        return len(self._heap) + len(self._delayed) + self.registry.queue_depth
+        return len(self._heap) + len(self._delayed) + self._unclaimed
 
     @property
     def in_flight(self) -> int:
@@ -215,7 +217,7 @@ class Dispatcher:
     def accept(self, task: TaskRecord) -> None:
         """A task the API has just stored: queue it here, or (shared) claim it from Redis's queue."""
         if self.shared:
-            self.registry.queue_depth += 1
+            self._unclaimed += 1
             self.wake()
         else:
             self.submit(task)
@@ -233,12 +235,12 @@ class Dispatcher:
             self._next_reconcile = time.monotonic() + 2.0
         free = sum(v.slots - v.inflight for v in self.registry.candidates(self.multi_backend))
         want = min(free - len(self._heap) - len(self._delayed), SCAN_LIMIT)
-        if want <= 0:
-            return
-        for task in await store.claim(want):
-            task.status = TaskStatus.QUEUED
-            self._held.add(task.task_id)
-            heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task))
+        if want > 0:
+            for task in await store.claim(want):
+                task.status = TaskStatus.QUEUED
+                self._held.add(task.task_id)
+                heapq.heappush(self._heap, _Queued(task.created_at, next(self._seq), task))
+        self._unclaimed = await store.queue_length()
 
     def _backoff(self, task: TaskRecord, tried: set[str]) -> float:
         """No wait while a node that has not failed this task could take it; else 1, 2, 4 ...

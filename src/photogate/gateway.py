@@ -25,9 +25,10 @@ from .blobs import BlobStore
 from .config import Config, load_config
 from .dispatcher import Dispatcher
 from .errors import StoreUnavailable
-from .health import HealthMonitor
+from .health.monitor import HealthMonitor
 from .imagechecker import ImageChecker
 from .metrics import GatewayMetrics
+from .metrics.live import FleetReading, LiveSnapshot
 from .registry import Registry
 from .runtime import GROUPS, RuntimeSettings, file_values
 from .storage.sqlite.store import SQLiteStore
@@ -67,7 +68,7 @@ class Gateway:
         #: The file's values of the runtime keys and the store's runtime changes over them.
         self.settings = RuntimeSettings(file_values(config))
         self.started_at = time.time()
-        self.metrics = GatewayMetrics(self)  # its own registry; /metrics reads live state through it
+        self.metrics = GatewayMetrics()  # its own registry; /metrics reads live state from live_snapshot()
         # Filled by start():
         self.store: SQLiteStore | RedisStore
         self.blobs: BlobStore
@@ -85,7 +86,7 @@ class Gateway:
         data = cfg.data_path
         shared = cfg.storage.backend == "redis"
         if shared:
-            from .shared import SharedRegistry
+            from .registry_redis import RedisRegistry
             from .storage.redis.store import RedisStore
 
             # Several gateways: state in Redis, photos on a directory they all mount.
@@ -94,9 +95,9 @@ class Gateway:
             self.blobs = BlobStore(data / "blobs")
             # Another gateway may be writing a .part right now: only old ones are leftovers.
             await self.blobs.sweep_partials(older_than=3600.0)
-            self.registry = SharedRegistry(store, cfg.health_check.failure_threshold,
-                                           lease_ttl=cfg.storage.redis_lease_ttl,
-                                           ghost_seconds=cfg.dispatch.timeout + cfg.dispatch.connect_timeout)
+            self.registry = RedisRegistry(store, cfg.health_check.failure_threshold,
+                                          lease_ttl=cfg.storage.redis_lease_ttl,
+                                          ghost_seconds=cfg.dispatch.timeout + cfg.dispatch.connect_timeout)
         else:
             self.store = await SQLiteStore.open(data / "photogate.db")
             self.blobs = BlobStore(data / "blobs")
@@ -214,6 +215,15 @@ class Gateway:
         self.registry.failure_threshold = new.health_check.failure_threshold
         kept = sorted(k for k in self.settings.changes if k in GROUPS)
         log.info("config_reloaded", path=self.config_path, runtime_changes_kept=kept)
+
+    async def live_snapshot(self) -> LiveSnapshot:
+        """What ``GET /metrics`` shows of the live state (:mod:`photogate.metrics.live`)."""
+        if not hasattr(self, "dispatcher"):  # not started yet
+            return LiveSnapshot(self.strategy_name, self.multi_backend)
+        return LiveSnapshot(self.strategy_name, self.multi_backend, FleetReading(
+            queued=self.dispatcher.queued, in_flight=self.dispatcher.in_flight,
+            task_counts=await self.store.count_tasks(),
+            nodes=self.registry.all(), serving=self.registry.serving(self.multi_backend)))
 
     # -- housekeeping ----------------------------------------------------------------------
 

@@ -1,7 +1,13 @@
 """Typed application keys."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from .gateway import Gateway
+if TYPE_CHECKING:
+    from .gateway import Gateway
 
-GATEWAY = web.AppKey("gateway", Gateway)
+#: Typed by a TYPE_CHECKING import: importing a handler module must not load the gateway.
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")

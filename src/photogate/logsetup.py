@@ -15,6 +15,7 @@ from typing import IO
 
 import structlog
 from aiohttp import web
+from structlog.types import EventDict
 
 from .errors import Handler
 
@@ -29,14 +30,14 @@ SECRET_KEYS = frozenset({
 _REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("photogate_request_id", default=None)
 
 
-def add_request_id(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+def add_request_id(_logger: object, _name: str, event: EventDict) -> EventDict:
     rid = _REQUEST_ID.get()
     if rid is not None:
         event.setdefault("request_id", rid)
     return event
 
 
-def _redact(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+def _redact(_logger: object, _name: str, event: EventDict) -> EventDict:
     for key in SECRET_KEYS & event.keys():
         event[key] = "***"
     return event

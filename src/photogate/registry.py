@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 import structlog
 
 from .balancing import NodeView, node_order
+from .health.rule import DOWN, UP, verdict
 from .models import NodeRecord
-from .storage.sqlite.store import SQLiteStore
+from .storage.protocols import NodeStore
 
 log = structlog.get_logger("photogate.registry")
 
@@ -53,9 +54,14 @@ class NodeState:
         return self.record.server_id
 
     @property
+    def health_url(self) -> str:
+        """Where the health monitor checks the node."""
+        return self.record.base_url + "/health"
+
+    @property
     def slots(self) -> int:
         reported = self.health.get("slots")
-        if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 1:
+        if _is_count(reported) and reported >= 1:
             return reported
         return max(self.record.slots, 1)
 
@@ -74,11 +80,9 @@ class NodeState:
         without those numbers counts as free)."""
         if self.busy_since is None or checked_at is None or checked_at <= self.busy_since:
             return
-        numbers = [self.health.get(k) for k in ("busy", "queued", "slots")]
-        if all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
-            busy, queued, slots = numbers
-            if busy + queued >= slots:  # type: ignore[operator]
-                return
+        busy, queued, slots = (self.health.get(k) for k in ("busy", "queued", "slots"))
+        if _is_count(busy) and _is_count(queued) and _is_count(slots) and busy + queued >= slots:
+            return
         self.busy_since = None
 
     def view(self) -> NodeView:
@@ -130,16 +134,20 @@ class NodeState:
         }
 
 
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def iso_time(epoch: float | None) -> str | None:
     """ISO 8601 in UTC, ``None`` for never."""
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 class Registry:
-    #: Tasks waiting in a queue shared with other gateways (none with one gateway).
-    queue_depth = 0
+    """The fleet of one gateway, persisted in ``store`` (the SQLite store, or any other
+    :class:`~photogate.storage.protocols.NodeStore`)."""
 
-    def __init__(self, store: SQLiteStore, failure_threshold: int) -> None:
+    def __init__(self, store: NodeStore, failure_threshold: int) -> None:
         self._store = store
         self.failure_threshold = failure_threshold
         self._nodes: dict[str, NodeState] = {}
@@ -267,21 +275,25 @@ class Registry:
             self._mark_ok(state)
 
     def _mark_ok(self, state: NodeState) -> None:
-        if state.record.offline:  # a job that was running when it unregistered
-            return
-        state.failures, state.last_error = 0, None
-        if not state.healthy:
-            state.healthy = True
-            log.info("node_marked_up", server_id=state.server_id, address=state.record.address)
-            self._changed()
+        self._outcome(state, True, None)
 
     def _mark_failure(self, state: NodeState, error: str) -> None:
-        if state.record.offline:
+        self._outcome(state, False, error)
+
+    def _outcome(self, state: NodeState, ok: bool, error: str | None) -> None:
+        """Apply the health rule (:func:`~photogate.health.rule.verdict`) to one outcome."""
+        if state.record.offline:  # a probe or a job that was under way when it unregistered
             return
-        state.failures += 1
-        state.last_error = error
-        if state.healthy and state.failures >= self.failure_threshold:
-            state.healthy = False
+        after = verdict(state.healthy, state.failures, ok, self.failure_threshold)
+        state.healthy, state.failures, state.last_error = after.healthy, after.failures, error
+        self._announce(state, after.moved, error)
+
+    def _announce(self, state: NodeState, moved: int, error: str | None) -> None:
+        """Log a node going up or down; one going up is capacity appearing."""
+        if moved == UP:
+            log.info("node_marked_up", server_id=state.server_id, address=state.record.address)
+            self._changed()
+        elif moved == DOWN:
             log.warning(
                 "node_marked_down", server_id=state.server_id, address=state.record.address,
                 failures=state.failures, error=error,

@@ -1,28 +1,57 @@
 """The health monitor: polls every node's ``/health`` concurrently, every ``interval`` s.
 
-It sees the registry only through ``record_check(server_id, ok, report, error)`` (and
-``probes_here()``: with several gateways on Redis, one of them probes for all).
+It sees the registry only through :class:`HealthTarget` (``probed()``, ``probes_here()``,
+``record_check()``): with several gateways on Redis, one of them probes for all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 
-from .errors import StoreUnavailable
-from .nodeio import read_json
-from .registry import Registry
+from ..errors import StoreUnavailable
+from ..nodeio import read_json
 
 log = structlog.get_logger("photogate.health")
 
 
+class ProbedNode(Protocol):
+    """A node the monitor checks."""
+
+    @property
+    def server_id(self) -> str: ...
+
+    @property
+    def health_url(self) -> str: ...
+
+
+class HealthTarget(Protocol):
+    """What the monitor asks of the registry, and all it changes there."""
+
+    def probes_here(self) -> bool:
+        """Whether this gateway probes the fleet now (with several gateways: the lease holder)."""
+        ...
+
+    def probed(self) -> Sequence[ProbedNode]:
+        """The nodes to check this round."""
+        ...
+
+    async def record_check(
+        self, server_id: str, ok: bool, report: dict[str, Any] | None = None, error: str | None = None
+    ) -> None: ...
+
+
 class HealthMonitor:
-    def __init__(self, registry: Registry, session: aiohttp.ClientSession, *, interval: float, timeout: float) -> None:
+    def __init__(self, registry: HealthTarget, session: aiohttp.ClientSession, *, interval: float,
+                 timeout: float) -> None:
         self.registry = registry
         self.session = session
+        #: Read before every wait and every probe: a change applies from the next one
+        #: (:meth:`poke` to start that at once instead of after the current wait).
         self.interval = interval
         self.timeout = timeout
         self.running = False
@@ -50,11 +79,12 @@ class HealthMonitor:
 
     async def check_all(self) -> None:
         nodes = self.registry.probed()  # an offline (unregistered) node is not probed
-        await asyncio.gather(*(self.check(s.server_id, s.record.base_url + "/health") for s in nodes))
+        await asyncio.gather(*(self.check(s.server_id, s.health_url) for s in nodes))
         self.rounds += 1
 
     def poke(self) -> None:
-        """Run the next round now (e.g. after a config change)."""
+        """End the current wait: the next round runs now, and the wait after it uses the
+        interval in force then (call it after changing ``interval`` or ``timeout``)."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -68,10 +98,15 @@ class HealthMonitor:
                         await self.check_all()
                     except StoreUnavailable:
                         log.warning("health_round_skipped", reason="the state store is unreachable")
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.interval)
-                except asyncio.TimeoutError:
-                    pass
-                self._wake.clear()
+                await self._wait()
         finally:
             self.running = False
+
+    async def _wait(self) -> None:
+        """Sleep ``interval`` s, or until :meth:`poke`. A poke during the round counts too:
+        the event stays set until this wait consumes it."""
+        try:
+            await asyncio.wait_for(self._wake.wait(), self.interval)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()

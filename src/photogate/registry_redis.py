@@ -1,4 +1,5 @@
-"""The registry of a gateway that shares Redis with others (``storage.backend: redis``).
+"""The node registry of a gateway that shares Redis with others (``storage.backend: redis``),
+and that gateway's membership of the cluster: heartbeat, dead-gateway reaper, prober lease.
 
 Each gateway keeps the same local view as :class:`~photogate.registry.Registry` (strategies
 and the dispatcher read it synchronously), refreshed from Redis every ``sync_interval``
@@ -10,7 +11,7 @@ seconds; every change goes to Redis first:
 - node slots through the atomic acquire/release scripts, so two gateways never run more
   jobs on a node than it has slots.
 
-:meth:`SharedRegistry.run` is the gateway's heartbeat: it renews this gateway's key,
+:meth:`RedisRegistry.run` is the gateway's heartbeat: it renews this gateway's key,
 takes or keeps the health prober's lease, hands a dead gateway's claimed tasks back to
 the shared queue (and frees its node slots), and refreshes the view.
 """
@@ -19,22 +20,57 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from .errors import StoreUnavailable
+from .health.rule import DOWN, verdict
 from .models import NodeRecord
 from .registry import NodeState, Registry
-from .storage.redis.store import RedisStore
+from .storage.protocols import NodeStore
 
-log = structlog.get_logger("photogate.shared")
+log = structlog.get_logger("photogate.registry_redis")
 
 
-class SharedRegistry(Registry):
-    def __init__(self, store: RedisStore, failure_threshold: int, *, lease_ttl: float,
+class FleetStore(NodeStore, Protocol):
+    """What the Redis-backed registry needs of its store beyond the node records: the
+    shared view of the fleet, shared health, node slots counted across gateways."""
+
+    @property
+    def url(self) -> str:
+        """The store's address, password removed (for logs)."""
+        ...
+
+    async def fleet(self) -> tuple[list[NodeRecord], dict[str, dict[str, Any]], dict[str, int]]: ...
+    async def record_health(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None,
+                            error: str = "", threshold: int = 3, counter: str = "", check: bool = False) -> int: ...
+    async def acquire_slot(self, server_id: str, slots: int) -> int: ...
+    async def release_slot(self, server_id: str) -> int: ...
+
+
+class ClusterStore(Protocol):
+    """A gateway's membership of the cluster: its heartbeat key, the health prober's lease,
+    and the reaping of gateways that stopped beating."""
+
+    @property
+    def gateway_id(self) -> str: ...
+
+    async def heartbeat(self, ttl: float) -> None: ...
+    async def lease(self, ttl: float) -> bool: ...
+    async def drop_lease(self) -> None: ...
+    async def dead_gateways(self) -> list[str]: ...
+    async def reap(self, gateway_id: str, *, force: bool = False, ghost_seconds: float = 0.0) -> int: ...
+
+
+class RedisFleetStore(FleetStore, ClusterStore, Protocol):
+    """The Redis store as :class:`RedisRegistry` uses it."""
+
+
+class RedisRegistry(Registry):
+    def __init__(self, store: RedisFleetStore, failure_threshold: int, *, lease_ttl: float,
                  ghost_seconds: float = 300.0, sync_interval: float = 0.2) -> None:
-        super().__init__(store, failure_threshold)  # type: ignore[arg-type]
+        super().__init__(store, failure_threshold)
         self.redis_store = store
         self.lease_ttl = lease_ttl
         #: How long a dead gateway's jobs count against their nodes' slots (unless the node
@@ -45,8 +81,6 @@ class SharedRegistry(Registry):
         self.prober = False
         #: Whether the last round trip to Redis worked (for logs and /api/v1/health).
         self.store_up = True
-        #: Tasks in the shared queue that no gateway has claimed yet (at the last refresh).
-        self.queue_depth = 0
         self._unreleased: list[str] = []
         #: Local changes per node: a refresh whose read began before one of them must not
         #: undo it (that node is left as it is until the next refresh).
@@ -61,7 +95,6 @@ class SharedRegistry(Registry):
         """Read every node, its shared health and its in-flight count from Redis."""
         touched = dict(self._touched)
         records, health, inflight = await self.redis_store.fleet()
-        self.queue_depth = await self.redis_store.queue_length()
         raced = {sid for sid, n in self._touched.items() if touched.get(sid) != n}
         seen: set[str] = set(raced)
         for record in records:
@@ -160,24 +193,19 @@ class SharedRegistry(Registry):
         # The same change here at once; the next refresh brings what other gateways did.
         if check:
             state.last_check = time.time()
-        if counter:
-            setattr(state, counter, getattr(state, counter) + 1)
-        if ok:
-            if report is not None:
-                state.health = report
-                state.note_report(state.last_check)
-            state.failures, state.last_error, state.healthy = 0, None, True
-        else:
-            state.failures += 1
-            state.last_error = error
-            if moved < 0:
-                state.healthy = False
-        if moved > 0:
-            log.info("node_marked_up", server_id=server_id, address=state.record.address)
-            self._changed()
-        elif moved < 0:
-            log.warning("node_marked_down", server_id=server_id, address=state.record.address,
-                        failures=state.failures, error=error)
+        if counter == "completed":
+            state.completed += 1
+        elif counter == "failed":
+            state.failed += 1
+        if ok and report is not None:
+            state.health = report
+            state.note_report(state.last_check)
+        # Redis applied the rule to the shared counters, which other gateways move too: its
+        # answer says whether the node went up or down; the local counters follow the rule.
+        state.failures = verdict(state.healthy, state.failures, ok, self.failure_threshold).failures
+        state.healthy = ok or (state.healthy and moved != DOWN)
+        state.last_error = None if ok else error
+        self._announce(state, moved, error)
 
     # -- capacity ----------------------------------------------------------------------------
 
