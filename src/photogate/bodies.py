@@ -41,6 +41,8 @@ MAX_JSON_DEPTH = 32
 MAX_FORM_FIELDS = 32
 #: Longest value of one form field, in bytes.
 MAX_FIELD_BYTES = 1024
+#: A JSON body's size limit unless its route names another (a token, a node's registration).
+JSON_LIMIT = 16 * 1024
 
 #: A JSON string, to its closing quote or, unterminated, to the end (one pass, no backtracking).
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
@@ -136,12 +138,15 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
-async def read_json(request: web.Request, limit: int, *, empty: dict[str, Any] | None = None,
+async def read_json(request: web.Request, limit: int = JSON_LIMIT, *, allow_empty: bool = True,
                     expected: str = "a JSON object") -> dict[str, Any]:
-    """The body as a JSON object (400 otherwise); an empty body is ``empty`` when given."""
+    """The body as a JSON object, at most ``limit`` bytes; anything else is a 400 saying
+    ``expected``. An empty body is ``{}`` unless ``allow_empty`` is false.
+
+    Every route that takes a JSON body reads it here (webhook, admin API, dashboard, WeChat)."""
     raw = await read_body(request, limit)
-    if not raw.strip() and empty is not None:
-        return dict(empty)
+    if not raw.strip() and allow_empty:
+        return {}
     body = parse_json(raw) if raw.strip() else None
     if not isinstance(body, dict):
         raise BadRequest(f"expected {expected}")

@@ -15,16 +15,12 @@ from .fields import parse_int
 from .jsonbody import json_response
 from .keys import GATEWAY
 from .netutil import client_ip, credential_refused, same_secret
-from .registry import NodeState
 
 log = structlog.get_logger("photogate.webhook")
 routes = web.RouteTableDef()
 
-MAX_BODY = 16 * 1024
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    return await read_json(request, MAX_BODY, expected='a JSON object such as {"ip": ..., "port": ..., "secret": ...}')
+#: What a register or unregister body must be (an empty one is refused).
+EXPECTED_BODY = 'a JSON object such as {"ip": ..., "port": ..., "secret": ...}'
 
 
 def _check_secret(request: web.Request, given: Any, action: str) -> None:
@@ -55,14 +51,10 @@ def _int(body: dict[str, Any], key: str, low: int, high: int, default: int | Non
     return parse_int(body.get(key, default), key, low, high)
 
 
-def _node_json(state: NodeState) -> dict[str, Any]:
-    return state.public()
-
-
 @routes.post("/webhook/register")
 async def register(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    body = await _json_body(request)
+    body = await read_json(request, allow_empty=False, expected=EXPECTED_BODY)
     _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "register")
     ip = _ip(body.get("ip"))
     port = _int(body, "port", 1, 65535)
@@ -105,7 +97,7 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/webhook/unregister")
 async def unregister(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    body = await _json_body(request)
+    body = await read_json(request, allow_empty=False, expected=EXPECTED_BODY)
     _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "unregister")
     server_id = body.get("server_id")
     if isinstance(server_id, str) and server_id:
@@ -152,6 +144,6 @@ async def servers(request: web.Request) -> web.Response:
             "health_check_running": gw.monitor.running,
             "multi_backend": gw.multi_backend,
             "strategy": gw.strategy_name,
-            "servers": [_node_json(s) for s in nodes],
+            "servers": [s.public() for s in nodes],
         },
     })
