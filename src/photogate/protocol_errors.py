@@ -41,7 +41,7 @@ def _message(status: int, exc: BaseException | None) -> str:
 def _wants_json(handler: RequestHandler) -> bool:
     manager = handler._manager  # the web.Server; its request_handler is the application's _handle
     app = getattr(getattr(manager, "request_handler", None), "__self__", None)
-    return isinstance(app, web.Application) and bool(app.get(JSON_PROTOCOL_ERRORS))
+    return isinstance(app, web.Application) and app.get(JSON_PROTOCOL_ERRORS, False)
 
 
 def _handle_error(self: RequestHandler, request: Any, status: int = 500, exc: BaseException | None = None,
