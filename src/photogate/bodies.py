@@ -19,10 +19,10 @@ import sys
 import time
 from collections.abc import Awaitable
 from itertools import accumulate
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout
@@ -66,9 +66,9 @@ class BodyReads:
         self.deadline = time.monotonic() + total
 
     @classmethod
-    def of(cls, request: web.Request, **kwargs: Any) -> BodyReads:
+    def of(cls, request: web.Request, *, again: str = "send the request again") -> BodyReads:
         limits = request.app[GATEWAY].config.limits
-        return cls(limits.read_timeout, limits.upload_timeout, **kwargs)
+        return cls(limits.read_timeout, limits.upload_timeout, again=again)
 
     async def __call__(self, read: Awaitable[T]) -> T:
         left = self.deadline - time.monotonic()
@@ -120,7 +120,7 @@ def _check_depth(raw: bytes) -> None:
         raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
@@ -182,7 +182,7 @@ class FormBudget:
         if self.parts > MAX_FORM_FIELDS + 1:  # the fields, and the photo
             raise BadRequest(f"too many form fields: at most {MAX_FORM_FIELDS} besides 'file'")
 
-    async def field(self, part: Any, name: str) -> str:
+    async def field(self, part: BodyPartReader, name: str) -> str:
         """The whole value of one form field (however many segments it arrives in), as text."""
         chunks: list[bytes] = []
         size = 0

@@ -10,8 +10,6 @@ other aiohttp server in the process (a gpunode, a test's fake node) as it was.
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -44,7 +42,7 @@ def _wants_json(handler: RequestHandler) -> bool:
     return isinstance(app, web.Application) and app.get(JSON_PROTOCOL_ERRORS, False)
 
 
-def _handle_error(self: RequestHandler, request: Any, status: int = 500, exc: BaseException | None = None,
+def _handle_error(self: RequestHandler, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                   message: str | None = None) -> web.StreamResponse:
     if not _wants_json(self) or request.writer.output_size > 0:
         return _original_handle_error(self, request, status, exc, message)

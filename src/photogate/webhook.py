@@ -23,7 +23,7 @@ routes = web.RouteTableDef()
 EXPECTED_BODY = 'a JSON object such as {"ip": ..., "port": ..., "secret": ...}'
 
 
-def _check_secret(request: web.Request, given: Any, action: str) -> None:
+def _check_secret(request: web.Request, given: object, action: str) -> None:
     gw = request.app[GATEWAY]
     ip = client_ip(request, gw.config.server.trusted_proxies)
     if not isinstance(given, str) or not given:
@@ -38,7 +38,7 @@ def _check_secret(request: web.Request, given: Any, action: str) -> None:
         raise Forbidden("wrong secret")
 
 
-def _ip(value: Any) -> str:
+def _ip(value: object) -> str:
     if not isinstance(value, str):
         raise BadRequest("ip: expected an IPv4 or IPv6 address string")
     try:
