@@ -151,6 +151,15 @@ class RateLimits:
         self._exempt_memo: dict[str, bool] = {}
         self._blocked: set[str] = set()
 
+    def block(self, ip: str) -> bool:
+        """Note that ``ip`` is out of failed-credential tokens: ``True`` when that is news (audit it once)."""
+        news = ip not in self._blocked
+        self._blocked.add(ip)
+        return news
+
+    def unblock(self, ip: str) -> None:
+        self._blocked.discard(ip)
+
     def share(self, store: BucketStore) -> None:
         """Keep the buckets in Redis from now on, shared by every gateway."""
         cfg = self.config
@@ -199,11 +208,10 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if guarded:
         wait = await limits.auth_failures.apeek(ip)
         if wait > 0:
-            if ip not in limits._blocked:
-                limits._blocked.add(ip)
+            if limits.block(ip):
                 audit("auth_rate_limited", who="anonymous", ip=ip, path=path, retry_after=math.ceil(wait))
             return _too_many(wait, "too many failed credentials from your address; wait and try again")
-        limits._blocked.discard(ip)
+        limits.unblock(ip)
     if path.startswith(("/api/", "/webhook/")):
         wait = await limits.requests.atake(ip)
         if wait > 0:
