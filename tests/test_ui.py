@@ -7,7 +7,7 @@ import json
 import structlog
 from support import ADMIN_TOKEN, Gateway
 
-from photogate.ui import COOKIE, make_session, session_valid
+from photogate.adminauth import COOKIE, make_session, session_valid
 
 ACTION = {"X-Photogate-Dashboard": "1"}
 

@@ -2,41 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from . import runtime
-from .api import TASK_ID, _status_body
-from .audit import audit
+from . import fleetops, runtime
+from .adminauth import require_admin
 from .balancing import StrategyError
 from .bodies import read_json
-from .errors import BadRequest, Forbidden, NotFound, Unauthorized
+from .errors import BadRequest, NotFound
 from .fields import parse_int
 from .jsonbody import json_response
 from .keys import GATEWAY
 from .models import TaskStatus
-from .netutil import bearer, client_ip, credential_refused, same_secret
+from .taskview import TASK_ID, status_body, timings
 
 routes = web.RouteTableDef()
-
-
-def _admin(request: web.Request) -> str:
-    """Check the admin token; return the caller's address for the audit log."""
-    gw = request.app[GATEWAY]
-    ip = client_ip(request, gw.config.server.trusted_proxies)
-    if not gw.config.admin.token:
-        raise Forbidden("the admin API is disabled: set admin.token or PHOTOGATE_ADMIN_TOKEN")
-    token = bearer(request)
-    if token is None:
-        credential_refused(request)
-        audit("admin_refused", who="anonymous", ip=ip, reason="missing token", path=request.path)
-        raise Unauthorized("admin token required (Authorization: Bearer ...)", headers={"WWW-Authenticate": "Bearer"})
-    if not same_secret(token, gw.config.admin.token):
-        credential_refused(request)
-        audit("admin_refused", who="anonymous", ip=ip, reason="wrong token", path=request.path)
-        raise Forbidden("wrong admin token")
-    return ip
+#: Admin JSON bodies (strategy options can name many nodes).
+ADMIN_JSON_LIMIT = 64 * 1024
 
 
 @routes.get("/api/v1/config")
@@ -54,7 +35,7 @@ async def client_config(request: web.Request) -> web.Response:
 async def config(request: web.Request) -> web.Response:
     """The effective configuration, secrets masked: paths, networks, proxies and key files
     are the operator's business."""
-    _admin(request)
+    require_admin(request)
     gw = request.app[GATEWAY]
     data = gw.config.public_dict()
     data["balancer"] = {"strategy": gw.strategy_name, "options": gw.strategy_options}
@@ -65,14 +46,10 @@ async def config(request: web.Request) -> web.Response:
     return json_response(data)
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
-    return await read_json(request, 64 * 1024, empty={})
-
-
 @routes.post("/api/v1/config/multi-backend")
 async def multi_backend(request: web.Request) -> web.Response:
-    ip = _admin(request)
-    body = await _json(request)
+    ip = require_admin(request)
+    body = await read_json(request, ADMIN_JSON_LIMIT)
     enabled = body.get("enabled")
     if not isinstance(enabled, bool):
         raise BadRequest('expected {"enabled": true} or {"enabled": false}')
@@ -83,8 +60,8 @@ async def multi_backend(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/config/strategy")
 async def strategy(request: web.Request) -> web.Response:
-    ip = _admin(request)
-    body = await _json(request)
+    ip = require_admin(request)
+    body = await read_json(request, ADMIN_JSON_LIMIT)
     name, options = body.get("strategy"), body.get("options") or {}
     if not isinstance(name, str) or not name:
         raise BadRequest('expected {"strategy": "least_busy", "options": {...}}')
@@ -99,7 +76,7 @@ async def strategy(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/config/reload")
 async def reload(request: web.Request) -> web.Response:
-    ip = _admin(request)
+    ip = require_admin(request)
     gw = request.app[GATEWAY]
     try:
         gw.reload_config(who="admin", ip=ip)
@@ -111,8 +88,8 @@ async def reload(request: web.Request) -> web.Response:
 @routes.post("/api/v1/config/reset")
 async def reset(request: web.Request) -> web.Response:
     """Drop a runtime change (``{"key": "balancer.strategy"}``): the config file's value applies again."""
-    ip = _admin(request)
-    key = (await _json(request)).get("key")
+    ip = require_admin(request)
+    key = (await read_json(request, ADMIN_JSON_LIMIT)).get("key")
     if not isinstance(key, str) or key not in runtime.KEYS:
         raise BadRequest(runtime.unknown_key(key) if isinstance(key, str) else
                          f'expected {{"key": "..."}}, one of {", ".join(runtime.KEYS)}')
@@ -125,42 +102,31 @@ async def reset(request: web.Request) -> web.Response:
                           "multi_backend": gw.multi_backend, "runtime": gw.settings.describe()})
 
 
-def _node_or_404(request: web.Request):  # type: ignore[no-untyped-def]
-    state = request.app[GATEWAY].registry.get(request.match_info["server_id"])
-    if state is None:
-        raise NotFound(f"no server {request.match_info['server_id']}")
-    return state
+async def _set_draining(request: web.Request, draining: bool) -> web.Response:
+    ip = require_admin(request)
+    node = await fleetops.set_draining(request.app[GATEWAY].registry, request.match_info["server_id"], draining, ip=ip)
+    return json_response({"success": True, "server": node.public()})
 
 
 @routes.post("/api/v1/admin/servers/{server_id}/drain")
 async def drain(request: web.Request) -> web.Response:
-    ip = _admin(request)
-    state = _node_or_404(request)
-    await request.app[GATEWAY].registry.set_draining(state.server_id, True)
-    audit("node_drained", who="admin", ip=ip, server_id=state.server_id)
-    return json_response({"success": True, "server": state.public()})
+    return await _set_draining(request, True)
 
 
 @routes.post("/api/v1/admin/servers/{server_id}/undrain")
 async def undrain(request: web.Request) -> web.Response:
-    ip = _admin(request)
-    state = _node_or_404(request)
-    await request.app[GATEWAY].registry.set_draining(state.server_id, False)
-    audit("node_undrained", who="admin", ip=ip, server_id=state.server_id)
-    return json_response({"success": True, "server": state.public()})
+    return await _set_draining(request, False)
 
 
 @routes.delete("/api/v1/admin/servers/{server_id}")
 async def remove(request: web.Request) -> web.Response:
-    ip = _admin(request)
-    state = _node_or_404(request)
-    await request.app[GATEWAY].registry.remove(state.server_id)
-    audit("node_removed", who="admin", ip=ip, server_id=state.server_id)
-    return json_response({"success": True, "server_id": state.server_id})
+    ip = require_admin(request)
+    node = await fleetops.remove(request.app[GATEWAY].registry, request.match_info["server_id"], ip=ip)
+    return json_response({"success": True, "server_id": node.server_id})
 
 
 async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Response:
-    _admin(request)
+    require_admin(request)
     wanted = request.query.get("status")
     try:
         statuses = [TaskStatus(wanted)] if wanted else list(TaskStatus)
@@ -170,7 +136,7 @@ async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Resp
     gw = request.app[GATEWAY]
     found = await gw.store.list_tasks(statuses, limit, newest_first=newest_first)
     estimate = gw.dispatcher.estimator.estimate
-    return json_response({"success": True, "tasks": [_status_body(t, estimate(t)) for t in found]})
+    return json_response({"success": True, "tasks": [status_body(t, estimate(t)) for t in found]})
 
 
 @routes.get("/api/v1/admin/tasks")
@@ -185,21 +151,17 @@ async def recent_tasks(request: web.Request) -> web.Response:
     return await _task_listing(request, newest_first=True)
 
 
-def _seconds(start: float | None, end: float | None) -> float | None:
-    return round(end - start, 3) if start is not None and end is not None else None
-
-
 @routes.get("/api/v1/admin/tasks/{task_id}")
 async def task_detail(request: web.Request) -> web.Response:
     """One task's full record: parameters, node, attempts, last error, timings."""
-    _admin(request)
+    require_admin(request)
     gw = request.app[GATEWAY]
     task_id = request.match_info["task_id"]
     task = await gw.store.get_task(task_id) if TASK_ID.match(task_id) else None
     if task is None:
         raise NotFound(f"no task {task_id[:64]} (tasks expire after storage.task_ttl)")
     node = gw.registry.get(task.server_id) if task.server_id else None
-    body = _status_body(task, gw.dispatcher.estimator.estimate(task))
+    body = status_body(task, gw.dispatcher.estimator.estimate(task))
     body.update({
         "last_error": task.error,
         "params": task.params,
@@ -211,11 +173,7 @@ async def task_detail(request: web.Request) -> web.Response:
         "owner": task.owner,
         "started_at": task.started_at,
         "finished_at": task.finished_at,
-        "timings": {
-            "queued_s": _seconds(task.created_at, task.started_at),
-            "processing_s": _seconds(task.started_at, task.finished_at),
-            "total_s": _seconds(task.created_at, task.finished_at),
-        },
+        "timings": timings(task),
         "node": None if node is None else {
             "server_id": node.server_id, "address": node.record.address,
             "status": node.public()["status"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from .imagecheck import EXTENSION, ImageInfo
 from .jsonbody import encode, json_response
 from .keys import GATEWAY
 from .models import TaskRecord, TaskStatus
+from .taskview import TASK_ID, status_body
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -39,14 +39,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("photogate.api")
 routes = web.RouteTableDef()
 
-TASK_ID = re.compile(r"^[0-9a-f]{32}$")
 UNAVAILABLE = "服务暂时不可用，请稍后重试"
-MESSAGES = {
-    TaskStatus.QUEUED: "任务排队中",
-    TaskStatus.PROCESSING: "正在处理",
-    TaskStatus.COMPLETED: "处理完成",
-    TaskStatus.FAILED: "处理失败",
-}
 FORMATS = {"jpeg": "jpeg", "jpg": "jpeg", "png": "png", "webp": "webp"}
 QUALITY_LEVELS = {"low": 75, "medium": 85, "high": 95}
 #: Multipart overhead allowed on top of limits.max_upload_bytes before the early 413.
@@ -104,6 +97,51 @@ def _parse_params(fields: dict[str, str]) -> dict[str, Any]:
     return params
 
 
+def _wait_query(request: web.Request) -> tuple[float | None, bool]:
+    """``?wait=SECONDS`` (clamped to 0..300) and whether ``?result=inline`` asks for the image itself."""
+    wait = request.query.get("wait")
+    # Out of range is clamped (an old client's wait=-1 or wait=3600), never an error.
+    seconds = min(max(parse_number(wait, "wait", -1e18, 1e18), 0.0), 300.0) if wait else None
+    inline = request.query.get("result", "url")
+    if inline not in ("url", "inline"):
+        raise BadRequest("result: must be url (the default: the status names result_url) or inline")
+    if inline == "inline" and seconds is None:
+        raise BadRequest("result=inline: also send wait=SECONDS (how long to wait for the image)")
+    return seconds, inline == "inline"
+
+
+async def _read_upload(request: web.Request, writer: BlobWriter, limit: int) -> dict[str, str]:
+    """Stream the multipart body's ``file`` into ``writer`` (at most ``limit`` bytes) and
+    return the other fields, every byte of them read and counted."""
+    fields: dict[str, str] = {}
+    got_file = False
+    read = BodyReads.of(request, again="send the photo again")
+    budget = FormBudget(read)  # every other field's bytes, and how many there are
+    try:
+        reader = await request.multipart()
+    except ValueError as exc:  # no boundary, or one too long
+        raise BadRequest(f"malformed multipart/form-data: {exc}") from None
+    while (part := await read(reader.next())) is not None:
+        budget.count_part()
+        if not isinstance(part, BodyPartReader):
+            raise BadRequest("nested multipart bodies are not supported")
+        if part.name == "file":
+            if got_file:
+                raise BadRequest("send one photo per request (more than one 'file' field)")
+            got_file = True
+            while chunk := await read(part.read_chunk(256 * 1024)):
+                if writer.size + len(chunk) > limit:
+                    raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
+                await writer.write(chunk)
+        else:  # unnamed parts too: read and counted, never skipped unread
+            value = await budget.field(part, part.name or "")
+            if part.name:
+                fields[part.name] = value
+    if not got_file:
+        raise BadRequest("missing multipart field 'file' with the photo")
+    return fields
+
+
 @routes.post("/api/v1/enhance")
 async def enhance(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
@@ -121,46 +159,12 @@ async def enhance(request: web.Request) -> web.StreamResponse:
     # checks the boundary itself.
     if not request.headers.get(hdrs.CONTENT_TYPE, "").lstrip().lower().startswith("multipart/"):
         raise BadRequest("send the photo as multipart/form-data with the field 'file'")
-
-    wait = request.query.get("wait")
-    # Out of range is clamped (an old client's wait=-1 or wait=3600), never an error.
-    seconds = min(max(parse_number(wait, "wait", -1e18, 1e18), 0.0), 300.0) if wait else None
-    inline = request.query.get("result", "url")
-    if inline not in ("url", "inline"):
-        raise BadRequest("result: must be url (the default: the status names result_url) or inline")
-    if inline == "inline" and seconds is None:
-        raise BadRequest("result=inline: also send wait=SECONDS (how long to wait for the image)")
+    seconds, inline = _wait_query(request)
 
     task_id = secrets.token_hex(16)
     writer = gw.blobs.input_writer(task_id)
-    fields: dict[str, str] = {}
-    got_file = False
-    read = BodyReads.of(request, again="send the photo again")
-    budget = FormBudget(read)  # every other field's bytes, and how many there are
     try:
-        try:
-            reader = await request.multipart()
-        except ValueError as exc:  # no boundary, or one too long
-            raise BadRequest(f"malformed multipart/form-data: {exc}") from None
-        while (part := await read(reader.next())) is not None:
-            budget.count_part()
-            if not isinstance(part, BodyPartReader):
-                raise BadRequest("nested multipart bodies are not supported")
-            if part.name == "file":
-                if got_file:
-                    raise BadRequest("send one photo per request (more than one 'file' field)")
-                got_file = True
-                while chunk := await read(part.read_chunk(256 * 1024)):
-                    if writer.size + len(chunk) > limit:
-                        raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
-                    await writer.write(chunk)
-            else:  # unnamed parts too: read and counted, never skipped unread
-                value = await budget.field(part, part.name or "")
-                if part.name:
-                    fields[part.name] = value
-        if not got_file:
-            raise BadRequest("missing multipart field 'file' with the photo")
-        params = _parse_params(fields)
+        params = _parse_params(await _read_upload(request, writer, limit))
     except BaseException as exc:
         await writer.abort()
         if storage_full(exc):
@@ -176,10 +180,10 @@ async def enhance(request: web.Request) -> web.StreamResponse:
         await gw.dispatcher.wait_finished(task_id, seconds)
         current = await gw.store.get_task(task_id)
         if current is not None:
-            if inline == "inline" and current.status is TaskStatus.COMPLETED:
+            if inline and current.status is TaskStatus.COMPLETED:
                 # The image itself: one request from photo to result (the task stays downloadable).
                 return await _result_response(request, current, {"X-Task-ID": task_id, "X-Task-Status": "completed"})
-            body = _status_body(current, gw.dispatcher.estimator.estimate(current))
+            body = status_body(current, gw.dispatcher.estimator.estimate(current))
     return json_response(body)
 
 
@@ -192,7 +196,7 @@ def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[st
     )
 
 
-async def _accept(gw: Any, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
+async def _accept(gw: Gateway, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
                   params: dict[str, Any]) -> TaskRecord:
     """Publish and check the upload's file, charge for it, record the task and queue it;
     on any failure nothing of it is kept (and a charge is refunded).
@@ -210,7 +214,7 @@ async def _accept(gw: Any, access: AccessPolicy, owner: str | None, task_id: str
         raise
 
 
-async def _store_upload(gw: Any, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
+async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
                         params: dict[str, Any]) -> TaskRecord:
     limits = gw.config.limits
     charged = False
@@ -225,8 +229,11 @@ async def _store_upload(gw: Any, access: AccessPolicy, owner: str | None, task_i
         if writer.small and not access.charges:
             # Nothing to charge between the check and the record: published and recorded
             # in one trip to the store's thread.
-            task = await gw.store.insert_task(lambda: _new_task(task_id, writer, writer.publish(then=lambda _: info),
-                                                                params, owner))
+            def publish_and_record() -> TaskRecord:
+                writer.publish()
+                return _new_task(task_id, writer, info, params, owner)
+
+            task = await gw.store.insert_task(publish_and_record)
         else:
             if isinstance(source, bytes):
                 await writer.commit()
@@ -248,26 +255,6 @@ async def _store_upload(gw: Any, access: AccessPolicy, owner: str | None, task_i
 
 #: Results up to this size are read in one go rather than streamed from the file.
 SMALL_RESULT = 512 * 1024
-
-
-
-def _status_body(task: TaskRecord, estimate: Estimate | None = None) -> dict[str, Any]:
-    """The status answer; ``estimate`` (progress, ETA, queue place) from the dispatcher's
-    estimator, or left out (:meth:`StatusBodies.get` adds it to the cached rest)."""
-    return {
-        "task_id": task.task_id,
-        "status": task.status.value,
-        "message": MESSAGES[task.status],
-        "result_url": f"/api/v1/download/{task.task_id}" if task.status is TaskStatus.COMPLETED else None,
-        "error": task.error if task.status is TaskStatus.FAILED else None,
-        "server_id": task.server_id,
-        "attempts": task.attempts,
-        "width": task.width,
-        "height": task.height,
-        "created_at": task.created_at,
-        "updated_at": task.updated_at,
-        **(estimate.fields() if estimate is not None else {}),
-    }
 
 
 async def _task_or_404(request: web.Request, *, peek: bool = False) -> TaskRecord:
@@ -302,7 +289,7 @@ class StatusBodies:
             body = hit[2]
         else:
             done = finished(task)
-            body = encode(_status_body(task, done))
+            body = encode(status_body(task, done))
             if done is None:
                 body = body[:-1]  # without its closing brace: the estimate follows
             if len(self._bodies) >= self.LIMIT:

@@ -19,10 +19,10 @@ import sys
 import time
 from collections.abc import Awaitable
 from itertools import accumulate
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import BadRequest, PayloadTooLarge, RequestTimeout
@@ -41,6 +41,8 @@ MAX_JSON_DEPTH = 32
 MAX_FORM_FIELDS = 32
 #: Longest value of one form field, in bytes.
 MAX_FIELD_BYTES = 1024
+#: A JSON body's size limit unless its route names another (a token, a node's registration).
+JSON_LIMIT = 16 * 1024
 
 #: A JSON string, to its closing quote or, unterminated, to the end (one pass, no backtracking).
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
@@ -64,9 +66,9 @@ class BodyReads:
         self.deadline = time.monotonic() + total
 
     @classmethod
-    def of(cls, request: web.Request, **kwargs: Any) -> BodyReads:
+    def of(cls, request: web.Request, *, again: str = "send the request again") -> BodyReads:
         limits = request.app[GATEWAY].config.limits
-        return cls(limits.read_timeout, limits.upload_timeout, **kwargs)
+        return cls(limits.read_timeout, limits.upload_timeout, again=again)
 
     async def __call__(self, read: Awaitable[T]) -> T:
         left = self.deadline - time.monotonic()
@@ -118,7 +120,7 @@ def _check_depth(raw: bytes) -> None:
         raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
@@ -136,12 +138,15 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
-async def read_json(request: web.Request, limit: int, *, empty: dict[str, Any] | None = None,
+async def read_json(request: web.Request, limit: int = JSON_LIMIT, *, allow_empty: bool = True,
                     expected: str = "a JSON object") -> dict[str, Any]:
-    """The body as a JSON object (400 otherwise); an empty body is ``empty`` when given."""
+    """The body as a JSON object, at most ``limit`` bytes; anything else is a 400 saying
+    ``expected``. An empty body is ``{}`` unless ``allow_empty`` is false.
+
+    Every route that takes a JSON body reads it here (webhook, admin API, dashboard, WeChat)."""
     raw = await read_body(request, limit)
-    if not raw.strip() and empty is not None:
-        return dict(empty)
+    if not raw.strip() and allow_empty:
+        return {}
     body = parse_json(raw) if raw.strip() else None
     if not isinstance(body, dict):
         raise BadRequest(f"expected {expected}")
@@ -177,7 +182,7 @@ class FormBudget:
         if self.parts > MAX_FORM_FIELDS + 1:  # the fields, and the photo
             raise BadRequest(f"too many form fields: at most {MAX_FORM_FIELDS} besides 'file'")
 
-    async def field(self, part: Any, name: str) -> str:
+    async def field(self, part: BodyPartReader, name: str) -> str:
         """The whole value of one form field (however many segments it arrives in), as text."""
         chunks: list[bytes] = []
         size = 0

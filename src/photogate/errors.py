@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .jsonbody import encode, json_response
@@ -121,7 +122,7 @@ class ClosingResponse(web.Response):
 
     _closing: web.BaseRequest | None = None
 
-    async def prepare(self, request: web.BaseRequest) -> Any:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         self._closing = request
         return await super().prepare(request)
 

@@ -10,8 +10,6 @@ other aiohttp server in the process (a gpunode, a test's fake node) as it was.
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -41,10 +39,10 @@ def _message(status: int, exc: BaseException | None) -> str:
 def _wants_json(handler: RequestHandler) -> bool:
     manager = handler._manager  # the web.Server; its request_handler is the application's _handle
     app = getattr(getattr(manager, "request_handler", None), "__self__", None)
-    return isinstance(app, web.Application) and bool(app.get(JSON_PROTOCOL_ERRORS))
+    return isinstance(app, web.Application) and app.get(JSON_PROTOCOL_ERRORS, False)
 
 
-def _handle_error(self: RequestHandler, request: Any, status: int = 500, exc: BaseException | None = None,
+def _handle_error(self: RequestHandler, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                   message: str | None = None) -> web.StreamResponse:
     if not _wants_json(self) or request.writer.output_size > 0:
         return _original_handle_error(self, request, status, exc, message)

@@ -1,4 +1,4 @@
-"""Token buckets per client IP: the public API, uploads, and failed credentials (issue 6).
+"""Token buckets per client IP: the public API, uploads, and failed credentials.
 
 One middleware, outside the error middleware so that it sees the final status:
 
@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
@@ -33,9 +33,6 @@ from .errors import Handler, StoreUnavailable, error_body
 from .jsonbody import json_response
 from .keys import GATEWAY
 from .netutil import CREDENTIAL_REFUSED, client_ip
-
-if TYPE_CHECKING:
-    from .storage.redis.store import RedisStore
 
 #: Buckets kept per limiter before idle (full) ones are dropped: bounds memory under a scan.
 MAX_CLIENTS = 50_000
@@ -60,8 +57,26 @@ class TokenBucket:
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
 
+class Buckets(Protocol):
+    """Token buckets by key, all with the same rate and burst, in this process or shared."""
+
+    async def atake(self, key: str) -> float:
+        """Take a token: 0.0 when allowed, else the seconds to wait (nothing taken)."""
+
+    async def apeek(self, key: str) -> float:
+        """Seconds until a token is there, taking nothing."""
+
+
+class BucketStore(Protocol):
+    """A state store that keeps token buckets for every gateway that shares it (Redis)."""
+
+    async def bucket(self, name: str, key: str, rate: float, burst: float, take: bool) -> float:
+        """Refill bucket ``name``/``key``, then take a token (``take``) or only look: 0.0 when
+        one is (was) there, else the seconds until one is."""
+
+
 class Limiter:
-    """Buckets by key, all with the same rate and burst."""
+    """Buckets by key, all with the same rate and burst, in this process."""
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst, self.clock = rate, float(burst), clock
@@ -109,7 +124,7 @@ class SharedLimiter:
     """The same buckets in Redis (``storage.backend: redis``): a client's budget holds across
     every gateway. If Redis cannot be reached, requests pass (the handler answers 503 anyway)."""
 
-    def __init__(self, name: str, rate: float, burst: int, store: RedisStore) -> None:
+    def __init__(self, name: str, rate: float, burst: int, store: BucketStore) -> None:
         self.name, self.rate, self.burst, self.store = name, rate, float(burst), store
 
     async def _ask(self, key: str, take: bool) -> float:
@@ -128,14 +143,24 @@ class SharedLimiter:
 class RateLimits:
     def __init__(self, config: RateLimitConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self.requests = Limiter(config.requests_per_second, config.burst, clock)
-        self.uploads = Limiter(config.uploads_per_minute / 60.0, config.upload_burst, clock)
-        self.auth_failures = Limiter(config.auth_failures_per_minute / 60.0, config.auth_failure_burst, clock)
+        self.requests: Buckets = Limiter(config.requests_per_second, config.burst, clock)
+        self.uploads: Buckets = Limiter(config.uploads_per_minute / 60.0, config.upload_burst, clock)
+        self.auth_failures: Buckets = Limiter(config.auth_failures_per_minute / 60.0, config.auth_failure_burst,
+                                              clock)
         self._exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt]
         self._exempt_memo: dict[str, bool] = {}
         self._blocked: set[str] = set()
 
-    def share(self, store: RedisStore) -> None:
+    def block(self, ip: str) -> bool:
+        """Note that ``ip`` is out of failed-credential tokens: ``True`` when that is news (audit it once)."""
+        news = ip not in self._blocked
+        self._blocked.add(ip)
+        return news
+
+    def unblock(self, ip: str) -> None:
+        self._blocked.discard(ip)
+
+    def share(self, store: BucketStore) -> None:
         """Keep the buckets in Redis from now on, shared by every gateway."""
         cfg = self.config
         self.requests = SharedLimiter("requests", cfg.requests_per_second, cfg.burst, store)
@@ -183,11 +208,10 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if guarded:
         wait = await limits.auth_failures.apeek(ip)
         if wait > 0:
-            if ip not in limits._blocked:
-                limits._blocked.add(ip)
+            if limits.block(ip):
                 audit("auth_rate_limited", who="anonymous", ip=ip, path=path, retry_after=math.ceil(wait))
             return _too_many(wait, "too many failed credentials from your address; wait and try again")
-        limits._blocked.discard(ip)
+        limits.unblock(ip)
     if path.startswith(("/api/", "/webhook/")):
         wait = await limits.requests.atake(ip)
         if wait > 0:

@@ -4,8 +4,9 @@ Static HTML/JS/CSS ship in ``photogate/web`` (no build step, nothing from a CDN)
 dashboard needs the admin token: ``Authorization: Bearer`` (scripts, curl) or the login
 form, which sets an HttpOnly, SameSite=Strict cookie holding a signed expiry, never the
 token itself (and the token never travels in a URL). Logging out revokes the cookie on
-the gateway, not only in the browser. Every refused token, bearer or cookie counts
-against the client's failed-credential bucket (:mod:`photogate.ratelimit`). The page follows the fleet by
+the gateway, not only in the browser. The sessions and the credential checks live in
+:mod:`photogate.adminauth`: every refused token, bearer or cookie counts against the
+client's failed-credential bucket (:mod:`photogate.ratelimit`). The page follows the fleet by
 Server-Sent Events (``/dashboard/events``); its actions (drain, strategy, multi-backend)
 are POSTs that also need a custom header, which no cross-site form can send.
 """
@@ -14,29 +15,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import html
-import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, fleetops
+from .adminauth import (
+    COOKIE,
+    REVOKED,
+    RevokedSessions,
+    dashboard_authorized,
+    dashboard_credential,
+    live_session,
+    make_session,
+    require_dashboard,
+)
 from .audit import audit
 from .balancing import StrategyError, known_names
 from .bodies import read_form, read_json
-from .errors import BadRequest, Forbidden, NotFound, Unauthorized
-from .gateway import Gateway
+from .errors import BadRequest, Forbidden, NotFound
 from .jsonbody import dumps, json_response
 from .keys import GATEWAY
 from .models import TaskStatus
-from .netutil import bearer, client_ip, credential_refused, same_secret
+from .netutil import client_ip, credential_refused, same_secret
+from .taskview import timings
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
 
 WEB_DIR = Path(__file__).with_name("web")
-COOKIE = "photogate_dashboard"
 #: The dashboard's form and JSON bodies (a token, a strategy name): small.
 FORM_LIMIT = 16 * 1024
 #: Dashboard POSTs must carry this header: a cross-site form cannot, and a cross-site
@@ -59,91 +69,12 @@ SECURITY_HEADERS = {
 routes = web.RouteTableDef()
 
 
-# -- sessions: "<expiry>.<nonce>.<hmac>", keyed by the admin token ------------------------------
-# Stateless, so it works across several gateways that share the token, and every session
-# ends when the token is changed.
-
-
-def _session_key(token: str) -> bytes:
-    return hashlib.sha256(b"photogate dashboard session\0" + token.encode()).digest()
-
-
-def make_session(token: str, hours: float, now: float | None = None) -> str:
-    expiry = int((now or time.time()) + hours * 3600)
-    body = f"{expiry}.{secrets.token_hex(8)}"
-    mac = hmac.new(_session_key(token), body.encode(), hashlib.sha256).hexdigest()
-    return f"{body}.{mac}"
-
-
-def session_valid(value: str | None, token: str, now: float | None = None) -> bool:
-    if not value or not token or value.count(".") != 2:
-        return False
-    expiry, nonce, mac = value.split(".")
-    good = hmac.new(_session_key(token), f"{expiry}.{nonce}".encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(mac.encode(), good.encode()):
-        return False
-    return expiry.isdigit() and int(expiry) > (now or time.time())
-
-
-class RevokedSessions:
-    """Sessions logged out before their expiry, refused until it passes.
-
-    Held in memory by each gateway (bounded: an entry goes once its session would have
-    expired anyway). A gateway restart forgets it, and so does another gateway sharing the
-    token: there a logged-out cookie stays good until its expiry (``ui.session_hours``).
-    """
-
-    def __init__(self) -> None:
-        self._until: dict[str, int] = {}
-
-    @staticmethod
-    def _nonce(value: str) -> str:
-        return value.split(".")[1]
-
-    def revoke(self, value: str, now: float | None = None) -> None:
-        """Revoke ``value``, a session that :func:`session_valid` accepted."""
-        now = now or time.time()
-        self._until = {nonce: expiry for nonce, expiry in self._until.items() if expiry > now}
-        self._until[self._nonce(value)] = int(value.split(".")[0])
-
-    def __contains__(self, value: str) -> bool:
-        return self._nonce(value) in self._until
-
-
-REVOKED = web.AppKey("photogate.ui.revoked", RevokedSessions)
-
-
-def _credential(request: web.Request) -> bool | None:
-    """``True``: a good admin bearer or live session; ``False``: a wrong one; ``None``: none sent."""
-    token = request.app[GATEWAY].config.admin.token
-    given = bearer(request)
-    if given is not None:
-        return same_secret(given, token)
-    cookie = request.cookies.get(COOKIE)
-    if cookie is None:
-        return None
-    return session_valid(cookie, token) and cookie not in request.app[REVOKED]
-
-
-def _authorized(request: web.Request) -> bool:
-    return bool(request.app[GATEWAY].config.admin.token) and _credential(request) is True
-
-
-def _require(request: web.Request) -> str:
-    """The dashboard's JSON endpoints: admin token or session; returns the caller's address."""
-    gw = request.app[GATEWAY]
-    ip = client_ip(request, gw.config.server.trusted_proxies)
-    if not gw.config.admin.token:
-        raise Forbidden("the dashboard is disabled: set admin.token or PHOTOGATE_ADMIN_TOKEN")
-    if not _authorized(request):
-        credential_refused(request)
-        raise Unauthorized("log in at /dashboard, or send Authorization: Bearer <admin token>",
-                           headers={"WWW-Authenticate": "Bearer"})
-    return ip
+# -- who may act --------------------------------------------------------------------------------
 
 
 def _require_action(request: web.Request) -> str:
-    ip = _require(request)
+    """A dashboard action: a session (or the admin bearer), the action header, our own origin."""
+    ip = require_dashboard(request)
     if request.headers.get(ACTION_HEADER) != "1":
         raise Forbidden(f"dashboard actions need the {ACTION_HEADER}: 1 header")
     origin = request.headers.get("Origin")
@@ -179,7 +110,7 @@ def _login_page(message: str = "", status: int = 401) -> web.Response:
 async def dashboard(request: web.Request) -> web.Response:
     if not request.app[GATEWAY].config.admin.token:
         return _login_page("The dashboard is disabled: set admin.token (or PHOTOGATE_ADMIN_TOKEN).", 403)
-    known = _credential(request)
+    known = dashboard_credential(request)
     if known is False:  # a wrong bearer, or a forged, expired or logged-out cookie
         credential_refused(request)
     if not known:
@@ -210,7 +141,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     cookie = request.cookies.get(COOKIE)
-    if cookie and session_valid(cookie, gw.config.admin.token) and cookie not in request.app[REVOKED]:
+    if cookie and live_session(request, cookie):
         request.app[REVOKED].revoke(cookie)
         audit("dashboard_logout", who="admin", ip=client_ip(request, gw.config.server.trusted_proxies))
     resp = web.Response(status=303, headers={"Location": "/dashboard"})
@@ -219,10 +150,6 @@ async def logout(request: web.Request) -> web.Response:
 
 
 # -- live state ------------------------------------------------------------------------------
-
-
-def _seconds(start: float | None, end: float | None) -> float | None:
-    return round(end - start, 3) if start is not None and end is not None else None
 
 
 async def snapshot(gw: Gateway) -> dict[str, Any]:
@@ -258,8 +185,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
         "tasks": [{
             "task_id": t.task_id, "status": t.status.value, "server_id": t.server_id, "attempts": t.attempts,
             "width": t.width, "height": t.height, "created_at": t.created_at, "error": t.error,
-            "queued_s": _seconds(t.created_at, t.started_at), "processing_s": _seconds(t.started_at, t.finished_at),
-            "total_s": _seconds(t.created_at, t.finished_at),
+            **timings(t),
             **estimate(t).fields(),
         } for t in recent],
     }
@@ -267,14 +193,14 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
 
 @routes.get("/dashboard/state")
 async def state(request: web.Request) -> web.Response:
-    _require(request)
+    require_dashboard(request)
     return json_response(await snapshot(request.app[GATEWAY]), headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/dashboard/events")
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: one ``state`` event now and every ``ui.refresh`` seconds."""
-    _require(request)
+    require_dashboard(request)
     gw = request.app[GATEWAY]
     closing = request.app[CLOSING]
     resp = web.StreamResponse(headers={
@@ -282,7 +208,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     with contextlib.suppress(ConnectionError):
         await resp.write(f"retry: {int(gw.config.ui.refresh * 1000)}\n\n".encode())
-        while not closing.is_set() and _authorized(request):  # a session that expires ends the stream
+        while not closing.is_set() and dashboard_authorized(request):  # a session that expires ends the stream
             data = dumps(await snapshot(gw), separators=(",", ":"))
             await resp.write(f"event: state\ndata: {data}\n\n".encode())
             with contextlib.suppress(asyncio.TimeoutError):
@@ -293,27 +219,18 @@ async def events(request: web.Request) -> web.StreamResponse:
 # -- actions (each audited) ---------------------------------------------------------------------
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
-    return await read_json(request, FORM_LIMIT, empty={})
-
-
 @routes.post("/dashboard/api/nodes/{server_id}/{action:drain|undrain}")
 async def drain(request: web.Request) -> web.Response:
     ip = _require_action(request)
-    gw = request.app[GATEWAY]
-    sid, action = request.match_info["server_id"], request.match_info["action"]
-    node = gw.registry.get(sid)
-    if node is None:
-        raise NotFound(f"no server {sid[:32]}")
-    await gw.registry.set_draining(node.server_id, action == "drain")
-    audit(f"node_{action}ed", who="admin", ip=ip, server_id=node.server_id, via="dashboard")
+    node = await fleetops.set_draining(request.app[GATEWAY].registry, request.match_info["server_id"],
+                                       request.match_info["action"] == "drain", ip=ip, via="dashboard")
     return json_response({"success": True, "server": node.public()})
 
 
 @routes.post("/dashboard/api/strategy")
 async def strategy(request: web.Request) -> web.Response:
     ip = _require_action(request)
-    name = (await _json(request)).get("strategy")
+    name = (await read_json(request, FORM_LIMIT)).get("strategy")
     if not isinstance(name, str) or not name:
         raise BadRequest('expected {"strategy": "least_busy"}')
     try:
@@ -326,7 +243,7 @@ async def strategy(request: web.Request) -> web.Response:
 @routes.post("/dashboard/api/multi-backend")
 async def multi_backend(request: web.Request) -> web.Response:
     ip = _require_action(request)
-    enabled = (await _json(request)).get("enabled")
+    enabled = (await read_json(request, FORM_LIMIT)).get("enabled")
     if not isinstance(enabled, bool):
         raise BadRequest('expected {"enabled": true} or {"enabled": false}')
     await request.app[GATEWAY].set_multi_backend(enabled, who="admin", ip=ip)

@@ -15,19 +15,16 @@ from .fields import parse_int
 from .jsonbody import json_response
 from .keys import GATEWAY
 from .netutil import client_ip, credential_refused, same_secret
-from .registry import NodeState
 
 log = structlog.get_logger("photogate.webhook")
 routes = web.RouteTableDef()
 
-MAX_BODY = 16 * 1024
+#: What a register or unregister body must be (an empty one is refused).
+EXPECTED_BODY = 'a JSON object such as {"ip": ..., "port": ..., "secret": ...}'
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    return await read_json(request, MAX_BODY, expected='a JSON object such as {"ip": ..., "port": ..., "secret": ...}')
-
-
-def _check_secret(request: web.Request, given: Any, action: str) -> None:
+def _check_secret(request: web.Request, given: object, action: str) -> str:
+    """Check the webhook secret; return the caller's address for the audit log."""
     gw = request.app[GATEWAY]
     ip = client_ip(request, gw.config.server.trusted_proxies)
     if not isinstance(given, str) or not given:
@@ -40,9 +37,10 @@ def _check_secret(request: web.Request, given: Any, action: str) -> None:
         audit(f"{action}_refused", who="anonymous", ip=ip, reason="wrong secret")
         gw.metrics.webhook_auth_failed(action, "wrong secret")
         raise Forbidden("wrong secret")
+    return ip
 
 
-def _ip(value: Any) -> str:
+def _ip(value: object) -> str:
     if not isinstance(value, str):
         raise BadRequest("ip: expected an IPv4 or IPv6 address string")
     try:
@@ -55,20 +53,16 @@ def _int(body: dict[str, Any], key: str, low: int, high: int, default: int | Non
     return parse_int(body.get(key, default), key, low, high)
 
 
-def _node_json(state: NodeState) -> dict[str, Any]:
-    return state.public()
-
-
 @routes.post("/webhook/register")
 async def register(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    body = await _json_body(request)
-    _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "register")
+    body = await read_json(request, allow_empty=False, expected=EXPECTED_BODY)
+    caller = _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "register")
     ip = _ip(body.get("ip"))
     port = _int(body, "port", 1, 65535)
     refused = node_address_refused(ip, gw.config.webhook.allowed_node_networks, dev=gw.config.dev)
     if refused:
-        audit("register_refused", who="anonymous", ip=client_ip(request, gw.config.server.trusted_proxies),
+        audit("register_refused", who="anonymous", ip=caller,
               reason="address not allowed", address=f"{ip}:{port}")
         raise Forbidden(refused)
     # Absent: keep what the node registered with before (1 for a new node).
@@ -83,13 +77,13 @@ async def register(request: web.Request) -> web.Response:
             ip, port, node_key=node_key, slots=slots, weight=weight, info=info
         )
     except NodeIdentityConflict as exc:  # 409: a takeover attempt, or a node that lost its key
-        audit("register_refused", who="anonymous", ip=client_ip(request, gw.config.server.trusted_proxies),
+        audit("register_refused", who="anonymous", ip=caller,
               reason=exc.reason, address=f"{ip}:{port}", server_id=exc.holder, with_key=bool(node_key))
         raise
     sid = state.server_id
     audit(
         "node_registered" if created else ("node_address_changed" if previous else "node_reregistered"),
-        who=sid, ip=client_ip(request, gw.config.server.trusted_proxies),
+        who=sid, ip=caller,
         address=state.record.address, previous_address=previous,
     )
     return json_response({
@@ -105,8 +99,8 @@ async def register(request: web.Request) -> web.Response:
 @routes.post("/webhook/unregister")
 async def unregister(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    body = await _json_body(request)
-    _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "unregister")
+    body = await read_json(request, allow_empty=False, expected=EXPECTED_BODY)
+    caller = _check_secret(request, body.get("secret") or request.headers.get("X-Webhook-Secret"), "unregister")
     server_id = body.get("server_id")
     if isinstance(server_id, str) and server_id:
         state = gw.registry.get(server_id)
@@ -120,12 +114,12 @@ async def unregister(request: web.Request) -> web.Response:
     if state.record.node_key and not same_secret(str(body.get("node_key") or ""), state.record.node_key):
         # DESIGN §9: the secret alone may not take a keyed node out of the fleet (and then
         # let someone else claim its address); only the node itself or an operator may.
-        audit("unregister_refused", who="anonymous", ip=client_ip(request, gw.config.server.trusted_proxies),
+        audit("unregister_refused", who="anonymous", ip=caller,
               reason="node_key missing or wrong", server_id=state.server_id)
         raise Forbidden(f"{state.server_id} registered with a node_key: unregister it with that node_key, "
                         f"or an operator removes it (photogate-admin remove {state.server_id})")
     await gw.registry.unregister(state.server_id)  # offline, not forgotten: it keeps its id
-    audit("node_unregistered", who=state.server_id, ip=client_ip(request, gw.config.server.trusted_proxies),
+    audit("node_unregistered", who=state.server_id, ip=caller,
           address=state.record.address)
     return json_response({
         "success": True,
@@ -152,6 +146,6 @@ async def servers(request: web.Request) -> web.Response:
             "health_check_running": gw.monitor.running,
             "multi_backend": gw.multi_backend,
             "strategy": gw.strategy_name,
-            "servers": [_node_json(s) for s in nodes],
+            "servers": [s.public() for s in nodes],
         },
     })

@@ -16,10 +16,10 @@ import structlog
 from PIL import Image
 from support import ADMIN_TOKEN, SECRET, Gateway
 
+from photogate.adminauth import COOKIE
 from photogate.blobs import BlobWriter
 from photogate.keys import GATEWAY
 from photogate.ratelimit import RATE_LIMITS
-from photogate.ui import COOKIE
 
 NO_EXEMPT = {"rate_limit.exempt": []}
 

@@ -5,13 +5,11 @@ gateway's ``{success, data}`` envelope (:mod:`.legacy`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from aiohttp import web
 
 from ..access import ACCESS
-from ..admin_api import _admin
+from ..adminauth import require_admin
 from ..audit import audit
 from ..bodies import read_body, read_json
 from ..errors import BadRequest, PayloadTooLarge
@@ -27,10 +25,6 @@ routes = web.RouteTableDef()
 NOTIFY_LIMIT = 64 * 1024
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    return await read_json(request, 16 * 1024, empty={})
-
-
 def _access(request: web.Request) -> WechatAccess:
     access = request.app[ACCESS]
     assert isinstance(access, WechatAccess)
@@ -44,7 +38,7 @@ async def _openid(request: web.Request) -> str:
 @routes.post("/api/wechat/login")
 @routes.post("/api/wechat/auth/openid")
 async def login(request: web.Request) -> web.Response:
-    code = (await _body(request)).get("code")
+    code = (await read_json(request)).get("code")
     if not isinstance(code, str) or not 1 <= len(code) <= 128:
         raise BadRequest('expected {"code": "<the code from wx.login()>"}')
     service = request.app[WECHAT]
@@ -70,7 +64,7 @@ async def products(request: web.Request) -> web.Response:
 
 @routes.post("/api/wechat/pay/create")
 async def create(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await read_json(request)
     openid = await _access(request).caller(request, openid_field(body.get("openid")))
     service = request.app[WECHAT]
     product = body.get("product")
@@ -130,8 +124,8 @@ async def stats(request: web.Request) -> web.Response:
 
 @routes.post("/api/wechat/admin/refunds")
 async def refund(request: web.Request) -> web.Response:
-    ip = _admin(request)
-    body = await _body(request)
+    ip = require_admin(request)
+    body = await read_json(request)
     out_trade_no, reason, force = body.get("out_trade_no"), body.get("reason", ""), body.get("force", False)
     if not isinstance(out_trade_no, str) or not out_trade_no or not isinstance(reason, str) \
             or not isinstance(force, bool):
@@ -143,7 +137,7 @@ async def refund(request: web.Request) -> web.Response:
 
 @routes.post("/api/wechat/admin/reconcile")
 async def reconcile(request: web.Request) -> web.Response:
-    ip = _admin(request)
+    ip = require_admin(request)
     counts = await request.app[WECHAT].reconcile()
     audit("wechat_reconciled", who="admin", ip=ip, **counts)
     return answer({"success": True, **counts}, counts)
