@@ -12,7 +12,7 @@ from support import ADMIN_TOKEN, Gateway
 from wechat_fake import FakeWechat
 from wechat_support import buy, login, user
 
-from photogate.wechat import WECHAT
+from photogate.wechat.service import WECHAT
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NONE = {"paid": 0, "closed": 0, "pending": 0, "errors": 0, "refunded": 0, "refund_closed": 0, "refund_pending": 0}

@@ -6,10 +6,10 @@ import structlog
 from aiohttp import web
 
 from ..access import PaymentRequired
-from ..config import WechatConfig
 from ..errors import Forbidden, Unauthorized
 from ..models import TaskRecord
 from ..netutil import bearer
+from .config import WechatConfig
 from .service import WechatService
 
 log = structlog.get_logger("photogate.wechat.access")

@@ -13,10 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import WechatProduct
 from ..errors import BadRequest
 from ..jsonbody import json_response
 from . import store as db
+from .config import WechatProduct
 
 #: Our order states as WeChat Pay's ``trade_state`` (what the original answered).
 TRADE_STATE = {

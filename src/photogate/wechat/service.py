@@ -20,11 +20,12 @@ import structlog
 from aiohttp import web
 
 from ..audit import audit
-from ..config import ConfigError, WechatConfig
+from ..config_fields import ConfigError
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from ..storage.redis.store import RedisStore
 from ..storage.sqlite.store import SQLiteStore
 from . import store as db
+from .config import WechatConfig
 from .db import RedisWechatDB, SQLiteWechatDB, wechat_db
 from .login import Identity, UpstreamError, WechatApi
 from .pay import (
