@@ -252,9 +252,10 @@ class Config:
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration minus secrets (the admin's ``GET /api/v1/config``)."""
-        data = _masked(self)
+        data: dict[str, Any] = _masked(self)
         data["server"]["tls"] = {"enabled": bool(self.server.tls.cert)}
-        return _jsonable(data)
+        public: dict[str, Any] = _jsonable(data)
+        return public
 
 
 def redacted_url(url: str) -> str:
@@ -277,7 +278,7 @@ def _jsonable(value: Any) -> Any:
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
-    if dataclasses.is_dataclass(typ):
+    if isinstance(typ, type) and dataclasses.is_dataclass(typ):
         if value is None:
             value = {}
         if not isinstance(value, Mapping):

@@ -23,10 +23,8 @@ class WechatAccess:
     def __init__(self, service: WechatService, cfg: WechatConfig) -> None:
         self.service = service
         self.cfg = cfg
-
-    @property
-    def charges(self) -> bool:
-        return self.cfg.billing_enabled
+        #: Whether :meth:`charge` charges anything (``wechat.billing_enabled``; the config is frozen).
+        self.charges = cfg.billing_enabled
 
     async def session(self, request: web.Request) -> str | None:
         """The openid of the request's valid session, if any."""
