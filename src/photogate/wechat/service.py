@@ -1,7 +1,8 @@
 """The WeChat service: sessions, orders, notifications, reconciliation, refunds, credits.
 
 Owns its aiohttp session (WeChat's answers must be decompressed before they are
-verified, unlike the gateway's proxy session) and its tables in the gateway's store.
+verified, unlike the gateway's proxy session) and its records beside the gateway's own
+(:func:`~.records.open_wechat_records`: the same SQLite file or Redis).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def _new_order_no(prefix: str) -> str:
 
 
 class WechatService:
+    """What the WeChat routes and :class:`~.access.WechatAccess` call: it talks to WeChat (login,
+    WeChat Pay) and keeps the outcome in :class:`~.records.WechatRecords`."""
+
     def __init__(self, cfg: WechatConfig) -> None:
         self.cfg = cfg
         self.merchant: Merchant | None = None
@@ -121,8 +125,7 @@ class WechatService:
         """``wx.login()`` code → our own session token (returned once, stored hashed)."""
         identity = await self.api.code2session(code)
         token = secrets.token_urlsafe(32)
-        await self.records.login(identity.openid, identity.unionid, token_hash(token),
-                                                self.cfg.session_ttl)
+        await self.records.login(identity.openid, identity.unionid, token_hash(token), self.cfg.session_ttl)
         log.info("wechat_login", openid=identity.openid)
         return token, identity
 
