@@ -18,7 +18,7 @@ from .metrics.http import setup_metrics
 from .protocol_errors import json_protocol_errors
 from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
 from .ui import setup_ui
-from .wechat import setup_wechat
+from .wechat.app import setup_wechat
 
 
 def create_app(config: Config, *, config_path: str | None = None, rng: random.Random | None = None) -> web.Application:

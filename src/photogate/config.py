@@ -17,6 +17,10 @@ from typing import Any
 
 import yaml
 
+from .config_fields import SECRET, SECRET_URL
+from .config_fields import ConfigError as ConfigError  # re-exported: every caller imports it from here
+from .wechat.config import WECHAT_ENV_OVERRIDES, WechatConfig, validate_wechat_config
+
 #: The secret printed in the original system's documentation. Anyone can read it,
 #: so photogate refuses to start with it outside ``--dev``.
 WELL_KNOWN_SECRET = "gpu-server-register-to-api-gateway-2024"
@@ -28,22 +32,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "PHOTOGATE_DATA_DIR": "storage.data_dir",
     "PHOTOGATE_METRICS_TOKEN": "metrics.token",
     "PHOTOGATE_REDIS_URL": "storage.redis_url",  # may hold Redis's password
-    # WeChat (issue 7): the secrets, and the merchant settings that come with them.
-    "WECHAT_APP_ID": "wechat.appid",
-    "WECHAT_APP_SECRET": "wechat.secret",
-    "WECHAT_MCH_ID": "wechat.mchid",
-    "WECHAT_MCH_SERIAL": "wechat.merchant_serial",
-    "WECHAT_MCH_PRIVATE_KEY": "wechat.merchant_private_key",
-    "WECHAT_MCH_APIV3_KEY": "wechat.apiv3_key",
-    "WECHAT_PAY_PUBLIC_KEY": "wechat.pay_public_key",
-    "WECHAT_PAY_PUBLIC_KEY_ID": "wechat.pay_public_key_id",
+    **WECHAT_ENV_OVERRIDES,  # the wechat: section
 }
-
-
-#: Field metadata of a credential: ``public_dict`` masks it, ``photogate-admin`` never prints a
-#: key of that name (``secret_names``). ``"url"``: only the password inside the URL is masked.
-SECRET: Mapping[str, Any] = {"secret": True}
-SECRET_URL: Mapping[str, Any] = {"secret": "url"}
 
 
 def secret_names() -> frozenset[str]:
@@ -80,10 +70,6 @@ def _masked(obj: Any) -> Any:
     return data
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the key."""
-
-
 @dataclass(frozen=True)
 class TLSConfig:
     cert: str = ""
@@ -102,7 +88,7 @@ class ServerConfig:
 @dataclass(frozen=True)
 class WebhookConfig:
     secret: str = field(default="", metadata=SECRET)
-    #: Networks a node may register from (issues 6, 13). 0.0.0.0/8, broadcast, link-local,
+    #: Networks a node may register from. 0.0.0.0/8, broadcast, link-local,
     #: multicast and reserved addresses are always refused; loopback only in --dev or when a
     #: listed network is all loopback. IPv6 spellings of an IPv4 address are judged as it.
     allowed_node_networks: tuple[str, ...] = ("0.0.0.0/0", "::/0")
@@ -137,7 +123,7 @@ class DispatchConfig:
     timeout: float = 300.0
     connect_timeout: float = 5.0
     #: Seconds before a failed task is retried on a node that failed it already (doubling
-    #: each attempt; no wait while another node can take it). Issue 6.
+    #: each attempt; no wait while another node can take it).
     retry_backoff: float = 1.0
 
 
@@ -146,7 +132,7 @@ class StorageConfig:
     data_dir: str = "./data"
     task_ttl: float = 86400.0
     janitor_interval: float = 300.0
-    # -- issue 8: several gateways sharing Redis
+    # -- several gateways sharing Redis
     #: ``sqlite`` (one gateway, the default) or ``redis`` (several gateways share state).
     backend: str = "sqlite"
     #: ``redis://[:password@]host:port/db`` (or ``rediss://``, ``unix://``); backend redis only.
@@ -164,7 +150,7 @@ class LimitsConfig:
     max_pixels: int = 36_000_000
     max_queue: int = 1000
     retry_after: int = 30
-    # -- issue 6: slow clients and absurd shapes
+    # -- slow clients and absurd shapes
     #: Seconds any request body may stall before 408 and close (slow-loris); also headers, keep-alive, lingering.
     read_timeout: float = 30.0
     #: Seconds one request body (upload or JSON) may take in all before 408.
@@ -180,7 +166,7 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    """Token buckets per client IP (``photogate.ratelimit``, issue 6); 429 with Retry-After."""
+    """Token buckets per client IP (``photogate.ratelimit``); 429 with Retry-After."""
 
     enabled: bool = True
     requests_per_second: float = 20.0
@@ -204,7 +190,7 @@ class LoggingConfig:
     level: str = "info"
 
 
-# -- metrics, dashboard, try-it page (issue 9) --------------------------------------------------
+# -- metrics, dashboard, try-it page ----------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -221,99 +207,6 @@ class UIConfig:
     refresh: float = 2.0
     #: Hours a dashboard login lasts.
     session_hours: float = 12.0
-
-
-# -- wechat (issue 7) -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WechatProduct:
-    """A credit pack the mini program can buy: the client names it, never its price."""
-
-    description: str = ""
-    price_fen: int = 0
-    credits: int = 0
-
-
-@dataclass(frozen=True)
-class WechatConfig:
-    """Mini-program login and WeChat Pay API v3 (``photogate.wechat``); off while ``appid`` is empty."""
-
-    appid: str = ""
-    secret: str = field(default="", metadata=SECRET)
-    #: /api/v1/enhance needs a WeChat session; tasks are visible to their owner only.
-    login_enabled: bool = False
-    #: Each enhancement costs ``credits_per_enhancement`` credits, bought with WeChat Pay.
-    billing_enabled: bool = False
-    #: The original mini program's openid-based calls (create, query, orders, stats) without
-    #: our session token: anyone who knows an openid may list its orders (README).
-    legacy_clients: bool = False
-    credits_per_enhancement: int = 1
-    session_ttl: float = 30 * 86400.0
-    api_base: str = "https://api.weixin.qq.com"
-    pay_base: str = "https://api.mch.weixin.qq.com"
-    timeout: float = 10.0
-    mchid: str = ""
-    merchant_serial: str = ""
-    merchant_private_key: str = field(default="", metadata=SECRET)  # path of apiclient_key.pem: not shown
-    apiv3_key: str = field(default="", metadata=SECRET)
-    pay_public_key: str = ""  # path of the WeChat Pay public key (pub_key.pem)
-    pay_public_key_id: str = ""  # PUB_KEY_ID_...
-    platform_certs: tuple[str, ...] = ()  # paths of WeChat Pay platform certificates (PEM)
-    notify_url: str = ""
-    order_ttl: float = 1800.0
-    reconcile_interval: float = 300.0
-    products: Mapping[str, WechatProduct] = field(default_factory=dict)
-
-
-def _validate_wechat(wx: WechatConfig) -> None:
-    if not wx.appid:
-        if wx.login_enabled or wx.billing_enabled or wx.legacy_clients:
-            raise ConfigError("wechat.appid: required when wechat.login_enabled, billing_enabled or "
-                              "legacy_clients is true")
-        return
-    checks: list[tuple[bool, str]] = [
-        (bool(wx.secret), "wechat.secret: empty; set it in the config file or WECHAT_APP_SECRET"),
-        (wx.api_base.startswith(("http://", "https://")), "wechat.api_base: must be an http(s) URL"),
-        (wx.pay_base.startswith(("http://", "https://")), "wechat.pay_base: must be an http(s) URL"),
-        (wx.session_ttl > 0, "wechat.session_ttl: must be > 0"),
-        (wx.timeout > 0, "wechat.timeout: must be > 0"),
-        (wx.credits_per_enhancement >= 1, "wechat.credits_per_enhancement: must be >= 1"),
-        (wx.order_ttl >= 60, "wechat.order_ttl: must be >= 60 (WeChat needs a minute at least)"),
-        (wx.reconcile_interval > 0, "wechat.reconcile_interval: must be > 0"),
-        (bool(wx.pay_public_key) == bool(wx.pay_public_key_id),
-         "wechat.pay_public_key: set both pay_public_key and pay_public_key_id, or neither"),
-    ]
-    if wx.billing_enabled:
-        checks += [
-            (wx.login_enabled, "wechat.billing_enabled: needs wechat.login_enabled (credits belong to a user)"),
-            (bool(wx.mchid), "wechat.mchid: required for billing (or WECHAT_MCH_ID)"),
-            (bool(wx.merchant_serial), "wechat.merchant_serial: required for billing (or WECHAT_MCH_SERIAL)"),
-            (bool(wx.merchant_private_key),
-             "wechat.merchant_private_key: required for billing: the path of apiclient_key.pem"),
-            (len(wx.apiv3_key.encode()) == 32, "wechat.apiv3_key: must be the 32-character APIv3 key"),
-            (bool(wx.pay_public_key or wx.platform_certs),
-             "wechat.pay_public_key: set it (and pay_public_key_id) or wechat.platform_certs to verify WeChat Pay"),
-            (wx.notify_url.startswith(("http://", "https://")), "wechat.notify_url: must be an http(s) URL"),
-            (bool(wx.products), "wechat.products: billing needs at least one product"),
-            # An old client names a price (total_fee), not a product: each price must name one.
-            (not wx.legacy_clients or len({p.price_fen for p in wx.products.values()}) == len(wx.products),
-             "wechat.legacy_clients: each of wechat.products needs its own price_fen (old clients "
-             "choose a product by its price, total_fee)"),
-        ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    for name, product in wx.products.items():
-        if not (1 <= len(name) <= 32 and name.replace("_", "").replace("-", "").isalnum() and name.isascii()):
-            raise ConfigError(f"wechat.products.{name}: ids are 1-32 letters, digits, '-' or '_'")
-        if product.price_fen < 1:
-            raise ConfigError(f"wechat.products.{name}.price_fen: must be >= 1 (in fen: 100 = 1 yuan)")
-        if product.credits < 1:
-            raise ConfigError(f"wechat.products.{name}.credits: must be >= 1")
-        if not 1 <= len(product.description) <= 127:
-            raise ConfigError(f"wechat.products.{name}.description: 1 to 127 characters")
-
 
 
 @dataclass(frozen=True)
@@ -359,9 +252,10 @@ class Config:
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration minus secrets (the admin's ``GET /api/v1/config``)."""
-        data = _masked(self)
+        data: dict[str, Any] = _masked(self)
         data["server"]["tls"] = {"enabled": bool(self.server.tls.cert)}
-        return _jsonable(data)
+        public: dict[str, Any] = _jsonable(data)
+        return public
 
 
 def redacted_url(url: str) -> str:
@@ -384,7 +278,7 @@ def _jsonable(value: Any) -> Any:
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
-    if dataclasses.is_dataclass(typ):
+    if isinstance(typ, type) and dataclasses.is_dataclass(typ):
         if value is None:
             value = {}
         if not isinstance(value, Mapping):
@@ -482,7 +376,7 @@ def _validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    _validate_wechat(cfg.wechat)
+    validate_wechat_config(cfg.wechat)
     _validate_abuse_limits(cfg)
     _validate_storage(cfg)
     for i, net in enumerate(cfg.server.trusted_proxies):
@@ -502,7 +396,7 @@ def _validate(cfg: Config) -> None:
 
 
 def _validate_storage(cfg: Config) -> None:
-    """The keys of issue 8: which backend holds the shared state."""
+    """Which backend holds the shared state, and how to reach Redis."""
     st = cfg.storage
     if st.backend not in ("sqlite", "redis"):
         raise ConfigError(f"storage.backend: must be sqlite or redis, got {st.backend!r}")
@@ -519,7 +413,7 @@ def _validate_storage(cfg: Config) -> None:
 
 
 def _validate_abuse_limits(cfg: Config) -> None:
-    """The keys of issue 6: node allow-list, read timeouts, rate limits."""
+    """Node allow-list, read timeouts, rate limits: the keys that bound what a client or node may cost."""
     rl, lim = cfg.rate_limit, cfg.limits
     checks: list[tuple[bool, str]] = [
         (cfg.dispatch.retry_backoff >= 0, "dispatch.retry_backoff: must be >= 0"),

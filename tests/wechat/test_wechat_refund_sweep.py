@@ -12,7 +12,7 @@ from support import ADMIN_TOKEN, Gateway
 from wechat_fake import FakeWechat
 from wechat_support import buy, login, user
 
-from photogate.wechat import WECHAT
+from photogate.wechat.service import WECHAT
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NONE = {"paid": 0, "closed": 0, "pending": 0, "errors": 0, "refunded": 0, "refund_closed": 0, "refund_pending": 0}
@@ -42,7 +42,7 @@ async def test_sweep_settles_refunds_whose_notification_never_came(wx_gateway: G
     refunds = {no: await _refund(gateway, fake, no) for no in (done, closed, stuck, waiting)}
     assert all(r["notify_url"] for r in fake.refunds)
     # The admin's request for `lost` never reached WeChat: begun here, unknown there.
-    assert await service.db.begin_refund(lost, "RFLOST0001", False) == "ok"
+    assert await service.records.begin_refund(lost, "RFLOST0001", False) == "ok"
     assert (await user(gateway, token))["credits"] == 0  # an admin refund takes the credits at once
 
     # WeChat finishes three of them; their notifications are lost (nothing is delivered).

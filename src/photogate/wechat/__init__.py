@@ -1,46 +1,13 @@
-"""WeChat mini-program login and WeChat Pay API v3 (issue 7).
+"""WeChat mini-program login and WeChat Pay API v3.
 
-:func:`setup_wechat` is all ``create_app`` calls: when ``wechat.appid`` is set it adds the
-``/api/wechat/`` routes, installs the WeChat access policy (login, credits, owner-only
-tasks) and owns the service's life in ``cleanup_ctx``.
+- :mod:`.config`: the ``wechat:`` section and its validation (imports nothing of the runtime,
+  so the core config may hold it);
+- :mod:`.records`: users, sessions, orders, refunds and credit charges behind the
+  :class:`~.records.protocol.WechatRecords` protocol, in SQLite or Redis;
+- :mod:`.login`, :mod:`.pay`: the clients of WeChat's login API and of WeChat Pay API v3;
+- :mod:`.service`: :class:`~.service.WechatService`, what the routes and the access policy call;
+- :mod:`.access`, :mod:`.routes`, :mod:`.legacy`: the HTTP side;
+- :mod:`.app`: :func:`~.app.setup_wechat`, all the gateway's ``create_app`` calls.
+
+This package module imports nothing, so importing :mod:`.config` loads no runtime.
 """
-
-from __future__ import annotations
-
-import asyncio
-from collections.abc import AsyncIterator
-
-from aiohttp import web
-
-from ..access import ACCESS
-from ..gateway import Gateway
-from .access import WechatAccess
-from .routes import routes
-from .service import WECHAT, WechatService
-
-__all__ = ["WECHAT", "WechatAccess", "WechatService", "setup_wechat"]
-
-
-def setup_wechat(app: web.Application, gateway: Gateway) -> None:
-    cfg = gateway.config.wechat
-    if not cfg.appid:
-        return
-    service = WechatService(cfg)  # a key file that cannot be read fails here, at start
-    access = WechatAccess(service, cfg)
-    app[WECHAT] = service
-    app[ACCESS] = access
-    app.add_routes(routes)
-
-    async def run(_app: web.Application) -> AsyncIterator[None]:
-        # Runs after the gateway's own context: its store and dispatcher exist.
-        async with service.running(gateway.store):
-            gateway.dispatcher.access = access
-            await service.refund_failed_tasks()  # tasks that failed while we were down
-            reconciler = asyncio.create_task(service.run_reconciler(), name="wechat-reconciler")
-            try:
-                yield
-            finally:
-                reconciler.cancel()
-                await asyncio.gather(reconciler, return_exceptions=True)
-
-    app.cleanup_ctx.append(run)

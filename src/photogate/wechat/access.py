@@ -6,10 +6,10 @@ import structlog
 from aiohttp import web
 
 from ..access import PaymentRequired
-from ..config import WechatConfig
 from ..errors import Forbidden, Unauthorized
 from ..models import TaskRecord
 from ..netutil import bearer
+from .config import WechatConfig
 from .service import WechatService
 
 log = structlog.get_logger("photogate.wechat.access")
@@ -23,10 +23,8 @@ class WechatAccess:
     def __init__(self, service: WechatService, cfg: WechatConfig) -> None:
         self.service = service
         self.cfg = cfg
-
-    @property
-    def charges(self) -> bool:
-        return self.cfg.billing_enabled
+        #: Whether :meth:`charge` charges anything (``wechat.billing_enabled``; the config is frozen).
+        self.charges = cfg.billing_enabled
 
     async def session(self, request: web.Request) -> str | None:
         """The openid of the request's valid session, if any."""

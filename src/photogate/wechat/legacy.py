@@ -13,15 +13,15 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import WechatProduct
 from ..errors import BadRequest
 from ..jsonbody import json_response
-from . import store as db
+from .config import WechatProduct
+from .records.protocol import CLOSED, CREATED, FAILED, PAID, REFUNDED, REFUNDING
 
 #: Our order states as WeChat Pay's ``trade_state`` (what the original answered).
 TRADE_STATE = {
-    db.CREATED: "NOTPAY", db.PAID: "SUCCESS", db.CLOSED: "CLOSED", db.FAILED: "PAYERROR",
-    db.REFUNDING: "REFUND", db.REFUNDED: "REFUND",
+    CREATED: "NOTPAY", PAID: "SUCCESS", CLOSED: "CLOSED", FAILED: "PAYERROR",
+    REFUNDING: "REFUND", REFUNDED: "REFUND",
 }
 
 _OPENID = re.compile(r"[A-Za-z0-9_-]{1,128}")

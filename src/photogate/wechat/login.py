@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import structlog
 
-from ..config import WechatConfig
 from ..errors import (
     BadRequest,
     Forbidden,
@@ -23,6 +22,7 @@ from ..errors import (
     ServiceUnavailable,
     TooManyRequests,
 )
+from .config import WechatConfig
 
 log = structlog.get_logger("photogate.wechat.login")
 

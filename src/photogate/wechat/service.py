@@ -1,7 +1,8 @@
 """The WeChat service: sessions, orders, notifications, reconciliation, refunds, credits.
 
 Owns its aiohttp session (WeChat's answers must be decompressed before they are
-verified, unlike the gateway's proxy session) and its tables in the gateway's store.
+verified, unlike the gateway's proxy session) and its records beside the gateway's own
+(:func:`~.records.open_wechat_records`: the same SQLite file or Redis).
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ import structlog
 from aiohttp import web
 
 from ..audit import audit
-from ..config import ConfigError, WechatConfig
+from ..config_fields import ConfigError
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
-from ..storage.redis.store import RedisStore
-from ..storage.sqlite.store import SQLiteStore
-from . import store as db
-from .db import RedisWechatDB, SQLiteWechatDB, wechat_db
+from ..storage.protocols import Store
+from .config import WechatConfig
 from .login import Identity, UpstreamError, WechatApi
 from .pay import (
     PROBE_PREFIX,
@@ -40,6 +39,8 @@ from .pay import (
     request_payment_params,
     rfc3339,
 )
+from .records import WechatRecords, open_wechat_records
+from .records.protocol import CREATED, FAILED, PAID, REFUNDING, Order
 
 log = structlog.get_logger("photogate.wechat")
 
@@ -64,6 +65,9 @@ def _new_order_no(prefix: str) -> str:
 
 
 class WechatService:
+    """What the WeChat routes and :class:`~.access.WechatAccess` call: it talks to WeChat (login,
+    WeChat Pay) and keeps the outcome in :class:`~.records.WechatRecords`."""
+
     def __init__(self, cfg: WechatConfig) -> None:
         self.cfg = cfg
         self.merchant: Merchant | None = None
@@ -71,8 +75,7 @@ class WechatService:
         if cfg.billing_enabled:
             self._load_keys()
         # Filled by running():
-        self.store: SQLiteStore | RedisStore
-        self.db: SQLiteWechatDB | RedisWechatDB
+        self.records: WechatRecords
         self.session: aiohttp.ClientSession
         self.api: WechatApi
         self.pay: PayClient | None = None
@@ -102,10 +105,9 @@ class WechatService:
             raise ConfigError("wechat.platform_certs: no valid WeChat Pay key (all certificates expired?)")
 
     @asynccontextmanager
-    async def running(self, store: SQLiteStore | RedisStore) -> AsyncIterator[WechatService]:
-        self.store = store
-        self.db = wechat_db(store)
-        await self.db.create_schema()
+    async def running(self, store: Store) -> AsyncIterator[WechatService]:
+        self.records = open_wechat_records(store)
+        await self.records.create_schema()
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self.api = WechatApi(self.session, self.cfg)
         if self.merchant is not None:
@@ -123,54 +125,53 @@ class WechatService:
         """``wx.login()`` code → our own session token (returned once, stored hashed)."""
         identity = await self.api.code2session(code)
         token = secrets.token_urlsafe(32)
-        await self.db.login(identity.openid, identity.unionid, token_hash(token),
-                                                self.cfg.session_ttl)
+        await self.records.login(identity.openid, identity.unionid, token_hash(token), self.cfg.session_ttl)
         log.info("wechat_login", openid=identity.openid)
         return token, identity
 
     async def session_openid(self, token: str) -> str | None:
         digest = token_hash(token)
-        return await self.db.session_openid(digest)
+        return await self.records.session_openid(digest)
 
     # -- credits ------------------------------------------------------------------------------
 
     async def charge(self, openid: str, task_id: str) -> bool:
         amount = self.cfg.credits_per_enhancement
-        ok = await self.db.charge(openid, task_id, amount)
+        ok = await self.records.charge(openid, task_id, amount)
         if ok:
             log.info("credits_charged", openid=openid, task_id=task_id, credits=amount)
         return ok
 
     async def refund_task(self, task_id: str) -> int:
-        given = await self.db.refund_charge(task_id)
+        given = await self.records.refund_charge(task_id)
         if given:
             log.info("credits_refunded", task_id=task_id, credits=given)
         return given
 
     async def refund_failed_tasks(self) -> int:
-        task_ids = await self.db.failed_charged_tasks()
+        task_ids = await self.records.failed_charged_tasks()
         for task_id in task_ids:
             await self.refund_task(task_id)
         return len(task_ids)
 
     async def user_view(self, openid: str) -> dict[str, Any]:
-        view = {"credits": await self.db.credits(openid),
-                "orders": [o.public() for o in await self.db.user_orders(openid)],
-                "tasks": await self.db.user_tasks(openid)}
+        view = {"credits": await self.records.credits(openid),
+                "orders": [o.public() for o in await self.records.user_orders(openid)],
+                "tasks": await self.records.user_tasks(openid)}
         return {"success": True, "openid": openid, "billing_enabled": self.cfg.billing_enabled,
                 "credits_per_enhancement": self.cfg.credits_per_enhancement, **view}
 
     async def user_orders(self, openid: str) -> list[dict[str, Any]]:
-        return [o.public() for o in await self.db.user_orders(openid, 100)]
+        return [o.public() for o in await self.records.user_orders(openid, 100)]
 
     async def user_stats(self, openid: str) -> dict[str, Any]:
         """``GET /api/wechat/pay/stats``: the user's credits and their latest orders, counted."""
-        orders = await self.db.user_orders(openid, 100)
+        orders = await self.records.user_orders(openid, 100)
         by_state: dict[str, int] = {}
         for order in orders:
             by_state[order.state] = by_state.get(order.state, 0) + 1
-        paid = [o for o in orders if o.state == db.PAID]  # refunded ones are counted in by_state only
-        return {"openid": openid, "credits": await self.db.credits(openid), "total_orders": len(orders),
+        paid = [o for o in orders if o.state == PAID]  # refunded ones are counted in by_state only
+        return {"openid": openid, "credits": await self.records.credits(openid), "total_orders": len(orders),
                 "paid_orders": len(paid), "total_paid_fen": sum(o.amount for o in paid),
                 "credits_bought": sum(o.credits for o in paid), "by_state": by_state}
 
@@ -192,12 +193,12 @@ class WechatService:
         if product is None:
             raise BadRequest(f"product: unknown; choose one of {', '.join(sorted(self.cfg.products))}")
         now = time.time()
-        order = db.Order(
+        order = Order(
             out_trade_no=_new_order_no("PG"), openid=openid, product=product_id, description=product.description,
-            amount=product.price_fen, currency="CNY", credits=product.credits, state=db.CREATED,
+            amount=product.price_fen, currency="CNY", credits=product.credits, state=CREATED,
             created_at=now, updated_at=now,
         )
-        await self.db.insert_order(order)
+        await self.records.insert_order(order)
         try:
             prepay_id = await pay.jsapi(
                 appid=self.cfg.appid, description=product.description, out_trade_no=order.out_trade_no,
@@ -207,7 +208,7 @@ class WechatService:
             )
         except (PayError, PayUnavailable) as exc:
             error = str(exc)
-            await self.db.update_order(order.out_trade_no, state=db.FAILED, error=error)
+            await self.records.update_order(order.out_trade_no, state=FAILED, error=error)
             log.error("wechatpay_order_failed", out_trade_no=order.out_trade_no, error=str(exc))
             if isinstance(exc, PayError) and exc.status == 401:
                 raise UpstreamError(f"WeChat Pay refused this gateway's merchant signature ({exc.code}); "
@@ -215,7 +216,7 @@ class WechatService:
             if isinstance(exc, PayError) and not exc.retry:
                 raise UpstreamError(f"WeChat Pay refused the order ({exc.code}); try again later") from None
             raise ServiceUnavailable("WeChat Pay is unreachable; try again in a moment") from None
-        await self.db.update_order(order.out_trade_no, prepay_id=prepay_id)
+        await self.records.update_order(order.out_trade_no, prepay_id=prepay_id)
         log.info("wechatpay_order_created", out_trade_no=order.out_trade_no, openid=openid, product=product_id,
                  amount=order.amount)
         assert self.merchant is not None
@@ -223,9 +224,10 @@ class WechatService:
                 "credits": order.credits, "payment": request_payment_params(self.cfg.appid, self.merchant.private_key,
                                                                             prepay_id)}
 
-    def _mismatch(self, order: db.Order, tx: Mapping[str, Any]) -> str | None:
-        amount = tx.get("amount") if isinstance(tx.get("amount"), dict) else {}
-        payer = tx.get("payer") if isinstance(tx.get("payer"), dict) else {}
+    def _mismatch(self, order: Order, tx: Mapping[str, Any]) -> str | None:
+        raw_amount, raw_payer = tx.get("amount"), tx.get("payer")
+        amount = raw_amount if isinstance(raw_amount, dict) else {}
+        payer = raw_payer if isinstance(raw_payer, dict) else {}
         checks = [
             ("mchid", tx.get("mchid"), self.cfg.mchid),
             ("appid", tx.get("appid"), self.cfg.appid),
@@ -239,7 +241,7 @@ class WechatService:
                 return f"{name} does not match the order"
         return None
 
-    async def _settle(self, order: db.Order, tx: Mapping[str, Any], source: str) -> bool:
+    async def _settle(self, order: Order, tx: Mapping[str, Any], source: str) -> bool:
         """Apply a verified transaction to its order; ``True`` when this call granted the credits."""
         problem = self._mismatch(order, tx)
         if problem:
@@ -249,7 +251,7 @@ class WechatService:
         if tx.get("trade_state") != "SUCCESS":
             return False
         transaction_id = str(tx.get("transaction_id") or "")
-        credited = await self.db.mark_paid(order.out_trade_no, transaction_id)
+        credited = await self.records.mark_paid(order.out_trade_no, transaction_id)
         if credited:
             log.info("wechatpay_order_paid", out_trade_no=order.out_trade_no, openid=order.openid,
                      credits=order.credits, source=source)
@@ -279,7 +281,7 @@ class WechatService:
             raise NotifyRejected("malformed or undecryptable resource") from None
         event_type = str(event.get("event_type", ""))
         out_trade_no = str(tx.get("out_trade_no", ""))
-        order = await self.db.get_order(out_trade_no)
+        order = await self.records.get_order(out_trade_no)
         if order is None:
             log.error("wechatpay_notify_unknown_order", out_trade_no=out_trade_no[:64], event_type=event_type)
             raise NotifyRejected("unknown out_trade_no")
@@ -293,13 +295,13 @@ class WechatService:
             return
         await self._settle(order, tx, "notify")
 
-    async def _refunded(self, order: db.Order, refund_id: str) -> None:
+    async def _refunded(self, order: Order, refund_id: str) -> None:
         """Apply a verified ``REFUND.SUCCESS``: the credits the order granted go back, once.
 
         Policy: a refund made outside the gateway (the merchant console) takes back what the
         order granted; if the user spent some already, what remains is taken and the
         shortfall recorded and audited. Nothing is taken twice."""
-        result = await self.db.refund_succeeded(order.out_trade_no, refund_id)
+        result = await self.records.refund_succeeded(order.out_trade_no, refund_id)
         if result is None:
             log.info("wechatpay_refund_already_applied", out_trade_no=order.out_trade_no)
             return
@@ -311,15 +313,15 @@ class WechatService:
 
     async def query(self, openid: str, out_trade_no: str) -> dict[str, Any]:
         """The caller's own order; an unpaid one is first asked of WeChat (a notification may be late)."""
-        order = await self.db.get_order(out_trade_no)
+        order = await self.records.get_order(out_trade_no)
         if order is None or order.openid != openid:
             raise NotFound("unknown order")
-        if order.state == db.CREATED and self.pay is not None:
+        if order.state == CREATED and self.pay is not None:
             try:
                 await self._settle(order, await self.pay.query(out_trade_no), "query")
             except (PayError, PayUnavailable, NotifyRejected) as exc:
                 log.warning("wechatpay_query_failed", out_trade_no=out_trade_no, error=str(exc))
-            order = await self.db.get_order(out_trade_no) or order
+            order = await self.records.get_order(out_trade_no) or order
         return {"success": True, "order": order.public()}
 
     async def reconcile(self, now: float | None = None) -> dict[str, int]:
@@ -327,7 +329,7 @@ class WechatService:
         ask WeChat about refunds still ``refunding`` (:meth:`_sweep_refunds`)."""
         counts = {"paid": 0, "closed": 0, "pending": 0, "errors": 0,
                   "refunded": 0, "refund_closed": 0, "refund_pending": 0}
-        await self.db.purge_sessions()
+        await self.records.purge_sessions()
         await self.refund_failed_tasks()
         if self.pay is None:
             return counts
@@ -339,7 +341,7 @@ class WechatService:
 
     async def _sweep_orders(self, cutoff: float, counts: dict[str, int]) -> None:
         assert self.pay is not None
-        for order in await self.db.stale_orders(cutoff):
+        for order in await self.records.stale_orders(cutoff):
             no = order.out_trade_no
             try:
                 try:
@@ -355,7 +357,7 @@ class WechatService:
                 elif state in ("NOTPAY", "CLOSED", "REVOKED", "PAYERROR"):
                     if state == "NOTPAY":
                         await self.pay.close(no)
-                    await self.db.mark_closed(no)
+                    await self.records.mark_closed(no)
                     log.info("wechatpay_order_closed", out_trade_no=no, trade_state=state)
                     counts["closed"] += 1
                 else:
@@ -368,7 +370,7 @@ class WechatService:
         """Query each refund still ``refunding`` (a notification may be lost, or never asked for
         by an older gateway) and settle it as its notification would."""
         assert self.pay is not None
-        for order in await self.db.pending_refunds(cutoff):
+        for order in await self.records.pending_refunds(cutoff):
             no, out_refund_no = order.out_trade_no, str(order.out_refund_no)
             try:
                 try:
@@ -398,14 +400,14 @@ class WechatService:
     async def refund_order(self, out_trade_no: str, reason: str, force: bool) -> dict[str, Any]:
         """Admin refund: take the credits back, then ask WeChat to return the money."""
         pay = self._pay()
-        order = await self.db.get_order(out_trade_no)
+        order = await self.records.get_order(out_trade_no)
         if order is None:
             raise NotFound("unknown order")
-        if order.state == db.REFUNDING and order.out_refund_no:
+        if order.state == REFUNDING and order.out_refund_no:
             out_refund_no = order.out_refund_no  # a retry: WeChat dedupes on out_refund_no
         else:
             out_refund_no = _new_order_no("RF")
-            result = await self.db.begin_refund(out_trade_no, out_refund_no, force)
+            result = await self.records.begin_refund(out_trade_no, out_refund_no, force)
             if result == "state":
                 raise Conflict(f"only a paid order can be refunded (this one is {order.state})")
             if result == "spent":
@@ -421,20 +423,20 @@ class WechatService:
         except PayError as exc:
             if not exc.retry:
                 error = str(exc)
-                await self.db.undo_refund(out_trade_no, error)
+                await self.records.undo_refund(out_trade_no, error)
                 raise UpstreamError(f"WeChat Pay refused the refund ({exc.code}: {exc.message})") from None
             raise ServiceUnavailable(f"WeChat Pay is busy ({exc.code}); the refund may or may not have been made: "
                                      "retry the same request (it is idempotent)") from None
         except PayUnavailable:
             raise ServiceUnavailable("WeChat Pay did not answer; the refund may or may not have been made: "
                                      "retry the same request (it is idempotent)") from None
-        order = await self.db.get_order(out_trade_no) or order
+        order = await self.records.get_order(out_trade_no) or order
         status = await self._refund_status(order, {**answer, "out_refund_no": out_refund_no}, "refund")
         log.info("wechatpay_refund_requested", out_trade_no=out_trade_no, status=status)
-        order = await self.db.get_order(out_trade_no) or order
+        order = await self.records.get_order(out_trade_no) or order
         return {"success": True, "order": order.public(), "refund_status": answer.get("status")}
 
-    async def _refund_status(self, order: db.Order, refund: Mapping[str, Any], source: str) -> str:
+    async def _refund_status(self, order: Order, refund: Mapping[str, Any], source: str) -> str:
         """Apply a verified refund status — from the refund's answer, its notification or the sweep's
         query — to its order; return the status.
 
@@ -452,7 +454,7 @@ class WechatService:
         if status == "SUCCESS":
             await self._refunded(order, refund_id)
         elif status == "CLOSED" and ours:
-            await self.db.undo_refund(order.out_trade_no, f"refund {order.out_refund_no} closed by WeChat")
+            await self.records.undo_refund(order.out_trade_no, f"refund {order.out_refund_no} closed by WeChat")
             log.warning("wechatpay_refund_closed", out_trade_no=order.out_trade_no, source=source)
             audit("wechat_refund_closed", who="wechatpay", ip="", out_trade_no=order.out_trade_no,
                   openid=order.openid, out_refund_no=order.out_refund_no, credits=order.credits)
@@ -460,7 +462,7 @@ class WechatService:
             log.error("wechatpay_refund_abnormal", out_trade_no=order.out_trade_no, out_refund_no=order.out_refund_no,
                       source=source, hint="settle this refund on the merchant platform")
         if ours and refund_id and status in ("PROCESSING", "ABNORMAL"):
-            await self.db.update_order(order.out_trade_no, refund_id=refund_id)
+            await self.records.update_order(order.out_trade_no, refund_id=refund_id)
         return status
 
 

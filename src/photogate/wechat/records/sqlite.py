@@ -1,19 +1,23 @@
-"""WeChat users, sessions, orders and credit charges: tables in the gateway's SQLite file.
+"""WeChat records in SQLite: tables in the gateway's own SQLite file.
 
-Every function here is synchronous and takes the connection: call it through
-``SQLiteStore.run`` (the store's own thread), never on the event loop. Credit changes are
-single statements or ``BEGIN IMMEDIATE`` transactions, so a credit is never granted or
-spent twice, whatever arrives concurrently.
+:class:`SQLiteWechatRecords` runs the synchronous functions below on the SQLite store's
+thread (its ``run``), never on the event loop. Credit changes are single statements or
+``BEGIN IMMEDIATE`` transactions, so a credit is never granted or spent twice, whatever
+arrives concurrently.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
+from typing import Any, Protocol, TypeVar
+
+from .protocol import CLOSED, CREATED, FAILED, PAID, REFUNDED, REFUNDING, Order
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS wx_users (
@@ -70,43 +74,13 @@ CREATE TABLE IF NOT EXISTS wx_clawbacks (
 );
 """
 
-#: Order states. ``created`` is written before WeChat is called, so a notification or a
-#: query always finds the order; ``failed``: WeChat refused to create it.
-CREATED, FAILED, PAID, CLOSED, REFUNDING, REFUNDED = "created", "failed", "paid", "closed", "refunding", "refunded"
-
 _ORDER_COLUMNS = (
     "out_trade_no, openid, product, description, amount, currency, credits, state, prepay_id, transaction_id,"
     " error, out_refund_no, refund_id, created_at, updated_at, paid_at"
 )
 
 
-@dataclass
-class Order:
-    out_trade_no: str
-    openid: str
-    product: str
-    description: str
-    amount: int
-    currency: str
-    credits: int
-    state: str
-    prepay_id: str | None = None
-    transaction_id: str | None = None
-    error: str | None = None
-    out_refund_no: str | None = None
-    refund_id: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    paid_at: float | None = None
-
-    def public(self) -> dict[str, Any]:
-        """What the mini program sees (no prepay_id: it is only good for paying this order)."""
-        data = asdict(self)
-        del data["prepay_id"], data["openid"], data["error"]
-        return data
-
-
-def _order(row: Any) -> Order:
+def _order(row: tuple[Any, ...]) -> Order:
     return Order(*row)
 
 
@@ -145,7 +119,7 @@ def login(conn: sqlite3.Connection, openid: str, unionid: str | None, token_hash
 def session_openid(conn: sqlite3.Connection, token_hash: str) -> str | None:
     row = conn.execute("SELECT openid FROM wx_sessions WHERE token_hash = ? AND expires_at > ?",
                        (token_hash, time.time())).fetchone()
-    return row[0] if row else None
+    return str(row[0]) if row else None
 
 
 def purge_sessions(conn: sqlite3.Connection) -> int:
@@ -166,10 +140,10 @@ def insert_order(conn: sqlite3.Connection, order: Order) -> None:
                  tuple(values.values()))
 
 
-def update_order(conn: sqlite3.Connection, out_trade_no: str, **changes: Any) -> None:
-    changes["updated_at"] = time.time()
-    assignments = ", ".join(f"{k} = ?" for k in changes)
-    conn.execute(f"UPDATE wx_orders SET {assignments} WHERE out_trade_no = ?", (*changes.values(), out_trade_no))
+def update_order(conn: sqlite3.Connection, out_trade_no: str, changes: dict[str, str | None]) -> None:
+    values: dict[str, object] = {**changes, "updated_at": time.time()}
+    assignments = ", ".join(f"{k} = ?" for k in values)
+    conn.execute(f"UPDATE wx_orders SET {assignments} WHERE out_trade_no = ?", (*values.values(), out_trade_no))
 
 
 def get_order(conn: sqlite3.Connection, out_trade_no: str) -> Order | None:
@@ -317,7 +291,7 @@ def failed_charged_tasks(conn: sqlite3.Connection) -> list[str]:
     """Tasks that failed while their charge stands (a crash between the two): to refund."""
     rows = conn.execute("SELECT c.task_id FROM wx_charges c JOIN tasks t ON t.task_id = c.task_id"
                         " WHERE c.state = 'charged' AND t.status = 'failed'").fetchall()
-    return [r[0] for r in rows]
+    return [str(r[0]) for r in rows]
 
 
 def user_tasks(conn: sqlite3.Connection, openid: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -326,3 +300,76 @@ def user_tasks(conn: sqlite3.Connection, openid: str, limit: int = 20) -> list[d
     return [{"task_id": r[0], "status": r[1], "created_at": r[2],
              "result_url": f"/api/v1/download/{r[0]}" if r[1] == "completed" else None,
              "error": r[3] if r[1] == "failed" else None} for r in rows]
+
+
+class Connection(Protocol):
+    """What the records need of the SQLite store: a function run on its own thread."""
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+class SQLiteWechatRecords:
+    """:class:`~.protocol.WechatRecords` in the gateway's SQLite file."""
+
+    def __init__(self, store: Connection) -> None:
+        self.store = store
+
+    async def create_schema(self) -> None:
+        await self.store.run(create_schema)
+
+    async def login(self, openid: str, unionid: str | None, token_hash: str, ttl: float) -> None:
+        await self.store.run(lambda conn: login(conn, openid, unionid, token_hash, ttl))
+
+    async def session_openid(self, token_hash: str) -> str | None:
+        return await self.store.run(lambda conn: session_openid(conn, token_hash))
+
+    async def purge_sessions(self) -> int:
+        return await self.store.run(purge_sessions)
+
+    async def credits(self, openid: str) -> int:
+        return await self.store.run(lambda conn: credits(conn, openid))
+
+    async def insert_order(self, order: Order) -> None:
+        await self.store.run(lambda conn: insert_order(conn, order))
+
+    async def update_order(self, out_trade_no: str, **changes: str | None) -> None:
+        await self.store.run(lambda conn: update_order(conn, out_trade_no, changes))
+
+    async def get_order(self, out_trade_no: str) -> Order | None:
+        return await self.store.run(lambda conn: get_order(conn, out_trade_no))
+
+    async def user_orders(self, openid: str, limit: int = 20) -> list[Order]:
+        return await self.store.run(lambda conn: user_orders(conn, openid, limit))
+
+    async def stale_orders(self, before: float, limit: int = 100) -> list[Order]:
+        return await self.store.run(lambda conn: stale_orders(conn, before, limit))
+
+    async def pending_refunds(self, before: float, limit: int = 100) -> list[Order]:
+        return await self.store.run(lambda conn: pending_refunds(conn, before, limit))
+
+    async def mark_paid(self, out_trade_no: str, transaction_id: str) -> bool:
+        return await self.store.run(lambda conn: mark_paid(conn, out_trade_no, transaction_id))
+
+    async def mark_closed(self, out_trade_no: str) -> bool:
+        return await self.store.run(lambda conn: mark_closed(conn, out_trade_no))
+
+    async def begin_refund(self, out_trade_no: str, out_refund_no: str, force: bool) -> str:
+        return await self.store.run(lambda conn: begin_refund(conn, out_trade_no, out_refund_no, force))
+
+    async def undo_refund(self, out_trade_no: str, error: str) -> None:
+        await self.store.run(lambda conn: undo_refund(conn, out_trade_no, error))
+
+    async def refund_succeeded(self, out_trade_no: str, refund_id: str) -> tuple[int, int] | None:
+        return await self.store.run(lambda conn: refund_succeeded(conn, out_trade_no, refund_id))
+
+    async def charge(self, openid: str, task_id: str, amount: int) -> bool:
+        return await self.store.run(lambda conn: charge(conn, openid, task_id, amount))
+
+    async def refund_charge(self, task_id: str) -> int:
+        return await self.store.run(lambda conn: refund_charge(conn, task_id))
+
+    async def failed_charged_tasks(self) -> list[str]:
+        return await self.store.run(failed_charged_tasks)
+
+    async def user_tasks(self, openid: str, limit: int = 20) -> list[dict[str, Any]]:
+        return await self.store.run(lambda conn: user_tasks(conn, openid, limit))
