@@ -59,7 +59,7 @@ def tile_inputs(model: SRModel, img: Image.Image, tile: int, overlap: int) -> li
             n, c, h, w = x.shape
             return np.zeros((n, c, h * self.scale, w * self.scale), np.float32)
 
-    tiling.upscale(Recorder(), img, tile=tile, overlap=overlap, fixed_size=model.info.fixed_size)
+    tiling.upscale(Recorder(), img, tiling.Tiles(tile=tile, overlap=overlap, fixed_size=model.info.fixed_size))
     return captured
 
 

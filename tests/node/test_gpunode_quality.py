@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from gpunode_support import IMAGES, png_bytes
+from node_support import IMAGES, png_bytes
 from PIL import Image
 
 PHOTOS = ["astronaut_crop.png", "coffee_crop.png", "chelsea_crop.png", "rocket.jpg"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import struct
 
-from gpunode_support import png_bytes
+from node_support import png_bytes
 from PIL import Image, ImageCms
 
 AUTH = {"Authorization": "Bearer tok"}

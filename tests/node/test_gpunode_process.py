@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gpunode_support import (
+from node_support import (
     FakeGateway,
     photo,
     png_bytes,

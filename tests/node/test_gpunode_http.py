@@ -8,7 +8,7 @@ import json
 import time
 
 import numpy as np
-from gpunode_support import mean_abs, photo, png_bytes, wait_for
+from node_support import mean_abs, photo, png_bytes, wait_for
 from PIL import Image
 
 from gpunode import tiling

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from gpunode_support import REFERENCE_MODEL, photo, png_bytes
+from node_support import REFERENCE_MODEL, photo, png_bytes
 from PIL import Image
 
 from gpunode.config import bundled_model_path

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from gpunode_support import free_socket, photo, png_bytes, wait_for
+from node_support import free_socket, photo, png_bytes, wait_for
 from PIL import Image
 
 from gpunode.keys import REGISTRAR

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpunode_support import photo, png_bytes
+from node_support import photo, png_bytes
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpunode import tiling
@@ -52,6 +52,6 @@ def test_count_tiles_matches_the_tiler(sr_model) -> None:  # type: ignore[no-unt
 
     for size, scale in (((150, 70), None), ((40, 30), None), ((50, 40), "4")):
         ran: list[int] = []
-        tiling.enhance_rgb(sr_model, photo().resize(size), float(scale or 2), tile=64, overlap=16,
-                           on_tile=lambda ran=ran: ran.append(1))
+        tiling.enhance_rgb(sr_model, photo().resize(size), float(scale or 2),
+                           tiling.Tiles(tile=64, overlap=16, on_tile=lambda ran=ran: ran.append(1)))
         assert count_tiles(Engine(), *size, scale) == len(ran), size

@@ -3,7 +3,7 @@ registered, whatever its token; a gateway node is once the gateway gave it an id
 
 from __future__ import annotations
 
-from gpunode_support import FakeGateway, wait_for
+from node_support import FakeGateway, wait_for
 
 from gpunode.keys import REGISTRAR
 

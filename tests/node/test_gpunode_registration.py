@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gpunode_support import FakeGateway, photo, png_bytes, wait_for
+from node_support import FakeGateway, photo, png_bytes, wait_for
 
 from gpunode.keys import REGISTRAR
 from gpunode.registration import load_node_key
