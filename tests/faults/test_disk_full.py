@@ -20,19 +20,9 @@ from typing import Any
 import aiohttp
 import pytest
 from ci_skips import fell_back
-from faults_support import (
-    Procs,
-    control,
-    digest,
-    download,
-    fault_node_argv,
-    register,
-    status,
-    submit,
-    unique_photo,
-    wait_answers,
-    wait_finished,
-)
+from faults_support import Procs, control, fault_node_argv, wait_answers
+from helpers.photos import digest, unique_photo
+from helpers.public_api import download, register, status, submit, wait_finished
 from PIL import Image
 
 from photogate.blobs import BlobWriter
@@ -110,7 +100,7 @@ async def test_disk_full_refuses_cleanly_and_resumes(make_gateway, small_disk: S
     base = str(gw.client.make_url("")).rstrip("/")
     port = await procs.serve("node", lambda p: fault_node_argv(p, "ok"))
     await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
-    server_id = await register(session, base, port)
+    server_id = (await register(session, base, port))["server_id"]
 
     early = unique_photo(1)
     early_id = await submit(session, base, early)
@@ -165,7 +155,7 @@ async def test_disk_completely_full_keeps_tasks_until_there_is_room(make_gateway
     base = str(gw.client.make_url("")).rstrip("/")
     port = await procs.serve("node", lambda p: fault_node_argv(p, "ok", delay=1.0))
     await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
-    server_id = await register(session, base, port)
+    server_id = (await register(session, base, port))["server_id"]
     big = {await submit(session, base, noise_photo(i)): noise_photo(i) for i in (5, 6)}
     small_disk.fill(leave=0)
 

@@ -9,18 +9,10 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
-from faults_support import (
-    Procs,
-    digest,
-    download,
-    eventually,
-    servers,
-    sim_node_argv,
-    status,
-    submit,
-    unique_photo,
-    wait_finished,
-)
+from faults_support import Procs, sim_node_argv
+from helpers.photos import digest, unique_photo
+from helpers.polling import eventually
+from helpers.public_api import download, servers, status, submit, wait_finished
 from support import wait_until
 
 CONFIG = """

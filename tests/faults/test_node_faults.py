@@ -9,23 +9,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from faults_support import (
-    Procs,
-    control,
-    digest,
-    download,
-    eventually,
-    fault_node_argv,
-    node_stats,
-    register,
-    servers,
-    sim_node_argv,
-    status,
-    submit,
-    unique_photo,
-    wait_answers,
-    wait_finished,
-)
+from faults_support import Procs, control, fault_node_argv, node_stats, sim_node_argv, wait_answers
+from helpers.photos import digest, unique_photo
+from helpers.polling import eventually
+from helpers.public_api import download, register, servers, status, submit, wait_finished
 from support import wait_until
 
 from photogate.keys import GATEWAY
@@ -174,7 +161,7 @@ async def test_flapping_node_loses_nothing(make_gateway, procs: Procs, session, 
     steady = await procs.serve("steady", lambda p: fault_node_argv(p, "ok", delay=0.05))
     for port in (flap, steady):
         await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
-    flap_id = await register(session, base, flap)
+    flap_id = (await register(session, base, flap))["server_id"]
     await register(session, base, steady)
     registry = gw.app[GATEWAY].registry
     states: set[bool] = set()

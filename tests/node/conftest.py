@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
-from node_support import FakeGateway, free_socket
+from helpers.ports import free_socket
+from node_support import FakeGateway
 
 from gpunode.app import create_app
 from gpunode.config import NodeConfig, bundled_model_path
