@@ -59,7 +59,8 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+            + chunk(b"IEND", b""))
 
 
 # -- webhook ----------------------------------------------------------------------------------
@@ -249,7 +250,8 @@ async def test_slow_loris_upload_bounded_by_read_timeouts(make_gateway, nodes) -
     # Sends a little every 0.2 s for 30 s: never stalls long enough, but the upload as a whole
     # is cut at upload_timeout, long before the drip would end.
     answer, seconds = await _raw_request(host, port, head, [b"x" * 64] * 150, 0.2, 15)
-    assert answer.startswith(b"HTTP/1.1 408") and b"took longer" in answer and 1.5 <= seconds < 15, (answer[:200], seconds)
+    assert answer.startswith(b"HTTP/1.1 408") and b"took longer" in answer and 1.5 <= seconds < 15, \
+        (answer[:200], seconds)
     assert not list(gw.app[GATEWAY].blobs.inputs.iterdir())
     # The gateway still serves everyone else.
     task_id = await gw.submit()
@@ -387,8 +389,8 @@ register_like = st.fixed_dictionaries({}, optional={
     "slots": json_values, "weight": json_values, "node_key": json_values, "server_id": json_values,
     "enabled": json_values, "strategy": json_values, "options": json_values,
 })
-bodies = st.one_of(register_like.map(lambda d: json.dumps(d).encode()), json_values.map(lambda v: json.dumps(v).encode()),
-                   st.binary(max_size=300))
+bodies = st.one_of(register_like.map(lambda d: json.dumps(d).encode()),
+                   json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=300))
 JSON_ROUTES = ["/webhook/register", "/webhook/unregister", "/api/v1/config/multi-backend", "/api/v1/config/strategy",
                "/api/v1/config/reload", "/api/v1/admin/servers/GPU-001/drain"]
 
@@ -417,7 +419,7 @@ def _mutate(data: bytes, cuts: list[tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
-SEEDS = [image_bytes(24, 16, "PNG"), image_bytes(24, 16, "JPEG"), image_bytes(24, 16, "WEBP"), image_bytes(24, 16, "BMP")]
+SEEDS = [image_bytes(24, 16, fmt) for fmt in ("PNG", "JPEG", "WEBP", "BMP")]
 
 
 @HYPOTHESIS

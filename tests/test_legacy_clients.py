@@ -107,8 +107,8 @@ async def test_every_error_body_carries_message(make_gateway: Any) -> None:
     # Domain errors (the error middleware).
     body = await _error(await client.get("/api/v1/status/no-such-task"), 404)
     assert "task" in body["message"]
-    await _error(await client.post("/webhook/register", data=b"{not json", headers={"Content-Type": "application/json"}),
-                 400)
+    await _error(await client.post("/webhook/register", data=b"{not json",
+                                   headers={"Content-Type": "application/json"}), 400)
     await _error(await client.post("/api/v1/config/multi-backend", json={"enabled": True}), 401)
     # aiohttp's own HTTP errors, rendered by the same middleware.
     await _error(await client.get("/no/such/path"), 404)

@@ -171,7 +171,8 @@ def test_alert_rules_pass_promtool() -> None:
     """Where Debian's promtool is installed: the rules load, their unit tests pass, the example config is valid."""
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus); the YAML test above still checks the rules")
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus); "
+                    "the YAML test above still checks the rules")
     folder = REPO / "deploy" / "prometheus"
     for args, expected in ((["check", "rules", "alerts.yml"], "SUCCESS: 3 rules found"),
                            (["test", "rules", "alerts_test.yml"], "SUCCESS"),

@@ -43,7 +43,7 @@ FORMATS: dict[str, tuple[str, Callable[[int, int], bytes]]] = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def image(kind: str, width: int, height: int) -> bytes:
     data = FORMATS[kind][1](width, height)
     with Image.open(io.BytesIO(data)) as im:  # what it says it is, and below Pillow's own limit

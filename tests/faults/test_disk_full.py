@@ -80,7 +80,8 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.
     disk.real = mounted
     if not mounted:
         # Weaker evidence than a real full disk: reported, and a failure under CI=true (root there).
-        fell_back(request.node, f"no tmpfs could be mounted ({why or 'mount failed'}); BlobWriter patched to raise ENOSPC")
+        fell_back(request.node,
+                  f"no tmpfs could be mounted ({why or 'mount failed'}); BlobWriter patched to raise ENOSPC")
         def enospc(original: Callable[..., Any]) -> Callable[..., Any]:
             async def write(self: BlobWriter, *args: Any, **kwargs: Any) -> Any:
                 if disk.full:
@@ -95,7 +96,8 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.
         subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=10, check=False)
 
 
-async def test_disk_full_refuses_cleanly_and_resumes(make_gateway, small_disk: SmallDisk, procs: Procs, session) -> None:  # type: ignore[no-untyped-def]
+async def test_disk_full_refuses_cleanly_and_resumes(  # type: ignore[no-untyped-def]
+        make_gateway, small_disk: SmallDisk, procs: Procs, session) -> None:
     gw = await make_gateway(**{"storage.data_dir": str(small_disk.root / "data"), "health_check.interval": 0.1})
     base = str(gw.client.make_url("")).rstrip("/")
     port = await procs.serve("node", lambda p: fault_node_argv(p, "ok"))

@@ -95,7 +95,7 @@ async def test_deeply_nested_json_is_a_400_on_every_json_route(make_gateway) -> 
               ("/api/wechat/auth/openid", {}), ("/api/v1/config/strategy", ADMIN),
               ("/api/v1/config/multi-backend", ADMIN), ("/dashboard/api/strategy", DASHBOARD_ACTION)]
     for path, headers in routes:
-        for body in (deep, '{"secret": "%s", "ip": %s}' % (SECRET, deep), "{" + '"a":{' * 40 + "}" * 41):
+        for body in (deep, f'{{"secret": "{SECRET}", "ip": {deep}}}', "{" + '"a":{' * 40 + "}" * 41):
             resp = await gw.client.post(path, data=body.encode(), headers={"Content-Type": "application/json",
                                                                              **headers})
             assert "nested deeper than 32" in await _error(resp, 400), path

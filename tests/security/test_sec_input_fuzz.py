@@ -37,7 +37,8 @@ async def gw(request: pytest.FixtureRequest, aiohttp_client: Any, tmp_path: Any,
     """The open API with a node up (uploads get parsed), or WeChat login on (its routes exist)."""
     wechat = {"wechat.appid": "wx0123456789abcdef", "wechat.secret": "s" * 32, "wechat.login_enabled": True,
               "wechat.timeout": 1.0, "wechat.api_base": f"http://127.0.0.1:{free_port()}"}
-    cfg = make_config(tmp_path, **{"limits.read_timeout": READ_TIMEOUT, **(wechat if request.param == "wechat" else {})})
+    extra = wechat if request.param == "wechat" else {}
+    cfg = make_config(tmp_path, **{"limits.read_timeout": READ_TIMEOUT, **extra})
     gateway = Gateway(await aiohttp_client(create_app(cfg)))
     if request.param == "open":
         await gateway.register(await nodes())

@@ -372,7 +372,7 @@ async def test_retry_wakes_on_time_in_the_gateway_process(gateway_process, hosti
                 task_id = (await resp.json())["task_id"]
             final: dict[str, Any] = {}
 
-            async def done() -> bool:
+            async def done(task_id: str = task_id, final: dict[str, Any] = final) -> bool:
                 async with session.get(f"{gw.url}/api/v1/status/{task_id}") as resp:
                     final.update(await resp.json())
                 return final["status"] in ("completed", "failed")

@@ -349,7 +349,8 @@ async def test_login_optional_keeps_the_open_api(make_wx_gateway, fake_wechat: F
     assert resp.status == 404 and "not enabled" in (await resp.json())["error"]
 
 
-async def test_charges_of_tasks_failed_while_unhooked_are_refunded(wx_gateway: Gateway, fake_wechat: FakeWechat) -> None:
+async def test_charges_of_tasks_failed_while_unhooked_are_refunded(wx_gateway: Gateway,
+                                                                   fake_wechat: FakeWechat) -> None:
     """A crash between a task failing and its refund: the sweep (start-up, reconcile) gives it back."""
     from photogate.keys import GATEWAY
     from photogate.models import TaskRecord, TaskStatus

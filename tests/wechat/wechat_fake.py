@@ -348,7 +348,8 @@ class FakeWechat:
         ciphertext = AESGCM(APIV3_KEY.encode()).encrypt(nonce.encode(), json.dumps(resource).encode(),
                                                          associated.encode())
         body = json.dumps({
-            "id": secrets.token_hex(16), "create_time": "2024-06-14T10:00:01+08:00", "resource_type": "encrypt-resource",
+            "id": secrets.token_hex(16), "create_time": "2024-06-14T10:00:01+08:00",
+            "resource_type": "encrypt-resource",
             "event_type": event_type, "summary": "支付成功",
             "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
                          "ciphertext": base64.b64encode(ciphertext).decode(), "associated_data": associated,
