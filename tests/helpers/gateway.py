@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from photogate.config import Config, load_config
 
@@ -43,7 +43,9 @@ class Gateway:
 
     @property
     def app(self) -> web.Application:
-        return self.client.server.app
+        server = self.client.server
+        assert isinstance(server, TestServer)
+        return server.app
 
     async def register(self, node: FakeNode, **extra: Any) -> dict[str, Any]:
         body = await public_api.register(self.client, "", node.port, **extra)

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import aiohttp
 
@@ -16,8 +16,18 @@ T = TypeVar("T")
 INTERVAL = 0.02
 
 
-async def wait_until(predicate: Callable[[], Awaitable[T] | T], timeout: float = 10.0,
-                     what: str = "condition", interval: float = INTERVAL) -> T:
+@overload
+async def wait_until(predicate: Callable[[], Awaitable[T]], timeout: float = ..., what: str = ...,
+                     interval: float = ...) -> T: ...
+
+
+@overload
+async def wait_until(predicate: Callable[[], T], timeout: float = ..., what: str = ...,
+                     interval: float = ...) -> T: ...
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+                     interval: float = INTERVAL) -> Any:
     """Poll ``predicate`` (sync or async) until it answers something truthy and answer that;
     fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

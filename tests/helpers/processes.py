@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+import aiohttp
 import yaml
 
 from .gateway import ADMIN_TOKEN, LOOPBACK_NODES
@@ -83,7 +83,7 @@ class GatewayProcess(ChildProcess):
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )
 
-    async def wait_ready(self, session: Any, timeout: float = 20.0) -> None:
+    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 20.0) -> None:
         async def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
             if self._port is None:
