@@ -107,7 +107,8 @@ class LoadResult:
             "rss_after_mib": round(self.rss_after_mib, 1), "killed": self.killed,
             "health_polls": len(self.health_ms), "health_failures": self.health_failures,
             "health_p50_ms": round(statistics.median(self.health_ms), 1) if self.health_ms else None,
-            "health_p99_ms": round(self.health_quantile(0.99), 1), "health_max_ms": round(max(self.health_ms or [0]), 1),
+            "health_p99_ms": round(self.health_quantile(0.99), 1),
+            "health_max_ms": round(max(self.health_ms or [0]), 1),
             "accepted": dict(self.accepted), "refused": dict(self.refused),
         }
 
@@ -200,9 +201,11 @@ async def run_tree(name: str, src: str, args: argparse.Namespace, bombs: dict[st
 
 def table(results: dict[str, LoadResult], args: argparse.Namespace, names: list[str]) -> str:
     lines = [
-        f"{args.clients} clients, {args.seconds:g} s, bombs at {args.max_pixels / 1e6:g} MP, {args.nodes} simulated nodes",
+        f"{args.clients} clients, {args.seconds:g} s, bombs at {args.max_pixels / 1e6:g} MP, "
+        f"{args.nodes} simulated nodes",
         "",
-        "| tree | peak RSS MiB | RSS before / after MiB | health p50 / p99 / max ms | health failed | accepted | refused |",
+        "| tree | peak RSS MiB | RSS before / after MiB | health p50 / p99 / max ms | health failed "
+        "| accepted | refused |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
@@ -27,17 +26,23 @@ import time
 from pathlib import Path
 
 import aiohttp
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet import SECRET, Procs, free_port, gateway_argv, sim_node_argv, wait_for
+from fleet import (
+    GATEWAY_CONFIG,
+    SECRET,
+    Procs,
+    free_port,
+    gateway_argv,
+    jpeg,
+    sim_node_argv,
+    wait_for,
+)
 
 
 async def run(args: argparse.Namespace) -> int:
     trees = dict(t.split("=", 1) for t in args.tree)
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 20, 30)).save(buf, "JPEG")
-    photo = buf.getvalue()
+    photo = jpeg()
     with tempfile.TemporaryDirectory(prefix="photogate-compare-") as tmp:
         work = Path(tmp)
         procs = Procs(work)
@@ -48,7 +53,7 @@ async def run(args: argparse.Namespace) -> int:
                     port, node_port = free_port(), free_port()
                     url = f"http://127.0.0.1:{port}"
                     config = work / f"{name}.yaml"
-                    config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nlogging: {{level: warning}}\n")
+                    config.write_text(GATEWAY_CONFIG)
                     env = {"PYTHONPATH": str(Path(tree).resolve())}
                     procs.start(f"gateway-{name}", gateway_argv(config, port, work / f"data-{name}"), env=env)
 
@@ -70,8 +75,8 @@ async def run(args: argparse.Namespace) -> int:
                     gateways[name] = (url, node_port, token)
 
                 async def direct(node_port: int, token: str) -> None:
-                    async with http.post(f"http://127.0.0.1:{node_port}/v1/enhance", data=photo,
-                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}) as r:
+                    headers = {"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}
+                    async with http.post(f"http://127.0.0.1:{node_port}/v1/enhance", data=photo, headers=headers) as r:
                         await r.read()
 
                 async def through(url: str) -> None:

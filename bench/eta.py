@@ -172,7 +172,8 @@ def fmt(value: Any, spec: str = ".2f") -> str:
 
 
 def row(m: dict[str, Any]) -> str:
-    return (f"| {m['fleet']} | {m['completed']}/{m['jobs']} | {fmt(m['mean_job_s'])} | **{fmt(m['median_abs_err_s'])}** "
+    return (f"| {m['fleet']} | {m['completed']}/{m['jobs']} | {fmt(m['mean_job_s'])} "
+            f"| **{fmt(m['median_abs_err_s'])}** "
             f"| {fmt(m['p90_abs_err_s'])} | {fmt(m['median_rel_err'], '.0%')} "
             f"| {fmt(m['queued_median_abs_err_s'])} ({m['queued_points']}) "
             f"| {fmt(m['running_median_abs_err_s'])} ({m['running_points']}) | {m['unknown']} |")

@@ -1,9 +1,10 @@
-"""Process helpers shared by the benchmarks: ports, a photogate process, simulated nodes,
-nginx and HAProxy in front of them. Loopback only; every wait is bounded."""
+"""What the benchmarks share: ports, photos, a photogate process and its config, simulated
+nodes, nginx and HAProxy in front of them. Loopback only; every wait is bounded."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import socket
@@ -14,16 +15,26 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+from PIL import Image
 
 SECRET = "bench-secret-0123456789"
 NODE_TOKEN = "bench-node-token-0123456789"
 PY = sys.executable
+#: A bench gateway's config: the secret, nodes on loopback, quiet logs (append more YAML).
+GATEWAY_CONFIG = f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nlogging: {{level: warning}}\n"
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+def jpeg(width: int = 64, height: int = 48, color: tuple[int, int, int] = (10, 20, 30), quality: int = 75) -> bytes:
+    """A plain JPEG photo of one colour."""
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0) -> None:
@@ -99,7 +110,8 @@ def ensure_binary(name: str, package: str) -> str | None:
         return path
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, timeout=600, check=False)
+        subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, timeout=600,
+                       check=False)
         return shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
     return None
 

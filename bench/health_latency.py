@@ -2,7 +2,7 @@
 """gpunode ``/health`` latency while the node is idle and while it runs an inference.
 
 The property (health answers during inference: inference never blocks the event loop) is
-asserted by ``tests/gpunode/test_gpunode_http.py`` with states and a generous guard; the
+asserted by ``tests/node/test_gpunode_http.py`` with states and a generous guard; the
 figures live here, where a loaded machine makes a slower number, not a failed test.
 
 A real ``gpunode`` process (standalone, ``--token``, ``--port 0``: it reports the port it bound)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import platform
 import re
@@ -35,17 +34,18 @@ import time
 from pathlib import Path
 
 import aiohttp
-from PIL import Image
 from redis.exceptions import RedisError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import (
+    GATEWAY_CONFIG,
     SECRET,
     WRK_SCRIPT,
     Procs,
     ensure_binary,
     free_port,
     gateway_argv,
+    jpeg,
     sim_node_argv,
     wait_for,
 )
@@ -54,9 +54,7 @@ TASKS = 64
 
 
 def photo(i: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (i % 256, 20, 30)).save(buf, "JPEG")
-    return buf.getvalue()
+    return jpeg(color=(i % 256, 20, 30))
 
 
 def wrk(binary: str, url: str, script: Path, seconds: int) -> subprocess.Popen[str]:
@@ -136,7 +134,7 @@ async def setup(work: Path, name: str, gateways: int, redis_url: str | None, wrk
     config = work / name / "gateway.yaml"
     storage = (f"storage: {{backend: redis, redis_url: '{redis_url}', redis_prefix: '{name}:'}}\n"
                if redis_url else "")
-    config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nlogging: {{level: warning}}\n{storage}")
+    config.write_text(GATEWAY_CONFIG + storage)
     ports = [free_port() for _ in range(gateways)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     result: dict[str, object] = {"setup": name, "gateways": gateways}
@@ -254,8 +252,8 @@ async def run(args: argparse.Namespace) -> int:
                 if line.startswith("model name")), platform.processor())
     print(f"machine: {os.cpu_count()} vCPU ({cpu}), Python {platform.python_version()}, "
           f"{platform.system()} {platform.release()}; wrk: 2 processes x 32 connections, {args.seconds} s\n")
-    print("| backend | gateways | status polls/s | p50 ms | p99 ms | errors | Redis cmds/task (in scripts too) | Redis cmds/poll "
-          "| Redis cmds/s idle |")
+    print("| backend | gateways | status polls/s | p50 ms | p99 ms | errors | Redis cmds/task (in scripts too) "
+          "| Redis cmds/poll | Redis cmds/s idle |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         backend = "sqlite" if r["setup"] == "sqlite" else "redis"

@@ -187,9 +187,9 @@ MUTATIONS: list[Mutation] = [
       [("src/photogate/admin_api.py", "data = gw.config.client_dict()", "data = gw.config.public_dict()")],
       SEC + "test_sec_misc.py::test_public_config_shows_no_operator_details"),
     m("i13-gpunode-secret-file", "gpunode reads its secret from --secret-file",
-      [("src/gpunode/cli.py", 'secret = args.secret_file.read_text(encoding="utf-8").strip()',
+      [("src/gpunode/cli.py", 'secret = secret_file.read_text(encoding="utf-8").strip()',
         "secret = str(args.env_secret)")],
-      "tests/gpunode/test_gpunode_secret_file.py::test_gpunode_secret_from_a_file"),
+      "tests/node/test_gpunode_secret_file.py::test_gpunode_secret_from_a_file"),
     m("i13-disk-full-503", "a full disk (ENOSPC) is a 503 with Retry-After, never a 500",
       [("src/photogate/errors.py", "return exc.errno in (errno.ENOSPC, errno.EDQUOT)", "return False")],
       SEC + "test_sec_misc.py::test_upload_on_a_full_disk_answers_clearly_and_leaves_no_part"),
@@ -231,10 +231,10 @@ MUTATIONS: list[Mutation] = [
         "(fmt or imaging.default_format("),
        ("src/gpunode/inference.py", "imaging.check_output(fmt, *tiling.output_size((in_w, in_h), scale))",
         "(fmt, *tiling.output_size((in_w, in_h), scale))")],
-      "tests/gpunode/test_gpunode_limits_sec.py::test_webp_side_limit_refused_from_the_header_before_inference"),
+      "tests/node/test_gpunode_limits_sec.py::test_webp_side_limit_refused_from_the_header_before_inference"),
     m("i13-cmyk-icc", "a CMYK profile never stays on an RGB result",
       [("src/gpunode/imaging.py", "    if _profile_space(icc) != _PROFILE_SPACE[gray]:\n", "    if False:\n")],
-      "tests/gpunode/test_gpunode_limits_sec.py::test_cmyk_jpeg_converted_through_its_profile_and_not_tagged_cmyk"),
+      "tests/node/test_gpunode_limits_sec.py::test_cmyk_jpeg_converted_through_its_profile_and_not_tagged_cmyk"),
 ]
 
 

@@ -23,7 +23,6 @@ import io
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,9 @@ from PIL import Image
 from gpunode import tiling
 from gpunode.config import bundled_model_path
 from gpunode.model import SRModel, auto_tile_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet import free_port  # noqa: E402
 
 IMAGES = Path(__file__).resolve().parents[1] / "tests" / "gpunode" / "images"
 
@@ -59,7 +61,7 @@ def tile_inputs(model: SRModel, img: Image.Image, tile: int, overlap: int) -> li
             n, c, h, w = x.shape
             return np.zeros((n, c, h * self.scale, w * self.scale), np.float32)
 
-    tiling.upscale(Recorder(), img, tile=tile, overlap=overlap, fixed_size=model.info.fixed_size)
+    tiling.upscale(Recorder(), img, tiling.Tiles(tile=tile, overlap=overlap, fixed_size=model.info.fixed_size))
     return captured
 
 
@@ -68,12 +70,6 @@ def bare_seconds(model: SRModel, tiles: list[np.ndarray]) -> float:
     for x in tiles:
         model.run(x)
     return time.perf_counter() - t0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gpunode_command() -> list[str]:

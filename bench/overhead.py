@@ -40,6 +40,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bombs import memory_kib, tree_rss_kib
 from fleet import (
+    GATEWAY_CONFIG,
     PY,
     SECRET,
     WRK_SCRIPT,
@@ -47,6 +48,7 @@ from fleet import (
     ensure_binary,
     free_port,
     gateway_argv,
+    jpeg,
     sim_node_argv,
     wait_for,
 )
@@ -108,9 +110,7 @@ def wrk(binary: str, url: str, script: Path | None, seconds: int) -> float:
 
 
 def small_photo() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 20, 30)).save(buf, "JPEG")
-    return buf.getvalue()
+    return jpeg()
 
 
 def big_photo(target_bytes: int) -> bytes:
@@ -150,8 +150,7 @@ async def run(args: argparse.Namespace) -> int:
         port, node_port, bare_port = free_port(), free_port(), free_port()
         url = f"http://127.0.0.1:{port}"
         config = work / "gateway.yaml"
-        config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\nlogging: {{level: warning}}\n"
-                          "limits: {max_upload_bytes: 16777216}\n")
+        config.write_text(GATEWAY_CONFIG + "limits: {max_upload_bytes: 16777216}\n")
         gateway = procs.start("photogate", gateway_argv(config, port, work / "data"))
         try:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -250,7 +249,8 @@ async def run(args: argparse.Namespace) -> int:
                             None, wrk, wrk_bin, f"http://127.0.0.1:{bare_port}/api/v1/status/{ids[0]}", None,
                             args.seconds))
                     ratios = [g / b for g, b in zip(gw_runs, bare_runs)]
-                    label = f"status polls/s, photogate (wrk -t2 -c64, {len(sample)} B body; median of {args.rounds} rounds)"
+                    label = (f"status polls/s, photogate (wrk -t2 -c64, {len(sample)} B body; "
+                             f"median of {args.rounds} rounds)")
                     rows += [(label, f"{statistics.median(gw_runs):,.0f}"),
                              ("status polls/s, bare aiohttp constant JSON (same rounds)",
                               f"{statistics.median(bare_runs):,.0f}"),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import math
 import random
@@ -41,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import (
@@ -52,6 +50,7 @@ from fleet import (
     free_port,
     gateway_argv,
     haproxy_conf,
+    jpeg,
     nginx_conf,
     sim_node_argv,
     speed_weights,
@@ -148,9 +147,7 @@ class Photos:
     def get(self, width: int, height: int) -> bytes:
         key = (width, height)
         if key not in self._cache:
-            buf = io.BytesIO()
-            Image.new("RGB", key, (90, 120, 150)).save(buf, "JPEG", quality=30)
-            self._cache[key] = buf.getvalue()
+            self._cache[key] = jpeg(width, height, (90, 120, 150), quality=30)
         return self._cache[key]
 
 
@@ -269,7 +266,8 @@ async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: 
                     binary = ensure_binary("nginx", "nginx-light")
                     if binary is None:
                         return {"skipped": "nginx not installed"}  # type: ignore[dict-item]
-                    procs.start("nginx", [binary, "-p", str(workdir), "-c", str(nginx_conf(workdir, port, node_ports, weights))])
+                    conf = nginx_conf(workdir, port, node_ports, weights)
+                    procs.start("nginx", [binary, "-p", str(workdir), "-c", str(conf)])
                 else:
                     binary = ensure_binary("haproxy", "haproxy")
                     if binary is None:

@@ -390,8 +390,7 @@ register_like = st.fixed_dictionaries({}, optional={
     "enabled": json_values, "strategy": json_values, "options": json_values,
 })
 bodies = st.one_of(register_like.map(lambda d: json.dumps(d).encode()),
-                   json_values.map(lambda v: json.dumps(v).encode()),
-                   st.binary(max_size=300))
+                   json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=300))
 JSON_ROUTES = ["/webhook/register", "/webhook/unregister", "/api/v1/config/multi-backend", "/api/v1/config/strategy",
                "/api/v1/config/reload", "/api/v1/admin/servers/GPU-001/drain"]
 
@@ -420,8 +419,7 @@ def _mutate(data: bytes, cuts: list[tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
-SEEDS = [image_bytes(24, 16, "PNG"), image_bytes(24, 16, "JPEG"), image_bytes(24, 16, "WEBP"),
-         image_bytes(24, 16, "BMP")]
+SEEDS = [image_bytes(24, 16, fmt) for fmt in ("PNG", "JPEG", "WEBP", "BMP")]
 
 
 @HYPOTHESIS

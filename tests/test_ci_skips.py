@@ -67,7 +67,8 @@ def test_off_ci_skips_are_reported_and_the_run_passes(tmp_path: Path) -> None:
 
 
 def test_on_ci_listed_skips_pass(tmp_path: Path) -> None:
-    allowed = "# comment\n\ntest_inner.py::test_skips  # CI has no such thing\ntest_inner.py::test_falls_*  # nor this\n"
+    allowed = ("# comment\n\ntest_inner.py::test_skips  # CI has no such thing\n"
+               "test_inner.py::test_falls_*  # nor this\n")
     code, out = _run(tmp_path, ci="true", allowed=allowed)
     assert code == 0, out
     assert "skipped: test_inner.py::test_skips: needs a thing CI has [allowed on CI]" in out

@@ -40,8 +40,8 @@ def test_shipped_config_yaml_is_valid_and_has_the_documented_defaults() -> None:
 )
 def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, message: str) -> None:
     path = tmp_path / "c.yaml"
-    prefixed = not yaml_text.startswith(("[", "a:"))
-    path.write_text("webhook:\n  secret: abcdefgh123\n" + yaml_text if prefixed else yaml_text)
+    plain = yaml_text.startswith(("[", "a:"))
+    path.write_text(yaml_text if plain else "webhook:\n  secret: abcdefgh123\n" + yaml_text)
     with pytest.raises(ConfigError) as exc:
         load_config(path, env={})
     assert message in str(exc.value)

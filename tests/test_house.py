@@ -101,7 +101,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         on_path: set[str] = set()
         stack: list[tuple[str, Iterator[str]]] = []
 
-        def push(node: str) -> None:
+        def push(node: str, path: list[str] = path, on_path: set[str] = on_path,
+                 stack: list[tuple[str, Iterator[str]]] = stack) -> None:
             path.append(node)
             on_path.add(node)
             stack.append((node, iter(sorted(graph.get(node, ())))))

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import aiohttp
+from helpers.public_api import download, register, servers, submit, wait_finished
 from support import SECRET, FakeNode, image_bytes, wait_until
 
 CONFIG = """
@@ -20,28 +21,16 @@ dispatch:
 """
 
 
-async def _submit(session: aiohttp.ClientSession, url: str) -> str:
-    form = aiohttp.FormData()
-    form.add_field("file", image_bytes(32, 24), filename="p.png", content_type="image/png")
-    async with session.post(url + "/api/v1/enhance", data=form) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return body["task_id"]
-
-
 async def test_kill_and_restart_mid_run_loses_nothing(gateway_process, nodes) -> None:  # type: ignore[no-untyped-def]
     fleet: list[FakeNode] = [await nodes(delay=0.15) for _ in range(2)]
     gw = gateway_process(CONFIG)
     gw.start()
     async with aiohttp.ClientSession() as session:
         await gw.wait_ready(session)
-        ids = []
         for node in fleet:
-            async with session.post(gw.url + "/webhook/register",
-                                    json={"ip": "127.0.0.1", "port": node.port, "secret": SECRET}) as resp:
-                body = await resp.json()
-                node.token, node.server_id = body["node_token"], body["server_id"]
-        ids = [await _submit(session, gw.url) for _ in range(20)]
+            body = await register(session, gw.url, node.port)
+            node.token, node.server_id = body["node_token"], body["server_id"]
+        ids = [await submit(session, gw.url, image_bytes(32, 24)) for _ in range(20)]
         await wait_until(lambda: sum(n.jobs for n in fleet) >= 3, 10, "some tasks to finish")
         gw.kill()  # SIGKILL: no cleanup at all
         done_before = sum(n.jobs for n in fleet)
@@ -49,28 +38,16 @@ async def test_kill_and_restart_mid_run_loses_nothing(gateway_process, nodes) ->
 
         gw.start()
         await gw.wait_ready(session)
-        finals = {}
-
-        async def all_done() -> bool:
-            for task_id in ids:
-                async with session.get(f"{gw.url}/api/v1/status/{task_id}") as resp:
-                    assert resp.status == 200, f"task {task_id} lost across the restart"
-                    finals[task_id] = await resp.json()
-            return all(f["status"] in ("completed", "failed") for f in finals.values())
-
-        await wait_until(all_done, 30, "every task to finish after the restart")
+        finals = await wait_finished(session, gw.url, ids, 30)  # a task lost across the restart fails here
         assert [f["status"] for f in finals.values()] == ["completed"] * 20
         for task_id in ids:
-            async with session.get(f"{gw.url}/api/v1/download/{task_id}") as resp:
-                assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
-        async with session.get(f"{gw.url}/webhook/servers", headers={"X-Webhook-Secret": SECRET}) as resp:
-            servers = (await resp.json())["data"]["servers"]
-        assert [(s["server_id"], s["port"]) for s in servers] == [("GPU-001", fleet[0].port), ("GPU-002", fleet[1].port)]
+            code, data = await download(session, gw.url, task_id)
+            assert code == 200 and data.startswith(b"\x89PNG")
+        listed = [(s["server_id"], s["port"]) for s in await servers(session, gw.url)]
+        assert listed == [("GPU-001", fleet[0].port), ("GPU-002", fleet[1].port)]
         # The counter survived too: the next node is GPU-003.
         extra = await nodes()
-        async with session.post(gw.url + "/webhook/register",
-                                json={"ip": "127.0.0.1", "port": extra.port, "secret": SECRET}) as resp:
-            assert (await resp.json())["server_id"] == "GPU-003"
+        assert (await register(session, gw.url, extra.port))["server_id"] == "GPU-003"
 
 
 def _peak_rss_kib(pid: int) -> int:
@@ -86,9 +63,7 @@ async def test_50mb_upload_refused_without_buffering(gateway_process, nodes) -> 
     node = await nodes()
     async with aiohttp.ClientSession() as session:
         await gw.wait_ready(session)
-        async with session.post(gw.url + "/webhook/register",
-                                json={"ip": "127.0.0.1", "port": node.port, "secret": SECRET}) as resp:
-            node.token = (await resp.json())["node_token"]
+        node.token = (await register(session, gw.url, node.port))["node_token"]
         assert gw.proc is not None
         before = _peak_rss_kib(gw.proc.pid)
         size = 50 * 1024 * 1024

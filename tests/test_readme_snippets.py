@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from support import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -98,13 +98,6 @@ def test_every_shell_block_of_the_quick_start_sections_is_marked_and_its_extras_
         if "$(nvidia-smi" in s.code:
             assert {"gpu", "cpu"} <= extras
 
-def free_port() -> int:
-    """Racy (README commands name a fixed port, so they cannot bind 0 and report it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fresh_clone(root: Path) -> Path:
     """A directory that looks like a clone: the repo's files linked in, nothing generated."""
     clone = root / "photogate"
@@ -157,7 +150,8 @@ def run_snippets(tmp_path: Path) -> tuple[Path, dict[str, str]]:
             if snippet.kind == "serve":
                 url = localize(snippet.arg, ports)
                 while not answers(url):
-                    assert proc.poll() is None, f"{snippet.section}: exited {proc.returncode}\n{code}\n{log.read_text()}"
+                    exited = f"{snippet.section}: exited {proc.returncode}"
+                    assert proc.poll() is None, f"{exited}\n{code}\n{log.read_text()}"
                     assert time.monotonic() < deadline, f"{url} never answered\n{log.read_text()}"
                     time.sleep(0.2)
                 os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the reader's terminal

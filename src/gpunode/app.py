@@ -15,7 +15,7 @@ from .config import NodeConfig
 from .inference import Engine
 from .keys import CONFIG, ENGINE, HTTP, IP_SOURCE, REGISTRAR, REGISTRATION_TASK
 from .model import SRModel, count_gpus
-from .registration import Registrar, fixed_ip, load_node_key, route_ip, url_ip
+from .registration import IpSource, Registrar, fixed_ip, load_node_key, route_ip, url_ip
 from .simulate import SimEngine
 
 log = structlog.get_logger("gpunode.app")
@@ -39,7 +39,7 @@ def _engine_ctx(models: list[SRModel] | None):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         if config.simulate_speed > 0:
-            app[ENGINE] = SimEngine(speed=config.simulate_speed, slots=config.slots or 1,  # type: ignore[assignment]
+            app[ENGINE] = SimEngine(speed=config.simulate_speed, slots=config.slots or 1,
                                     queue_size=config.queue_size, jitter=config.simulate_jitter,
                                     output=config.simulate_output, max_pixels=config.max_input_pixels)
             yield
@@ -100,13 +100,13 @@ async def _leave_fleet(app: web.Application) -> None:
 
 
 def create_app(config: NodeConfig, *, models: list[SRModel] | None = None,
-               ip_source: object | None = None) -> web.Application:
+               ip_source: IpSource | None = None) -> web.Application:
     """The node app. ``models`` lets tests share one loaded session; ``ip_source`` overrides
     where the advertised IP comes from (an ``async () -> str``)."""
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[views.error_middleware])
     app[CONFIG] = config
     if ip_source is not None:
-        app[IP_SOURCE] = ip_source  # type: ignore[assignment]
+        app[IP_SOURCE] = ip_source
     app.cleanup_ctx.append(_http_ctx)
     app.cleanup_ctx.append(_engine_ctx(models))
     app.cleanup_ctx.append(_registration_ctx)

@@ -102,12 +102,13 @@ def read_secret(args: argparse.Namespace) -> str:
         return str(args.secret)
     if args.secret_file is None:
         return str(args.env_secret)
+    secret_file: Path = args.secret_file
     try:
-        secret = args.secret_file.read_text(encoding="utf-8").strip()
+        secret = secret_file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--secret-file {args.secret_file}: cannot read it ({exc.__class__.__name__})") from None
+        raise ValueError(f"--secret-file {secret_file}: cannot read it ({exc.__class__.__name__})") from None
     if not secret:
-        raise ValueError(f"--secret-file {args.secret_file}: the file is empty")
+        raise ValueError(f"--secret-file {secret_file}: the file is empty")
     return secret
 
 

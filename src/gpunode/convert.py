@@ -40,22 +40,32 @@ class ConvertError(ValueError):
     """The ncnn model uses something this converter does not handle."""
 
 
+#: An ncnn layer parameter: a number, or an array of numbers.
+Param = int | float | list[int | float]
+
+
 @dataclass
 class Layer:
     type: str
     name: str
     inputs: list[str]
     outputs: list[str]
-    params: dict[int, object] = field(default_factory=dict)
+    params: dict[int, Param] = field(default_factory=dict)
 
-    def get(self, key: int, default: object) -> object:
+    def get(self, key: int, default: Param) -> Param:
         return self.params.get(key, default)
 
-    def int(self, key: int, default: int) -> int:
-        return int(self.params.get(key, default))  # type: ignore[arg-type]
+    def int_param(self, key: int, default: int) -> int:
+        return int(self._number(key, default))
 
-    def float(self, key: int, default: float) -> float:
-        return float(self.params.get(key, default))  # type: ignore[arg-type]
+    def float_param(self, key: int, default: float) -> float:
+        return float(self._number(key, default))
+
+    def _number(self, key: int, default: int | float) -> int | float:
+        value = self.params.get(key, default)
+        if isinstance(value, list):
+            raise ConvertError(f"{self.name}: parameter {key} is an array where a number belongs")
+        return value
 
 
 def _parse_value(text: str) -> int | float:
@@ -77,7 +87,7 @@ def parse_param(text: str) -> list[Layer]:
         ltype, name, n_in, n_out = tok[0], tok[1], int(tok[2]), int(tok[3])
         inputs = tok[4 : 4 + n_in]
         outputs = tok[4 + n_in : 4 + n_in + n_out]
-        params: dict[int, object] = {}
+        params: dict[int, Param] = {}
         for kv in tok[4 + n_in + n_out :]:
             key_s, _, val = kv.partition("=")
             key = int(key_s)
@@ -147,11 +157,15 @@ class _GraphBuilder:
         return name
 
     def node(self, op: str, inputs: Sequence[str], outputs: Sequence[str], **attrs: object) -> None:
-        self.nodes.append(helper.make_node(op, list(inputs), list(outputs), **attrs))
+        node = helper.make_node(op, list(inputs), list(outputs))
+        # make_node's own **kwargs would collide with its name/doc_string/domain parameters
+        # in the type checker's eyes: the same attributes, added the way make_node adds them.
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in sorted(attrs.items()) if v is not None)
+        self.nodes.append(node)
 
 
 def _activation(g: _GraphBuilder, layer: Layer, src: str, dst: str) -> None:
-    act = layer.int(9, 0)
+    act = layer.int_param(9, 0)
     args = layer.get(10, [])
     assert isinstance(args, list)
     if act == 0:
@@ -171,29 +185,29 @@ def _activation(g: _GraphBuilder, layer: Layer, src: str, dst: str) -> None:
 
 
 def _conv_pads(layer: Layer) -> list[int]:
-    left = layer.int(4, 0)
+    left = layer.int_param(4, 0)
     if left < 0:
         raise ConvertError(f"{layer.name}: 'same' auto-padding not supported")
-    top = layer.int(14, left)
-    right = layer.int(15, left)
-    bottom = layer.int(16, top)
+    top = layer.int_param(14, left)
+    right = layer.int_param(15, left)
+    bottom = layer.int_param(16, top)
     return [top, left, bottom, right]
 
 
 def _convolution(g: _GraphBuilder, layer: Layer, rd: _WeightReader, src: str, dst: str, deconv: bool) -> None:
-    num_output = layer.int(0, 0)
-    kw = layer.int(1, 0)
-    kh = layer.int(11, kw)
-    dw = layer.int(2, 1)
-    dh = layer.int(12, dw)
-    sw = layer.int(3, 1)
-    sh = layer.int(13, sw)
-    bias_term = layer.int(5, 0)
-    wsize = layer.int(6, 0)
-    group = layer.int(7, 1) if layer.type.startswith(("ConvolutionDepthWise", "DeconvolutionDepthWise")) else 1
-    if layer.int(8, 0):
+    num_output = layer.int_param(0, 0)
+    kw = layer.int_param(1, 0)
+    kh = layer.int_param(11, kw)
+    dw = layer.int_param(2, 1)
+    dh = layer.int_param(12, dw)
+    sw = layer.int_param(3, 1)
+    sh = layer.int_param(13, sw)
+    bias_term = layer.int_param(5, 0)
+    wsize = layer.int_param(6, 0)
+    group = layer.int_param(7, 1) if layer.type.startswith(("ConvolutionDepthWise", "DeconvolutionDepthWise")) else 1
+    if layer.int_param(8, 0):
         raise ConvertError(f"{layer.name}: int8 convolution not supported")
-    if layer.float(18, 0.0) != 0.0:
+    if layer.float_param(18, 0.0) != 0.0:
         raise ConvertError(f"{layer.name}: non-zero pad value not supported")
     w = rd.tagged(wsize)
     num_input = wsize // (kw * kh * num_output) * group
@@ -215,7 +229,7 @@ def _convolution(g: _GraphBuilder, layer: Layer, rd: _WeightReader, src: str, ds
     attrs: dict[str, object] = {"kernel_shape": [kh, kw], "strides": [sh, sw], "dilations": [dh, dw], "pads": pads,
                                  "group": group}
     if deconv:
-        if layer.int(18, 0) or layer.int(19, 0) or layer.int(20, 0) or layer.int(21, 0):
+        if layer.int_param(18, 0) or layer.int_param(19, 0) or layer.int_param(20, 0) or layer.int_param(21, 0):
             raise ConvertError(f"{layer.name}: deconvolution output padding/size not supported")
         g.node("ConvTranspose", inputs, [pre], **attrs)
     else:
@@ -224,7 +238,7 @@ def _convolution(g: _GraphBuilder, layer: Layer, rd: _WeightReader, src: str, ds
 
 
 def _eltwise(g: _GraphBuilder, layer: Layer, srcs: list[str], dst: str) -> None:
-    op = layer.int(0, 1)
+    op = layer.int_param(0, 1)
     coeffs = layer.get(1, [])
     assert isinstance(coeffs, list)
     if op == 1 and coeffs and any(float(c) != 1.0 for c in coeffs):
@@ -248,95 +262,75 @@ def _eltwise(g: _GraphBuilder, layer: Layer, srcs: list[str], dst: str) -> None:
 
 
 def _binaryop(g: _GraphBuilder, layer: Layer, srcs: list[str], dst: str) -> None:
-    op = layer.int(0, 0)
+    op = layer.int_param(0, 0)
     onnx_op = {0: "Add", 1: "Sub", 2: "Mul", 3: "Div", 4: "Max", 5: "Min", 6: "Pow"}.get(op)
     if onnx_op is None:
         raise ConvertError(f"{layer.name}: BinaryOp {op} not supported")
-    if layer.int(1, 0):  # with_scalar
-        srcs = [srcs[0], g.const("scalar", np.array(layer.float(2, 0.0), np.float32))]
+    if layer.int_param(1, 0):  # with_scalar
+        srcs = [srcs[0], g.const("scalar", np.array(layer.float_param(2, 0.0), np.float32))]
     g.node(onnx_op, srcs, [dst])
 
 
 def _interp(g: _GraphBuilder, layer: Layer, src: str, dst: str) -> None:
-    mode = layer.int(0, 0)
-    hs = layer.float(1, 1.0)
-    ws = layer.float(2, 1.0)
-    if layer.int(3, 0) or layer.int(4, 0):
+    mode = layer.int_param(0, 0)
+    hs = layer.float_param(1, 1.0)
+    ws = layer.float_param(2, 1.0)
+    if layer.int_param(3, 0) or layer.int_param(4, 0):
         raise ConvertError(f"{layer.name}: Interp to a fixed output size not supported")
     scales = g.const("scales", np.array([1.0, 1.0, hs, ws], np.float32))
     if mode == 1:
         g.node("Resize", [src, "", scales], [dst], mode="nearest", nearest_mode="floor",
                coordinate_transformation_mode="asymmetric")
     elif mode == 2:
-        align = layer.int(6, 0)
+        align = layer.int_param(6, 0)
         g.node("Resize", [src, "", scales], [dst], mode="linear",
                coordinate_transformation_mode="align_corners" if align else "half_pixel")
     else:
         raise ConvertError(f"{layer.name}: Interp resize type {mode} not supported")
 
 
-def convert(param_text: str, weights: bytes, *, pad: int = 0, clip: bool = True,
-            fixed_size: tuple[int, int] | None = None,
-            producer: str = "gpunode.convert", doc: str = "") -> onnx.ModelProto:
-    """Build the ONNX model for an ncnn network.
-
-    ``pad`` adds an edge-replicate pad of that many pixels on every side of the
-    input inside the graph (UpConv7 needs 7); ``clip`` clamps the output to [0, 1];
-    ``fixed_size`` (H, W) declares a fixed input shape, as exporters without dynamic
-    axes produce (Real-ESRGAN's ``pytorch2onnx.py`` exports 1x3x64x64).
-    """
-    layers = parse_param(param_text)
-    rd = _WeightReader(weights)
-    g = _GraphBuilder()
-    names: dict[str, str] = {}  # ncnn blob -> onnx tensor
-    input_blob = None
-    last_out = None
-    for layer in layers:
-        srcs = [names[b] for b in layer.inputs]
-        outs = [f"b_{b}" for b in layer.outputs]
-        t = layer.type
-        if t == "Input":
-            input_blob = layer.outputs[0]
-            if pad:
-                pads = g.const("pads", np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))
-                g.node("Pad", ["input", pads], [outs[0]], mode="edge")
-            else:
-                g.node("Identity", ["input"], [outs[0]])
-        elif t in ("Convolution", "ConvolutionDepthWise"):
-            _convolution(g, layer, rd, srcs[0], outs[0], deconv=False)
-        elif t in ("Deconvolution", "DeconvolutionDepthWise"):
-            _convolution(g, layer, rd, srcs[0], outs[0], deconv=True)
-        elif t == "Split":
-            for o in outs:
-                g.node("Identity", [srcs[0]], [o])
-        elif t == "Concat":
-            axis = layer.int(0, 0)
-            g.node("Concat", srcs, [outs[0]], axis=axis + 1)  # ncnn axes skip the batch
-        elif t == "Eltwise":
-            _eltwise(g, layer, srcs, outs[0])
-        elif t == "BinaryOp":
-            _binaryop(g, layer, srcs, outs[0])
-        elif t == "Interp":
-            _interp(g, layer, srcs[0], outs[0])
-        elif t == "ReLU":
-            slope = layer.float(0, 0.0)
-            if slope:
-                g.node("LeakyRelu", srcs, outs, alpha=slope)
-            else:
-                g.node("Relu", srcs, outs)
-        elif t == "Sigmoid":
-            g.node("Sigmoid", srcs, outs)
-        elif t == "Noop":
-            g.node("Identity", srcs, outs)
+def _add_layer(g: _GraphBuilder, layer: Layer, rd: _WeightReader, srcs: list[str], outs: list[str], pad: int) -> None:
+    """The ONNX nodes of one ncnn layer, reading ``srcs`` and writing ``outs``."""
+    t = layer.type
+    if t == "Input":
+        if pad:
+            pads = g.const("pads", np.array([0, 0, pad, pad, 0, 0, pad, pad], np.int64))
+            g.node("Pad", ["input", pads], [outs[0]], mode="edge")
         else:
-            raise ConvertError(f"{layer.name}: ncnn layer type {t!r} not supported")
-        for b, o in zip(layer.outputs, outs):
-            names[b] = o
-            last_out = o
-    if input_blob is None or last_out is None:
-        raise ConvertError("the network has no Input layer")
-    if rd.pos != len(rd.data):
-        raise ConvertError(f".bin has {len(rd.data) - rd.pos} bytes left over: it does not match .param")
+            g.node("Identity", ["input"], [outs[0]])
+    elif t in ("Convolution", "ConvolutionDepthWise"):
+        _convolution(g, layer, rd, srcs[0], outs[0], deconv=False)
+    elif t in ("Deconvolution", "DeconvolutionDepthWise"):
+        _convolution(g, layer, rd, srcs[0], outs[0], deconv=True)
+    elif t == "Split":
+        for o in outs:
+            g.node("Identity", [srcs[0]], [o])
+    elif t == "Concat":
+        axis = layer.int_param(0, 0)
+        g.node("Concat", srcs, [outs[0]], axis=axis + 1)  # ncnn axes skip the batch
+    elif t == "Eltwise":
+        _eltwise(g, layer, srcs, outs[0])
+    elif t == "BinaryOp":
+        _binaryop(g, layer, srcs, outs[0])
+    elif t == "Interp":
+        _interp(g, layer, srcs[0], outs[0])
+    elif t == "ReLU":
+        slope = layer.float_param(0, 0.0)
+        if slope:
+            g.node("LeakyRelu", srcs, outs, alpha=slope)
+        else:
+            g.node("Relu", srcs, outs)
+    elif t == "Sigmoid":
+        g.node("Sigmoid", srcs, outs)
+    elif t == "Noop":
+        g.node("Identity", srcs, outs)
+    else:
+        raise ConvertError(f"{layer.name}: ncnn layer type {t!r} not supported")
+
+
+def _build_model(g: _GraphBuilder, last_out: str, *, clip: bool, fixed_size: tuple[int, int] | None,
+                 producer: str, doc: str) -> onnx.ModelProto:
+    """The checked ONNX model around the graph built so far: clip or not, then the output."""
     if clip:
         lo = g.const("lo", np.array([0.0], np.float32))
         hi = g.const("hi", np.array([1.0], np.float32))
@@ -354,6 +348,36 @@ def convert(param_text: str, weights: bytes, *, pad: int = 0, clip: bool = True,
         model.doc_string = doc
     onnx.checker.check_model(model)
     return model
+
+
+def convert(param_text: str, weights: bytes, *, pad: int = 0, clip: bool = True,
+            fixed_size: tuple[int, int] | None = None,
+            producer: str = "gpunode.convert", doc: str = "") -> onnx.ModelProto:
+    """Build the ONNX model for an ncnn network.
+
+    ``pad`` adds an edge-replicate pad of that many pixels on every side of the
+    input inside the graph (UpConv7 needs 7); ``clip`` clamps the output to [0, 1];
+    ``fixed_size`` (H, W) declares a fixed input shape, as exporters without dynamic
+    axes produce (Real-ESRGAN's ``pytorch2onnx.py`` exports 1x3x64x64).
+    """
+    rd = _WeightReader(weights)
+    g = _GraphBuilder()
+    names: dict[str, str] = {}  # ncnn blob -> onnx tensor
+    input_blob = None
+    last_out = None
+    for layer in parse_param(param_text):
+        outs = [f"b_{b}" for b in layer.outputs]
+        if layer.type == "Input":
+            input_blob = layer.outputs[0]
+        _add_layer(g, layer, rd, [names[b] for b in layer.inputs], outs, pad)
+        for b, o in zip(layer.outputs, outs):
+            names[b] = o
+            last_out = o
+    if input_blob is None or last_out is None:
+        raise ConvertError("the network has no Input layer")
+    if rd.pos != len(rd.data):
+        raise ConvertError(f".bin has {len(rd.data) - rd.pos} bytes left over: it does not match .param")
+    return _build_model(g, last_out, clip=clip, fixed_size=fixed_size, producer=producer, doc=doc)
 
 
 def convert_files(param: Path, weights: Path, out: Path, *, pad: int = 0, clip: bool = True,

@@ -100,10 +100,12 @@ def _to_rgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     when it has one for its own colour space, else Pillow's plain conversion."""
     if icc and _profile_space(icc) == {"CMYK": b"CMYK", "LAB": b"Lab "}.get(img.mode):
         try:
-            return ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
-                                             ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                                  ImageCms.createProfile("sRGB"), outputMode="RGB")
         except (ImageCms.PyCMSError, OSError, ValueError):
-            pass  # a broken profile: the plain conversion below
+            converted = None  # a broken profile: the plain conversion below
+        if converted is not None:  # None only when converting in place, which this does not
+            return converted
     return img.convert("RGB")
 
 

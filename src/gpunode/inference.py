@@ -81,6 +81,9 @@ class Engine:
         seconds = sum(sec for _, sec in recent)
         return round(sum(mp for mp, _ in recent) / seconds, 4) if seconds > 0 else None
 
+    def health_extra(self) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
         for ex in self._executors:
             ex.shutdown(wait=True, cancel_futures=True)
@@ -100,8 +103,8 @@ class Engine:
     def _infer(self, slot: int, decoded: imaging.Decoded, scale: float) -> tuple[Image.Image, float]:
         model = self.models[slot]
         t0 = time.perf_counter()
-        rgb = tiling.enhance_rgb(model, decoded.rgb, scale, tile=self.tile_size, overlap=self.tile_overlap,
-                                 fixed_size=model.info.fixed_size)
+        tiles = tiling.Tiles(tile=self.tile_size, overlap=self.tile_overlap, fixed_size=model.info.fixed_size)
+        rgb = tiling.enhance_rgb(model, decoded.rgb, scale, tiles)
         decoded.rgb = rgb  # drop the input pixels as soon as they are not needed
         return imaging.assemble(rgb, decoded), time.perf_counter() - t0
 

@@ -8,13 +8,13 @@ import aiohttp
 from aiohttp import web
 
 from .config import NodeConfig
-from .inference import Engine
+from .engines import EnhanceEngine
 from .registration import IpSource, Registrar
 
 CONFIG = web.AppKey("gpunode.config", NodeConfig)
 HTTP = web.AppKey("gpunode.http", aiohttp.ClientSession)
-ENGINE = web.AppKey("gpunode.engine", Engine)
+ENGINE: web.AppKey[EnhanceEngine] = web.AppKey("gpunode.engine")
 REGISTRAR = web.AppKey("gpunode.registrar", Registrar)
 #: Where the advertised IP comes from; tests swap it to simulate an IP change.
-IP_SOURCE = web.AppKey("gpunode.ip_source", IpSource)
+IP_SOURCE: web.AppKey[IpSource] = web.AppKey("gpunode.ip_source")
 REGISTRATION_TASK = web.AppKey("gpunode.registration_task", asyncio.Task)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from typing import Any
 
 from aiohttp import web
 from PIL import Image
@@ -21,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from . import __version__, tiling
+from .engines import EnhanceEngine
 from .keys import ENGINE
 
 SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -59,11 +59,11 @@ class NodeMetrics:
             self.tiles.inc(tiles)
 
 
-def count_tiles(engine: Any, width: int, height: int, scale: str | None) -> int:
+def count_tiles(engine: EnhanceEngine | None, width: int, height: int, scale: str | None) -> int:
     """Tiles the engine's model runs for a ``width`` x ``height`` input (as tiling.upscale cuts them)."""
-    tile, overlap = getattr(engine, "tile_size", None), getattr(engine, "tile_overlap", None)
-    if engine is None or not tile or overlap is None:
+    if engine is None or not engine.tile_size:
         return 0  # a simulated node has no tiles
+    tile, overlap = engine.tile_size, engine.tile_overlap
     info = engine.model.info
     try:
         target = float(scale) if scale else float(info.scale)

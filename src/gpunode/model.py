@@ -163,7 +163,8 @@ class SRModel:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one NCHW float32 batch; returns the output array."""
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        output: np.ndarray = self.session.run([self.output_name], {self.input_name: x})[0]
+        return output
 
     def _try(self, h: int, w: int) -> tuple[int, int] | None:
         x = np.full((1, 3, h, w), 0.5, dtype=np.float32)

@@ -66,7 +66,7 @@ def mirror(data: bytes, fmt: str | None, quality: int, *, max_pixels: int) -> tu
 
 
 class SimEngine:
-    """Duck-types :class:`gpunode.inference.Engine` for the views and the registrar."""
+    """A :class:`gpunode.engines.EnhanceEngine` whose jobs only wait (no model)."""
 
     def __init__(self, *, speed: float, slots: int, queue_size: int, jitter: float = 0.0,
                  rng: random.Random | None = None, output: str = "echo", max_pixels: int = 50_000_000) -> None:
@@ -88,6 +88,9 @@ class SimEngine:
         #: jobs it has run: a test reads them from /health to check the gateways' accounting.
         self.max_inflight = 0
         self.jobs_done = 0
+        #: A simulated node cuts no tiles.
+        self.tile_size: int | None = None
+        self.tile_overlap = 0
         self._rng = rng or random.Random()
         self._free = asyncio.Semaphore(slots)
         self._recent: deque[tuple[float, float, float]] = deque(maxlen=256)  # (t, megapixels, seconds)
@@ -108,6 +111,9 @@ class SimEngine:
         recent = [(mp, sec) for t, mp, sec in self._recent if now - t <= THROUGHPUT_WINDOW_S]
         seconds = sum(sec for _, sec in recent)
         return round(sum(mp for mp, _ in recent) / seconds, 4) if recent and seconds > 0 else None
+
+    def health_extra(self) -> dict[str, int]:
+        return {"max_inflight": self.max_inflight, "jobs_done": self.jobs_done}
 
     def close(self) -> None:
         pass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +29,17 @@ class Model(Protocol):
     multiple: int
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """How a photo is cut for the model: the tile side and overlap in input pixels, the model's
+    fixed input size (height, width) if it has one, and a callback run after each tile."""
+
+    tile: int = 256
+    overlap: int = 16
+    fixed_size: tuple[int, int] | None = None
+    on_tile: Callable[[], None] | None = None
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -69,18 +81,12 @@ def _pad_to(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(x, ((0, max(0, ph)), (0, max(0, pw)), (0, 0)), mode="edge")
 
 
-def upscale(
-    model: Model,
-    img: Image.Image,
-    *,
-    tile: int = 256,
-    overlap: int = 16,
-    fixed_size: tuple[int, int] | None = None,
-    on_tile: Callable[[], None] | None = None,
-) -> Image.Image:
+def upscale(model: Model, img: Image.Image, tiles: Tiles | None = None) -> Image.Image:
     """One model pass over an RGB image, tiled; returns the RGB image ``model.scale`` x larger."""
     if img.mode != "RGB":
         raise ValueError(f"upscale wants an RGB image, got {img.mode}")
+    tiles = tiles or Tiles()
+    tile, overlap, fixed_size, on_tile = tiles.tile, tiles.overlap, tiles.fixed_size, tiles.on_tile
     s = model.scale
     width, height = img.size
     if fixed_size:
@@ -147,20 +153,11 @@ def output_size(size: tuple[int, int], target: float) -> tuple[int, int]:
     return max(1, round(size[0] * target)), max(1, round(size[1] * target))
 
 
-def enhance_rgb(
-    model: Model,
-    img: Image.Image,
-    target: float,
-    *,
-    tile: int = 256,
-    overlap: int = 16,
-    fixed_size: tuple[int, int] | None = None,
-    on_tile: Callable[[], None] | None = None,
-) -> Image.Image:
+def enhance_rgb(model: Model, img: Image.Image, target: float, tiles: Tiles | None = None) -> Image.Image:
     """Model pass(es), then a Lanczos resize to exactly ``target`` x the input size."""
     final = output_size(img.size, target)
     for _ in range(plan_passes(model.scale, target)):
-        img = upscale(model, img, tile=tile, overlap=overlap, fixed_size=fixed_size, on_tile=on_tile)
+        img = upscale(model, img, tiles)
     if img.size != final:
         img = img.resize(final, RESAMPLE)
     return img

@@ -76,10 +76,8 @@ async def health(request: web.Request) -> web.Response:
     info = engine.model.info
     registrar = request.app.get(REGISTRAR)
     # A simulated node also says the most jobs it held at once and how many it ran.
-    extra = ({"max_inflight": engine.max_inflight, "jobs_done": engine.jobs_done}
-             if hasattr(engine, "max_inflight") else {})
     return json_response({
-        **extra,
+        **engine.health_extra(),
         "status": "ok",
         "busy": engine.busy,
         "queued": engine.queued,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
+from helpers.photos import encoded
 from PIL import Image, ImageDraw
 from support import ADMIN_TOKEN, FakeNode, Gateway
 
@@ -20,9 +20,7 @@ def photo(path: Path, width: int = 160, height: int = 120) -> Path:
     for i in range(0, width, 16):
         draw.line([(i, 0), (width - i, height)], fill=(240, 200, 60), width=2)
     draw.ellipse([width // 4, height // 4, width * 3 // 4, height * 3 // 4], outline=(255, 255, 255), width=3)
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    path.write_bytes(buf.getvalue())
+    path.write_bytes(encoded(im, "PNG"))
     return path
 
 

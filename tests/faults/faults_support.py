@@ -1,37 +1,24 @@
 """Helpers for the fault suite: real node processes (``gpunode --simulate`` and the
-misbehaving ``faults_node.py``), photos told apart by content, bounded client loops."""
+misbehaving ``faults_node.py``) and their controls. The public API client, photos and
+polling are in ``tests/helpers/``."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import io
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from PIL import Image
-from support import SECRET, reported_port, wait_until
+from helpers.polling import wait_until
+from helpers.ports import reported_port
+from helpers.public_api import SECRET
 
 PY = sys.executable
 FAULTS_NODE = Path(__file__).resolve().parent / "faults_node.py"
-
-
-def unique_photo(i: int, width: int = 40, height: int = 30) -> bytes:
-    """A PNG nobody else has: its colour encodes ``i``."""
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (i & 255, (i >> 8) & 255, 128 + ((i >> 16) & 127))).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class Procs:
@@ -115,13 +102,6 @@ async def wait_answers(session: aiohttp.ClientSession, url: str, timeout: float 
     await wait_until(up, timeout, f"{url} to answer")
 
 
-async def register(session: aiohttp.ClientSession, base: str, port: int, ip: str = "127.0.0.1") -> str:
-    async with session.post(base + "/webhook/register", json={"ip": ip, "port": port, "secret": SECRET}) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return str(body["server_id"])
-
-
 async def control(session: aiohttp.ClientSession, port: int, **settings: Any) -> None:
     async with session.post(f"http://127.0.0.1:{port}/_control", json=settings) as resp:
         assert resp.status == 200, await resp.text()
@@ -130,75 +110,3 @@ async def control(session: aiohttp.ClientSession, port: int, **settings: Any) ->
 async def node_stats(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
     async with session.get(f"http://127.0.0.1:{port}/_stats") as resp:
         return dict(await resp.json())
-
-
-async def submit(session: aiohttp.ClientSession, base: str, photo: bytes) -> str:
-    form = aiohttp.FormData()
-    form.add_field("file", photo, filename="photo.png", content_type="image/png")
-    async with session.post(base + "/api/v1/enhance", data=form) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-        return str(body["task_id"])
-
-
-async def status(session: aiohttp.ClientSession, base: str, task_id: str) -> dict[str, Any]:
-    async with session.get(f"{base}/api/v1/status/{task_id}") as resp:
-        assert resp.status == 200, f"task {task_id} lost: HTTP {resp.status}"
-        return dict(await resp.json())
-
-
-async def wait_finished(session: aiohttp.ClientSession, base: str, ids: list[str],
-                        timeout: float = 30.0) -> dict[str, dict[str, Any]]:
-    finals: dict[str, dict[str, Any]] = {}
-
-    async def done() -> bool:
-        for task_id in ids:
-            if finals.get(task_id, {}).get("status") not in ("completed", "failed"):
-                finals[task_id] = await status(session, base, task_id)
-        return all(f["status"] in ("completed", "failed") for f in finals.values())
-
-    await wait_until(done, timeout, f"{len(ids)} tasks to finish")
-    return finals
-
-
-async def download(session: aiohttp.ClientSession, base: str, task_id: str) -> tuple[int, bytes]:
-    async with session.get(f"{base}/api/v1/download/{task_id}") as resp:
-        return resp.status, await resp.read()
-
-
-async def servers(session: aiohttp.ClientSession, base: str) -> list[dict[str, Any]]:
-    async with session.get(base + "/webhook/servers", headers={"X-Webhook-Secret": SECRET}) as resp:
-        return list((await resp.json())["data"]["servers"])
-
-
-async def eventually(check: Any, timeout: float, what: str) -> None:
-    """``wait_until`` for a coroutine function that may raise while the condition is not there yet."""
-    async def ok() -> bool:
-        try:
-            return bool(await check())
-        except (aiohttp.ClientError, OSError, KeyError, AssertionError):
-            return False
-
-    await wait_until(ok, timeout, what)
-
-
-__all__ = [
-    "PY",
-    "Procs",
-    "asyncio",
-    "control",
-    "digest",
-    "download",
-    "eventually",
-    "fault_node_argv",
-    "node_stats",
-    "register",
-    "servers",
-    "sim_node_argv",
-    "status",
-    "submit",
-    "time",
-    "unique_photo",
-    "wait_answers",
-    "wait_finished",
-]

@@ -20,19 +20,9 @@ from typing import Any
 import aiohttp
 import pytest
 from ci_skips import fell_back
-from faults_support import (
-    Procs,
-    control,
-    digest,
-    download,
-    fault_node_argv,
-    register,
-    status,
-    submit,
-    unique_photo,
-    wait_answers,
-    wait_finished,
-)
+from faults_support import Procs, control, fault_node_argv, wait_answers
+from helpers.photos import digest, unique_photo
+from helpers.public_api import download, register, status, submit, wait_finished
 from PIL import Image
 
 from photogate.blobs import BlobWriter
@@ -90,7 +80,8 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.
     disk.real = mounted
     if not mounted:
         # Weaker evidence than a real full disk: reported, and a failure under CI=true (root there).
-        fell_back(request.node, f"no tmpfs could be mounted ({why or 'mount failed'}); BlobWriter patched to raise ENOSPC")
+        fell_back(request.node,
+                  f"no tmpfs could be mounted ({why or 'mount failed'}); BlobWriter patched to raise ENOSPC")
         def enospc(original: Callable[..., Any]) -> Callable[..., Any]:
             async def write(self: BlobWriter, *args: Any, **kwargs: Any) -> Any:
                 if disk.full:
@@ -105,12 +96,13 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.
         subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=10, check=False)
 
 
-async def test_disk_full_refuses_cleanly_and_resumes(make_gateway, small_disk: SmallDisk, procs: Procs, session) -> None:  # type: ignore[no-untyped-def]
+async def test_disk_full_refuses_cleanly_and_resumes(  # type: ignore[no-untyped-def]
+        make_gateway, small_disk: SmallDisk, procs: Procs, session) -> None:
     gw = await make_gateway(**{"storage.data_dir": str(small_disk.root / "data"), "health_check.interval": 0.1})
     base = str(gw.client.make_url("")).rstrip("/")
     port = await procs.serve("node", lambda p: fault_node_argv(p, "ok"))
     await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
-    server_id = await register(session, base, port)
+    server_id = (await register(session, base, port))["server_id"]
 
     early = unique_photo(1)
     early_id = await submit(session, base, early)
@@ -165,7 +157,7 @@ async def test_disk_completely_full_keeps_tasks_until_there_is_room(make_gateway
     base = str(gw.client.make_url("")).rstrip("/")
     port = await procs.serve("node", lambda p: fault_node_argv(p, "ok", delay=1.0))
     await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
-    server_id = await register(session, base, port)
+    server_id = (await register(session, base, port))["server_id"]
     big = {await submit(session, base, noise_photo(i)): noise_photo(i) for i in (5, 6)}
     small_disk.fill(leave=0)
 

@@ -9,18 +9,10 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
-from faults_support import (
-    Procs,
-    digest,
-    download,
-    eventually,
-    servers,
-    sim_node_argv,
-    status,
-    submit,
-    unique_photo,
-    wait_finished,
-)
+from faults_support import Procs, sim_node_argv
+from helpers.photos import digest, unique_photo
+from helpers.polling import eventually
+from helpers.public_api import download, servers, status, submit, wait_finished
 from support import wait_until
 
 CONFIG = """
@@ -105,7 +97,8 @@ async def test_node_reregisters_after_gateway_lost_its_store(gateway_process, pr
     gw = gateway_process(CONFIG)
     gw.start()
     await gw.wait_ready(session)
-    port = await procs.serve("node", lambda p: sim_node_argv(p, gw.url, tmp_path / "state", speed=1.0, gateway_check=0.3))
+    port = await procs.serve("node", lambda p: sim_node_argv(p, gw.url, tmp_path / "state", speed=1.0,
+                                                             gateway_check=0.3))
     await _fleet_up(session, gw.url, 1)
     first = await submit(session, gw.url, unique_photo(1))
     assert (await wait_finished(session, gw.url, [first], 20))[first]["status"] == "completed"

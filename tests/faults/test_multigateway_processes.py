@@ -8,18 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
-from faults_support import (
-    Procs,
-    digest,
-    download,
-    eventually,
-    servers,
-    sim_node_argv,
-    status,
-    submit,
-    unique_photo,
-    wait_finished,
-)
+from faults_support import Procs, sim_node_argv
+from helpers.photos import digest, unique_photo
+from helpers.polling import eventually
+from helpers.public_api import download, servers, status, submit, wait_finished
 from redis_support import RedisServer, unique_prefix
 from support import GatewayProcess, wait_until
 

@@ -9,23 +9,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from faults_support import (
-    Procs,
-    control,
-    digest,
-    download,
-    eventually,
-    fault_node_argv,
-    node_stats,
-    register,
-    servers,
-    sim_node_argv,
-    status,
-    submit,
-    unique_photo,
-    wait_answers,
-    wait_finished,
-)
+from faults_support import Procs, control, fault_node_argv, node_stats, sim_node_argv, wait_answers
+from helpers.photos import digest, unique_photo
+from helpers.polling import eventually
+from helpers.public_api import download, register, servers, status, submit, wait_finished
 from support import wait_until
 
 from photogate.keys import GATEWAY
@@ -144,7 +131,7 @@ async def test_500s_and_corrupt_results_retried_elsewhere(make_gateway, procs: P
     base = base_url(gw)
     ports = {mode: await procs.serve(mode, lambda p, mode=mode: fault_node_argv(p, mode))
              for mode in ("error500", "garbage", "truncated", "ok")}
-    for mode, port in ports.items():
+    for port in ports.values():
         await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
         await register(session, base, port)
     sent = {await submit(session, base, unique_photo(i)): unique_photo(i) for i in range(12)}
@@ -160,7 +147,8 @@ async def test_500s_and_corrupt_results_retried_elsewhere(make_gateway, procs: P
     task_id = await submit(session, base, unique_photo(999))
     final = (await wait_finished(session, base, [task_id], 20))[task_id]
     assert final["status"] == "failed"
-    assert "after 4 attempts" in final["error"] and ("unreadable image" in final["error"] or "HTTP 500" in final["error"])
+    error = final["error"]
+    assert "after 4 attempts" in error and ("unreadable image" in error or "HTTP 500" in error)
     code, body = await download(session, base, task_id)
     assert code == 409 and b"failed" in body
     results = Path(gw.app[GATEWAY].config.data_path) / "blobs" / "results"
@@ -174,7 +162,7 @@ async def test_flapping_node_loses_nothing(make_gateway, procs: Procs, session, 
     steady = await procs.serve("steady", lambda p: fault_node_argv(p, "ok", delay=0.05))
     for port in (flap, steady):
         await wait_answers(session, f"http://127.0.0.1:{port}/_stats")
-    flap_id = await register(session, base, flap)
+    flap_id = (await register(session, base, flap))["server_id"]
     await register(session, base, steady)
     registry = gw.app[GATEWAY].registry
     states: set[bool] = set()

@@ -154,7 +154,8 @@ async def test_a_reload_keeps_runtime_changes_until_reset(tmp_path: Path) -> Non
         answer = await post(gw, "/api/v1/config/reload")
         assert (answer["strategy"], answer["multi_backend"]) == ("least_busy", False)
         now = await effective(gw)
-        assert (now["strategy"], now["multi_backend"]) == ("least_busy", False)  # runtime wins; the rest follows the file
+        # runtime wins; the rest follows the file
+        assert (now["strategy"], now["multi_backend"]) == ("least_busy", False)
         assert now["runtime"]["balancer.strategy"]["file_value"] == "fastest"
         assert now["sources"] == {"balancer.strategy": "runtime", "balancer.options": "runtime",
                                   "multi_backend.enabled": "file"}

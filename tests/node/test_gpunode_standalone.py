@@ -3,7 +3,8 @@ registered, whatever its token; a gateway node is once the gateway gave it an id
 
 from __future__ import annotations
 
-from gpunode_support import FakeGateway, wait_for
+from helpers.polling import wait_until
+from node_support import FakeGateway
 
 from gpunode.keys import REGISTRAR
 
@@ -25,11 +26,11 @@ async def test_a_gateway_node_is_registered_only_once_it_has_an_id(start_node, f
                                                                      http) -> None:  # type: ignore[no-untyped-def]
     # The gateway's port is reserved but not listening yet: the node cannot register.
     node = await start_node(gateway_url=fake_gateway.url, secret=fake_gateway.secret, advertise_ip="127.0.0.1")
-    await wait_for(lambda: node.app[REGISTRAR].attempts >= 1, timeout=10)
+    await wait_until(lambda: node.app[REGISTRAR].attempts >= 1, timeout=10)
     health = await _health(http, node.url)
     assert (health["registered"], health["server_id"], health["mode"]) == (False, None, "gateway")
     await fake_gateway.start()
-    await wait_for(lambda: node.app[REGISTRAR].server_id == "GPU-001", timeout=20)
+    await wait_until(lambda: node.app[REGISTRAR].server_id == "GPU-001", timeout=20)
     health = await _health(http, node.url)
     assert (health["registered"], health["server_id"], health["mode"]) == (True, "GPU-001", "gateway")
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from gpunode_support import REFERENCE_MODEL, photo, png_bytes
+from helpers.photos import encoded
+from node_support import REFERENCE_MODEL, photo
 from PIL import Image
 
 from gpunode.config import bundled_model_path
@@ -137,7 +138,7 @@ async def test_realesrgan_x4plus_converts_and_runs_through_the_node(tmp_path, st
     assert model.scale == 4 and model.info.fixed_size is None
     node = await start_node(token="tok", models=[model], tile_size=64, tile_overlap=8)
     src = photo().resize((24, 20), Image.Resampling.BICUBIC)
-    async with http.post(f"{node.url}/v1/enhance?format=png", data=png_bytes(src),
+    async with http.post(f"{node.url}/v1/enhance?format=png", data=encoded(src),
                          headers={"Authorization": "Bearer tok", "Content-Type": "image/png"}) as resp:
         assert resp.status == 200, await resp.text()
         out = Image.open(io.BytesIO(await resp.read()))
@@ -164,7 +165,7 @@ async def test_realesrgan_exported_at_a_fixed_size_is_tiled_at_that_size(tmp_pat
     model.run = lambda x: (shapes.append(x.shape), real_run(x))[1]  # type: ignore[method-assign]
     node = await start_node(token="tok", models=[model], tile_overlap=8)
     src = photo().resize((44, 30), Image.Resampling.BICUBIC)  # 2 x 1 tiles, the bottom padded
-    async with http.post(f"{node.url}/v1/enhance?format=png", data=png_bytes(src),
+    async with http.post(f"{node.url}/v1/enhance?format=png", data=encoded(src),
                          headers={"Authorization": "Bearer tok"}) as resp:
         assert resp.status == 200, await resp.text()
         out = Image.open(io.BytesIO(await resp.read()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import struct
 
-from gpunode_support import png_bytes
+from helpers.photos import encoded
 from PIL import Image, ImageCms
 
 AUTH = {"Authorization": "Bearer tok"}
@@ -28,20 +28,20 @@ async def test_webp_side_limit_refused_from_the_header_before_inference(start_no
     # node ran the whole inference and only then refused to encode it.
     node = await start_node(token="tok")
     strip = Image.new("RGB", (9000, 8), (90, 140, 200))
-    for body in (png_bytes(strip), png_bytes(strip, "WEBP", lossless=True)):
+    for body in (encoded(strip), encoded(strip, "WEBP", lossless=True)):
         status, _, answer = await _post(http, node, body, "?format=webp&scale=2")
         assert status == 400, answer
         assert "webp cannot hold a 18000x16 image" in answer.decode()
     assert await _throughput(http, node) is None  # no photo reached the model
     # The same strip as PNG (no side limit) is enhanced.
-    status, content_type, answer = await _post(http, node, png_bytes(strip), "?format=png&scale=2")
+    status, content_type, answer = await _post(http, node, encoded(strip), "?format=png&scale=2")
     assert status == 200 and content_type == "image/png"
     assert Image.open(io.BytesIO(answer)).size == (18000, 16)
 
 
 async def test_output_pixels_refused_from_the_header(start_node, http) -> None:  # type: ignore[no-untyped-def]
     node = await start_node(token="tok", max_output_pixels=1_000_000)
-    bomb = png_bytes(Image.new("RGB", (2000, 2000), (1, 2, 3)), "WEBP", lossless=True)
+    bomb = encoded(Image.new("RGB", (2000, 2000), (1, 2, 3)), "WEBP", lossless=True)
     status, _, answer = await _post(http, node, bomb, "?scale=2")
     assert status == 400 and "result too large" in answer.decode()
     assert await _throughput(http, node) is None
@@ -89,7 +89,7 @@ async def test_cmyk_jpeg_converted_through_its_profile_and_not_tagged_cmyk(start
                                          ImageCms.createProfile("sRGB"), outputMode="RGB").getpixel((0, 0))
     assert expected != (0, 255, 255)
     for query in ("", "?format=png", "?format=webp"):
-        status, _, answer = await _post(http, node, png_bytes(cyan, "JPEG", quality=95, icc_profile=profile), query)
+        status, _, answer = await _post(http, node, encoded(cyan, "JPEG", quality=95, icc_profile=profile), query)
         assert status == 200, answer
         out = Image.open(io.BytesIO(answer))
         assert out.mode == "RGB" and out.size == (96, 64)
@@ -99,6 +99,6 @@ async def test_cmyk_jpeg_converted_through_its_profile_and_not_tagged_cmyk(start
         assert all(abs(g - e) <= 24 for g, e in zip(got, expected)), (query, got, expected)
     # A matching profile is kept: an RGB photo's own profile stays on its RGB result.
     rgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    status, _, answer = await _post(http, node, png_bytes(Image.new("RGB", (48, 32), (200, 30, 30)), "JPEG",
+    status, _, answer = await _post(http, node, encoded(Image.new("RGB", (48, 32), (200, 30, 30)), "JPEG",
                                                           icc_profile=rgb_profile))
     assert status == 200 and Image.open(io.BytesIO(answer)).info.get("icc_profile") == rgb_profile

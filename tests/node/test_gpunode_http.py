@@ -8,7 +8,9 @@ import json
 import time
 
 import numpy as np
-from gpunode_support import mean_abs, photo, png_bytes, wait_for
+from helpers.photos import encoded
+from helpers.polling import wait_until
+from node_support import mean_abs, photo
 from PIL import Image
 
 from gpunode import tiling
@@ -18,14 +20,15 @@ AUTH = {"Authorization": "Bearer tok"}
 
 
 async def post(http, node, body: bytes, query: str = "", headers=None):  # type: ignore[no-untyped-def]
-    async with http.post(f"{node.url}/v1/enhance{query}", data=body, headers=AUTH if headers is None else headers) as resp:
+    headers = AUTH if headers is None else headers
+    async with http.post(f"{node.url}/v1/enhance{query}", data=body, headers=headers) as resp:
         return resp.status, dict(resp.headers), await resp.read()
 
 
 async def test_enhance_returns_2x_image_with_timing_headers(start_node, http) -> None:  # type: ignore[no-untyped-def]
     node = await start_node(token="tok")
     src = photo().resize((40, 30))
-    status, headers, body = await post(http, node, png_bytes(src))
+    status, headers, body = await post(http, node, encoded(src))
     assert status == 200
     assert headers["Content-Type"] == "image/png"
     out = Image.open(io.BytesIO(body))
@@ -33,16 +36,16 @@ async def test_enhance_returns_2x_image_with_timing_headers(start_node, http) ->
     assert headers["X-Output-Width"] == "80" and headers["X-Output-Height"] == "60"
     assert float(headers["X-Inference-Ms"]) > 0
     # JPEG input answers JPEG by default; format/quality are honoured.
-    status, headers, body = await post(http, node, png_bytes(src, "JPEG", quality=90))
+    status, headers, body = await post(http, node, encoded(src, "JPEG", quality=90))
     assert status == 200 and headers["Content-Type"] == "image/jpeg"
-    status, headers, body = await post(http, node, png_bytes(src), "?format=webp&quality=80")
+    status, headers, body = await post(http, node, encoded(src), "?format=webp&quality=80")
     assert status == 200 and headers["Content-Type"] == "image/webp"
     assert Image.open(io.BytesIO(body)).format == "WEBP"
 
 
 async def test_refuses_inference_without_the_right_token(start_node, http) -> None:  # type: ignore[no-untyped-def]
     node = await start_node(token="tok")
-    body = png_bytes(photo().resize((16, 16)))
+    body = encoded(photo().resize((16, 16)))
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "tok"}):
         status, _, raw = await post(http, node, body, headers=headers)
         assert status == 401
@@ -58,12 +61,12 @@ async def test_bad_images_get_4xx_with_a_reason(start_node, http) -> None:  # ty
     cases = [
         (b"this is not an image", "", 415),
         (b"", "", 400),
-        (png_bytes(photo().resize((32, 32)))[:200], "", 400),  # truncated PNG
-        (png_bytes(photo().resize((200, 100))), "", 400),  # over max_input_pixels
-        (png_bytes(photo().resize((16, 16))), "?scale=0", 400),
-        (png_bytes(photo().resize((16, 16))), "?scale=abc", 400),
-        (png_bytes(photo().resize((16, 16))), "?format=gif", 400),
-        (png_bytes(photo().resize((16, 16))), "?quality=0", 400),
+        (encoded(photo().resize((32, 32)))[:200], "", 400),  # truncated PNG
+        (encoded(photo().resize((200, 100))), "", 400),  # over max_input_pixels
+        (encoded(photo().resize((16, 16))), "?scale=0", 400),
+        (encoded(photo().resize((16, 16))), "?scale=abc", 400),
+        (encoded(photo().resize((16, 16))), "?format=gif", 400),
+        (encoded(photo().resize((16, 16))), "?quality=0", 400),
     ]
     for body, query, want in cases:
         status, headers, raw = await post(http, node, body, query)
@@ -76,13 +79,13 @@ async def test_scale_4_runs_two_passes_and_other_scales_resize(start_node, http)
     node = await start_node(token="tok")
     src = photo().resize((24, 20))
     for query, size in (("?scale=4", (96, 80)), ("?scale=3", (72, 60)), ("?scale=1.5", (36, 30)), ("", (48, 40))):
-        status, _, body = await post(http, node, png_bytes(src), query)
+        status, _, body = await post(http, node, encoded(src), query)
         assert status == 200, body
         assert Image.open(io.BytesIO(body)).size == size, query
     # x4 on a x2 model is two model passes: compare with running the model twice.
     model = node.app[ENGINE].model
     twice = tiling.upscale(model, tiling.upscale(model, src))
-    _, _, body = await post(http, node, png_bytes(src), "?scale=4&format=png")
+    _, _, body = await post(http, node, encoded(src), "?scale=4&format=png")
     assert mean_abs(Image.open(io.BytesIO(body)), twice) < 0.01
 
 
@@ -93,14 +96,14 @@ async def test_alpha_gray_palette_16bit_and_exif(start_node, http) -> None:  # t
     rgba = base.convert("RGBA")
     alpha = Image.linear_gradient("L").resize((20, 16))
     rgba.putalpha(alpha)
-    status, _, body = await post(http, node, png_bytes(rgba))
+    status, _, body = await post(http, node, encoded(rgba))
     out = Image.open(io.BytesIO(body))
     assert status == 200 and out.mode == "RGBA" and out.size == (40, 32)
     assert abs(float(np.asarray(out.getchannel("A"), np.float32).mean()) - float(np.asarray(alpha).mean())) < 3
     # Grayscale stays grayscale; palette and 16-bit grayscale work.
     for img, mode in ((base.convert("L"), "L"), (base.convert("P"), "RGB"),
                       (Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257), "L")):
-        status, _, body = await post(http, node, png_bytes(img))
+        status, _, body = await post(http, node, encoded(img))
         out = Image.open(io.BytesIO(body))
         assert status == 200 and out.size == (40, 32) and out.mode == mode, img.mode
     # 16-bit content is scaled, not clipped: mean brightness survives.
@@ -108,7 +111,7 @@ async def test_alpha_gray_palette_16bit_and_exif(start_node, http) -> None:  # t
     # EXIF orientation 6 (rotate 90 CW) is applied: 20x16 stored -> 16x20 shown -> 32x40 out.
     exif = Image.Exif()
     exif[0x0112] = 6
-    jpeg = png_bytes(base, "JPEG", exif=exif.tobytes())
+    jpeg = encoded(base, "JPEG", exif=exif.tobytes())
     status, _, body = await post(http, node, jpeg)
     out = Image.open(io.BytesIO(body))
     assert status == 200 and out.size == (32, 40)
@@ -119,13 +122,13 @@ async def test_health_answers_during_a_long_inference(start_node, http) -> None:
     """Health is answered while the one inference runs, not after it: five answers that say
     ``busy: 1`` before the job's answer. (Latency figures: bench/health_latency.py.)"""
     node = await start_node(token="tok", tile_size=128)
-    big = png_bytes(photo().resize((384, 384)))  # ~9 tiles, a few seconds on 2 cores
+    big = encoded(photo().resize((384, 384)))  # ~9 tiles, a few seconds on 2 cores
     job = asyncio.ensure_future(post(http, node, big, "?format=png"))
     try:
         async def busy() -> bool:
             async with http.get(f"{node.url}/health") as resp:
                 return (await resp.json())["busy"] == 1
-        await wait_for(busy, timeout=30)
+        await wait_until(busy, timeout=30)
         answers_while_busy, slowest = 0, 0.0
         while answers_while_busy < 5:
             t0 = time.perf_counter()
@@ -152,13 +155,13 @@ async def test_health_answers_during_a_long_inference(start_node, http) -> None:
 
 async def test_full_queue_answers_503(start_node, http) -> None:  # type: ignore[no-untyped-def]
     node = await start_node(token="tok", queue_size=0, tile_size=128)
-    job = asyncio.ensure_future(post(http, node, png_bytes(photo().resize((256, 256)))))
+    job = asyncio.ensure_future(post(http, node, encoded(photo().resize((256, 256)))))
 
     async def busy() -> bool:
         async with http.get(f"{node.url}/health") as resp:
             return (await resp.json())["busy"] == 1
-    await wait_for(busy, timeout=30)
-    status, headers, raw = await post(http, node, png_bytes(photo().resize((16, 16))))
+    await wait_until(busy, timeout=30)
+    status, headers, raw = await post(http, node, encoded(photo().resize((16, 16))))
     assert status == 503 and b"busy" in raw and headers.get("Retry-After")
     assert (await job)[0] == 200
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gpunode_support import photo, png_bytes
+from helpers.photos import encoded
+from node_support import photo
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpunode import tiling
@@ -27,7 +28,7 @@ async def test_metrics_count_photos_tiles_and_refusals(start_node, http) -> None
     node = await start_node(token="tok")
     engine = node.app[ENGINE]
     for size in ((40, 30), (300, 200)):
-        async with http.post(f"{node.url}/v1/enhance", data=png_bytes(photo().resize(size)), headers=AUTH) as resp:
+        async with http.post(f"{node.url}/v1/enhance", data=encoded(photo().resize(size)), headers=AUTH) as resp:
             assert resp.status == 200
     async with http.post(f"{node.url}/v1/enhance", data=b"x", headers={"Authorization": "Bearer wrong"}) as resp:
         assert resp.status == 401
@@ -52,6 +53,6 @@ def test_count_tiles_matches_the_tiler(sr_model) -> None:  # type: ignore[no-unt
 
     for size, scale in (((150, 70), None), ((40, 30), None), ((50, 40), "4")):
         ran: list[int] = []
-        tiling.enhance_rgb(sr_model, photo().resize(size), float(scale or 2), tile=64, overlap=16,
-                           on_tile=lambda ran=ran: ran.append(1))
+        tiling.enhance_rgb(sr_model, photo().resize(size), float(scale or 2),
+                           tiling.Tiles(tile=64, overlap=16, on_tile=lambda ran=ran: ran.append(1)))
         assert count_tiles(Engine(), *size, scale) == len(ran), size

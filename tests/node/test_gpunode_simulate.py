@@ -73,3 +73,16 @@ async def test_mirror_refuses_what_is_not_an_image() -> None:
 def test_unknown_output_refused() -> None:
     with pytest.raises(ValueError, match="--sim-output"):
         SimEngine(speed=1, slots=1, queue_size=1, output="flip")
+
+
+async def test_a_simulated_node_answers_info_and_health(start_node, http) -> None:  # type: ignore[no-untyped-def]
+    """/info names no tile size (a simulated node cuts none; it was a 500 before), and /health
+    adds the simulated node's own job counts."""
+    node = await start_node(simulate_speed=1000.0)
+    async with http.get(node.url + "/info") as resp:
+        assert resp.status == 200, await resp.text()
+        info = await resp.json()
+    assert info["tile_size"] is None and info["provider"] == "simulated"
+    async with http.get(node.url + "/health") as resp:
+        health = await resp.json()
+    assert health["jobs_done"] == 0 and health["max_inflight"] == 0 and health["status"] == "ok"

@@ -8,7 +8,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from gpunode_support import free_socket, photo, png_bytes, wait_for
+from helpers.photos import encoded
+from helpers.polling import wait_until
+from helpers.ports import free_socket
+from node_support import photo
 from PIL import Image
 
 from gpunode.keys import REGISTRAR
@@ -31,12 +34,12 @@ async def test_photo_enhanced_through_the_gateway(tmp_path: Path, start_node, ht
     node = None
     try:
         node = await start_node(gateway_url=gw, secret=SECRET, advertise_ip="127.0.0.1")
-        await wait_for(lambda: node.app[REGISTRAR].server_id, timeout=30)
+        await wait_until(lambda: node.app[REGISTRAR].server_id, timeout=30)
         assert node.app[REGISTRAR].server_id.startswith("GPU-")
 
         src = photo().resize((64, 48))
         form = aiohttp.FormData()
-        form.add_field("file", png_bytes(src, "JPEG", quality=95), filename="p.jpg", content_type="image/jpeg")
+        form.add_field("file", encoded(src, "JPEG", quality=95), filename="p.jpg", content_type="image/jpeg")
         async with http.post(f"{gw}/api/v1/enhance", data=form) as resp:
             assert resp.status in (200, 202), await resp.text()
             task_id = (await resp.json())["task_id"]
@@ -46,7 +49,7 @@ async def test_photo_enhanced_through_the_gateway(tmp_path: Path, start_node, ht
                 body = await r.json()
             assert body["status"] != "failed", body
             return body if body["status"] == "completed" else None
-        await wait_for(done, timeout=60, interval=0.1)
+        await wait_until(done, timeout=60, interval=0.1)
 
         async with http.get(f"{gw}/api/v1/download/{task_id}") as resp:
             assert resp.status == 200

@@ -1,13 +1,10 @@
-"""Helpers for the gpunode tests: polling, images, free sockets, a fake gateway."""
+"""Helpers for the gpunode tests: the bundled photos, a fake gateway, tiny ONNX models.
+Polling, ports and photo encoding are in ``tests/helpers/``."""
 
 from __future__ import annotations
 
-import asyncio
-import io
 import secrets
 import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 from aiohttp import web
+from helpers.ports import free_socket
 from onnx import TensorProto, helper
 from PIL import Image
 
@@ -24,36 +22,8 @@ SHARED = HERE.parents[2] / "shared"  # ../shared next to the checkout; absent in
 REFERENCE_MODEL = SHARED / "reference-models" / "waifu2x-upconv7-photo-x2.onnx"
 
 
-async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` (sync or async) until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
-
-
-def png_bytes(img: Image.Image, fmt: str = "PNG", **kw: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
 def photo(name: str = "astronaut_crop.png") -> Image.Image:
     return Image.open(IMAGES / name).convert("RGB")
-
-
-def free_socket() -> socket.socket:
-    """A TCP socket bound to an ephemeral loopback port, not yet listening."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 @dataclass
@@ -139,12 +109,11 @@ class FakeGateway:
         self.sock.close()
 
 
-
 def mean_abs(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
 
 
-def tiny_model(path, *, fixed: int | None = None, multiple: int = 1) -> None:  # type: ignore[no-untyped-def]
+def tiny_model(path: Path, *, fixed: int | None = None, multiple: int = 1) -> None:
     """A x2 nearest-neighbour 'model'; ``multiple`` > 1 adds a SpaceToDepth that needs it."""
     dims = [1, 3, fixed, fixed] if fixed else ["N", 3, "H", "W"]
     nodes = []

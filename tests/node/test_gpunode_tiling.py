@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gpunode_support import mean_abs, photo, tiny_model
+from node_support import mean_abs, photo, tiny_model
 from PIL import Image
 
 from gpunode import tiling
@@ -13,14 +13,14 @@ from gpunode.model import SRModel
 
 def test_tiled_result_matches_untiled(sr_model) -> None:  # type: ignore[no-untyped-def]
     img = photo().crop((40, 40, 190, 170))  # 150 x 130, not a multiple of anything
-    whole = tiling.upscale(sr_model, img, tile=1024)
+    whole = tiling.upscale(sr_model, img, tiling.Tiles(tile=1024))
     for tile, overlap in ((64, 16), (48, 8), (100, 24)):
-        tiled = tiling.upscale(sr_model, img, tile=tile, overlap=overlap)
+        tiled = tiling.upscale(sr_model, img, tiling.Tiles(tile=tile, overlap=overlap))
         assert tiled.size == whole.size == (300, 260)
         diff = mean_abs(tiled, whole) / 255.0
         assert diff < 1 / 255, (tile, overlap, diff)
     # Enough overlap for UpConv7's 7 px receptive field: identical.
-    assert mean_abs(tiling.upscale(sr_model, img, tile=64, overlap=32), whole) == 0.0
+    assert mean_abs(tiling.upscale(sr_model, img, tiling.Tiles(tile=64, overlap=32)), whole) == 0.0
 
 
 def test_blend_weights_partition_unity() -> None:
@@ -40,11 +40,11 @@ def test_fixed_size_model_is_tiled_at_exactly_its_size(tmp_path) -> None:  # typ
     real_run = model.run
     model.run = lambda x: (seen.append(x.shape), real_run(x))[1]  # type: ignore[method-assign]
     img = photo().resize((70, 45))
-    out = tiling.upscale(model, img, overlap=8, fixed_size=model.info.fixed_size)
+    out = tiling.upscale(model, img, tiling.Tiles(overlap=8, fixed_size=model.info.fixed_size))
     assert out.size == (140, 90) and set(seen) == {(1, 3, 32, 32)}
     assert mean_abs(out, img.resize((140, 90), Image.Resampling.NEAREST)) < 0.5
     small = photo().resize((20, 12))  # smaller than the fixed size: padded, then cropped
-    assert tiling.upscale(model, small, fixed_size=(32, 32)).size == (40, 24)
+    assert tiling.upscale(model, small, tiling.Tiles(fixed_size=(32, 32))).size == (40, 24)
 
 
 def test_model_needing_a_multiple_is_padded(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -52,7 +52,7 @@ def test_model_needing_a_multiple_is_padded(tmp_path) -> None:  # type: ignore[n
     model = SRModel(tmp_path / "m4.onnx", cpu_only=True)
     assert model.scale == 2 and model.multiple == 4
     img = photo().resize((37, 23))
-    out = tiling.upscale(model, img, tile=16, overlap=4)
+    out = tiling.upscale(model, img, tiling.Tiles(tile=16, overlap=4))
     assert out.size == (74, 46)
     assert mean_abs(out, img.resize((74, 46), Image.Resampling.NEAREST)) < 0.5
 

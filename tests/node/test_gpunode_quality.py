@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from gpunode_support import IMAGES, png_bytes
+from helpers.photos import encoded
+from node_support import IMAGES
 from PIL import Image
 
 PHOTOS = ["astronaut_crop.png", "coffee_crop.png", "chelsea_crop.png", "rocket.jpg"]
@@ -27,7 +28,7 @@ async def test_bundled_model_beats_bicubic_by_2db(start_node, http) -> None:  # 
         w, h = original.size
         small = original.resize((w // 2, h // 2), Image.Resampling.BICUBIC)
         bicubic = small.resize((w, h), Image.Resampling.BICUBIC)
-        async with http.post(f"{node.url}/v1/enhance?format=png", data=png_bytes(small),
+        async with http.post(f"{node.url}/v1/enhance?format=png", data=encoded(small),
                              headers={"Authorization": "Bearer tok"}) as resp:
             assert resp.status == 200
             enhanced = Image.open(io.BytesIO(await resp.read()))

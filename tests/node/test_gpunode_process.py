@@ -10,13 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from gpunode_support import (
-    FakeGateway,
-    photo,
-    png_bytes,
-    tiny_model,
-    wait_for,
-)
+from helpers.photos import encoded
+from helpers.polling import wait_until
+from node_support import FakeGateway, photo, tiny_model
 from PIL import Image
 from support import reported_port
 
@@ -48,7 +44,7 @@ async def test_plain_run_command_serves_the_bundled_model_on_cpu(tmp_path: Path,
         *gpunode_command(), "--gateway", fake_gateway.url, "--secret", fake_gateway.secret, "--port", "0",
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     try:
-        await wait_for(lambda: "GPU-001" in fake_gateway.servers, timeout=60)
+        await wait_until(lambda: "GPU-001" in fake_gateway.servers, timeout=60)
         port = fake_gateway.servers["GPU-001"]["port"]  # the port it bound: served below
         assert port > 0
         url = f"http://127.0.0.1:{port}"
@@ -57,7 +53,7 @@ async def test_plain_run_command_serves_the_bundled_model_on_cpu(tmp_path: Path,
         assert health["provider"] == "CPUExecutionProvider" and health["model"] == "waifu2x-upconv7-photo-x2"
         token = fake_gateway.token_of("GPU-001")
         src = photo().resize((32, 24))
-        async with http.post(f"{url}/v1/enhance", data=png_bytes(src, "JPEG"),
+        async with http.post(f"{url}/v1/enhance", data=encoded(src, "JPEG"),
                              headers={"Authorization": f"Bearer {token}", "Content-Type": "image/jpeg"}) as resp:
             assert resp.status == 200 and resp.content_type == "image/jpeg"
             assert Image.open(io.BytesIO(await resp.read())).size == (64, 48)
@@ -79,7 +75,7 @@ async def _enhance_big_photo(tmp_path: Path, http, model: Path | None, timeout: 
             assert proc.returncode is None, log.read_text()[-3000:]
             return reported_port(log, "starting")
 
-        url = f"http://127.0.0.1:{await wait_for(port, timeout=60, interval=0.05)}"
+        url = f"http://127.0.0.1:{await wait_until(port, timeout=60, interval=0.05)}"
 
         async def up() -> bool:
             try:
@@ -87,9 +83,9 @@ async def _enhance_big_photo(tmp_path: Path, http, model: Path | None, timeout: 
                     return resp.status == 200
             except OSError:
                 return False
-        await wait_for(up, timeout=60, interval=0.1)
+        await wait_until(up, timeout=60, interval=0.1)
         big = photo().resize((4000, 3000), Image.Resampling.BICUBIC)
-        body = png_bytes(big, "JPEG", quality=92)
+        body = encoded(big, "JPEG", quality=92)
         del big
         async with http.post(f"{url}/v1/enhance?scale=2&format=jpeg", data=body,
                              headers={"Authorization": "Bearer tok"}, timeout=timeout) as resp:

@@ -8,7 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
-from gpunode_support import FakeGateway, photo, png_bytes, wait_for
+from helpers.photos import encoded
+from helpers.polling import wait_until
+from node_support import FakeGateway, photo
 
 from gpunode.keys import REGISTRAR
 from gpunode.registration import load_node_key
@@ -21,13 +23,13 @@ def registrar(node):  # type: ignore[no-untyped-def]
 async def test_registration_retries_until_a_late_gateway_starts(start_node, fake_gateway, http) -> None:  # type: ignore[no-untyped-def]
     # The gateway's port is reserved but not listening: connections are refused.
     node = await start_node(gateway_url=fake_gateway.url, secret=fake_gateway.secret, advertise_ip="127.0.0.1")
-    body = png_bytes(photo().resize((16, 16)))
+    body = encoded(photo().resize((16, 16)))
     async with http.post(f"{node.url}/v1/enhance", data=body, headers={"Authorization": "Bearer x"}) as resp:
         assert resp.status == 401 and "not registered" in (await resp.json())["error"]
-    await wait_for(lambda: registrar(node).attempts >= 3, timeout=10)  # refused, backing off
+    await wait_until(lambda: registrar(node).attempts >= 3, timeout=10)  # refused, backing off
     assert registrar(node).server_id is None
     await fake_gateway.start()
-    await wait_for(lambda: registrar(node).server_id == "GPU-001", timeout=20)
+    await wait_until(lambda: registrar(node).server_id == "GPU-001", timeout=20)
     reg = fake_gateway.registrations()[0]
     assert reg["ip"] == "127.0.0.1" and reg["port"] == node.config.port and reg["slots"] == 1
     assert reg["model"] == "waifu2x-upconv7-photo-x2" and reg["scale"] == 2 and len(reg["node_key"]) == 32
@@ -45,7 +47,7 @@ async def test_registration_retries_until_a_late_gateway_starts(start_node, fake
 async def test_wrong_secret_keeps_retrying_without_registering(start_node, fake_gateway) -> None:  # type: ignore[no-untyped-def]
     await fake_gateway.start()
     node = await start_node(gateway_url=fake_gateway.url, secret="wrong", advertise_ip="127.0.0.1")
-    await wait_for(lambda: registrar(node).attempts >= 3, timeout=10)
+    await wait_until(lambda: registrar(node).attempts >= 3, timeout=10)
     assert registrar(node).server_id is None and fake_gateway.registrations() == []
 
 
@@ -54,10 +56,10 @@ async def test_ip_change_reregisters_with_the_same_id(start_node, fake_gateway) 
     # The IP comes from a URL the fake gateway serves, so the test can change it.
     node = await start_node(gateway_url=fake_gateway.url, secret=fake_gateway.secret,
                             ip_url=f"{fake_gateway.url}/myip", ip_check_interval=0.1)
-    await wait_for(lambda: registrar(node).server_id == "GPU-001")
+    await wait_until(lambda: registrar(node).server_id == "GPU-001", timeout=20)
     first_token = registrar(node).token
     fake_gateway.ip = "127.0.0.2"
-    await wait_for(lambda: registrar(node).ip == "127.0.0.2")
+    await wait_until(lambda: registrar(node).ip == "127.0.0.2", timeout=20)
     regs = fake_gateway.registrations()
     assert [r["ip"] for r in regs] == ["127.0.0.1", "127.0.0.2"]
     assert regs[0]["node_key"] == regs[1]["node_key"]
@@ -69,10 +71,10 @@ async def test_gateway_that_lost_its_store_gets_a_new_registration(start_node, f
     await fake_gateway.start()
     node = await start_node(gateway_url=fake_gateway.url, secret=fake_gateway.secret, advertise_ip="127.0.0.1",
                             gateway_check_interval=0.1)
-    await wait_for(lambda: registrar(node).server_id == "GPU-001")
+    await wait_until(lambda: registrar(node).server_id == "GPU-001", timeout=20)
     fake_gateway.lose_store()
-    await wait_for(lambda: len(fake_gateway.registrations()) == 2)
-    await wait_for(lambda: registrar(node).server_id in fake_gateway.servers)
+    await wait_until(lambda: len(fake_gateway.registrations()) == 2, timeout=20)
+    await wait_until(lambda: registrar(node).server_id in fake_gateway.servers, timeout=20)
     assert registrar(node).token == fake_gateway.token_of(registrar(node).server_id)
 
 
@@ -84,14 +86,14 @@ async def test_node_key_is_stable_and_private(tmp_path: Path, start_node, fake_g
     # A restarted node (same state dir) gets its id back, a node with another state dir a new one.
     first = await start_node(gateway_url=fake_gateway.url, secret=fake_gateway.secret, advertise_ip="127.0.0.1",
                              state_dir=tmp_path / "a")
-    await wait_for(lambda: registrar(first).server_id == "GPU-001")
+    await wait_until(lambda: registrar(first).server_id == "GPU-001", timeout=20)
     await first.stop()
     assert fake_gateway.unregistrations()[0]["server_id"] == "GPU-001"
     again = await start_node(gateway_url=fake_gateway.url, secret=fake_gateway.secret, advertise_ip="127.0.0.1",
                              state_dir=tmp_path / "a")
     other = await start_node(gateway_url=fake_gateway.url, secret=fake_gateway.secret, advertise_ip="127.0.0.1",
                              state_dir=tmp_path / "b")
-    await wait_for(lambda: registrar(again).server_id and registrar(other).server_id)
+    await wait_until(lambda: registrar(again).server_id and registrar(other).server_id, timeout=20)
     assert registrar(again).server_id == "GPU-001" and registrar(other).server_id == "GPU-002"
 
 
@@ -104,7 +106,7 @@ async def test_sigterm_unregisters(tmp_path: Path, fake_gateway: FakeGateway) ->
         sys.executable, "-m", "gpunode", "--host", "127.0.0.1", "--port", "0", "--advertise-ip", "127.0.0.1",
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        await wait_for(lambda: fake_gateway.registrations(), timeout=60)
+        await wait_until(lambda: fake_gateway.registrations(), timeout=60)
         reg = fake_gateway.registrations()[0]
         assert reg["port"] > 0 and "GPU-001" in fake_gateway.servers
         token = fake_gateway.token_of("GPU-001")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,17 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
-# This folder is called ``gpunode`` and ``tests/`` is on sys.path, so with setuptools'
-# editable finder (which runs after the path finder) ``import gpunode`` would find this
-# folder as a namespace package. Put the real source first; harmless for a normal install.
-_SRC = Path(__file__).resolve().parents[2] / "src"
-if (_SRC / "gpunode" / "__init__.py").is_file() and str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
-    if "gpunode" in sys.modules and getattr(sys.modules["gpunode"], "__file__", None) is None:
-        del sys.modules["gpunode"]
-
-from gpunode_support import FakeGateway, free_socket
+from helpers.ports import free_socket
+from node_support import FakeGateway
 
 from gpunode.app import create_app
 from gpunode.config import NodeConfig, bundled_model_path
