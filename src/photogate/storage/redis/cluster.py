@@ -16,25 +16,25 @@ class RedisCluster(RedisConnection, GatewayMembership, RateBuckets):
     @unavailable
     async def heartbeat(self, ttl: float) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.k_alive, str(time.time()), px=int(ttl * 1000))
-            pipe.sadd(self.k_gateways, self.gateway_id)
+            pipe.set(self.keys.alive, str(time.time()), px=int(ttl * 1000))
+            pipe.sadd(self.keys.gateways, self.gateway_id)
             await pipe.execute()
 
     @unavailable
     async def lease(self, ttl: float) -> bool:
         """Take or keep the health prober's lease for ``ttl`` s; True while this gateway holds it."""
-        return bool(await self.scripts.lease(keys=[self.k_lease], args=[self.gateway_id, int(ttl * 1000)]))
+        return bool(await self.scripts.lease(keys=[self.keys.lease], args=[self.gateway_id, int(ttl * 1000)]))
 
     @unavailable
     async def drop_lease(self) -> None:
-        holder = await self.redis.get(self.k_lease)
+        holder = await self.redis.get(self.keys.lease)
         if holder is not None and text(holder) == self.gateway_id:
-            await self.redis.delete(self.k_lease)
+            await self.redis.delete(self.keys.lease)
 
     @unavailable
     async def bucket(self, name: str, key: str, rate: float, burst: float, take: bool) -> float:
         """Draw from the shared token bucket: the seconds to wait (0: a token was there, and
         taken if ``take``)."""
-        wait = await self.scripts.bucket(keys=[self.k_bucket(name, key)],
+        wait = await self.scripts.bucket(keys=[self.keys.bucket(name, key)],
                                          args=[repr(rate), repr(burst), "1" if take else "0"])
         return float(wait)

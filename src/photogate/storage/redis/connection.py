@@ -117,8 +117,45 @@ def texts(values: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
     return {text(k): text(v) for k, v in values.items()}
 
 
+class Keys:
+    """Every key name of the store (the table above), for one prefix and one gateway."""
+
+    def __init__(self, prefix: str, gateway_id: str) -> None:
+        self.prefix = p = prefix
+        self.queue = p + "queue"
+        self.done = p + "done"
+        self.inflight = p + "inflight"
+        self.ghosts = p + "ghosts"
+        self.gateways = p + "gateways"
+        self.claimed = f"{p}gw:{gateway_id}:claimed"
+        self.res = f"{p}gw:{gateway_id}:res"
+        self.alive = f"{p}gw:{gateway_id}:alive"
+        self.lease = p + "lease:health"
+        self.nodes = p + "nodes"
+        self.node_addr = p + "node_addr"
+        self.node_key = p + "node_key"
+        self.health = p + "health"
+        self.settings = p + "settings"
+        self.settings_version = p + "settings_version"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}task:{task_id}"
+
+    def status(self, status: str) -> str:
+        return f"{self.prefix}status:{status}"
+
+    def owner(self, owner: str) -> str:
+        return f"{self.prefix}owner:{owner}"
+
+    def alive_of(self, gateway_id: str) -> str:
+        return f"{self.prefix}gw:{gateway_id}:alive"
+
+    def bucket(self, name: str, key: str) -> str:
+        return f"{self.prefix}rl:{name}:{key}"
+
+
 class RedisConnection:
-    """The client, this gateway's id, every key name and the scripts: what each part of
+    """The client, this gateway's id, the key names and the scripts: what each part of
     :class:`~photogate.storage.redis.store.RedisStore` works with.
 
     ``gateway_id`` names this process in the claim and reservation keys; it is new at
@@ -130,35 +167,5 @@ class RedisConnection:
         self.prefix = prefix
         self.gateway_id = gateway_id
         self.url = redacted_url(url)
-        p = prefix
-        self.k_queue = p + "queue"
-        self.k_done = p + "done"
-        self.k_inflight = p + "inflight"
-        self.k_ghosts = p + "ghosts"
-        self.k_gateways = p + "gateways"
-        self.k_claimed = f"{p}gw:{gateway_id}:claimed"
-        self.k_res = f"{p}gw:{gateway_id}:res"
-        self.k_alive = f"{p}gw:{gateway_id}:alive"
-        self.k_lease = p + "lease:health"
-        self.k_nodes = p + "nodes"
-        self.k_node_addr = p + "node_addr"
-        self.k_node_key = p + "node_key"
-        self.k_health = p + "health"
-        self.k_settings = p + "settings"
-        self.k_settings_version = p + "settings_version"
+        self.keys = Keys(prefix, gateway_id)
         self.scripts = Scripts(client)
-
-    def k_task(self, task_id: str) -> str:
-        return f"{self.prefix}task:{task_id}"
-
-    def k_status(self, status: str) -> str:
-        return f"{self.prefix}status:{status}"
-
-    def k_owner(self, owner: str) -> str:
-        return f"{self.prefix}owner:{owner}"
-
-    def k_alive_of(self, gateway_id: str) -> str:
-        return f"{self.prefix}gw:{gateway_id}:alive"
-
-    def k_bucket(self, name: str, key: str) -> str:
-        return f"{self.prefix}rl:{name}:{key}"

@@ -29,9 +29,10 @@ class RedisNodes(RedisConnection, NodeStore, FleetStateStore):
         """Read the records :func:`identity.decide` needs, decide, apply with compare-and-set."""
         address = f"{ip}:{port}"
         for _ in range(self.REGISTER_TRIES):
-            key_sid = text(await self.redis.hget(self.k_node_key, node_key) or "") if node_key else ""
-            addr_sid = text(await self.redis.hget(self.k_node_addr, address) or "")
-            key_raw, addr_raw = (text(raw or "") for raw in await self.redis.hmget(self.k_nodes, [key_sid, addr_sid]))
+            key_sid = text(await self.redis.hget(self.keys.node_key, node_key) or "") if node_key else ""
+            addr_sid = text(await self.redis.hget(self.keys.node_addr, address) or "")
+            raws = await self.redis.hmget(self.keys.nodes, [key_sid, addr_sid])
+            key_raw, addr_raw = (text(raw or "") for raw in raws)
             by_key = node_from_json(key_raw)[1] if key_raw else None
             at_address = node_from_json(addr_raw)[1] if addr_raw else None
             claim = identity.decide(address, node_key, by_key, at_address)
@@ -52,10 +53,10 @@ class RedisNodes(RedisConnection, NodeStore, FleetStateStore):
     async def fleet(self) -> FleetSnapshot:
         """Every node (in id order), the shared health of each, the slots taken on each."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.k_nodes)
-            pipe.hgetall(self.k_health)
-            pipe.hgetall(self.k_inflight)
-            pipe.hgetall(self.k_ghosts)
+            pipe.hgetall(self.keys.nodes)
+            pipe.hgetall(self.keys.health)
+            pipe.hgetall(self.keys.inflight)
+            pipe.hgetall(self.keys.ghosts)
             nodes, health, inflight, ghosts = (texts(reply) for reply in await pipe.execute())
         records = sorted((node_from_json(raw) for raw in nodes.values()), key=lambda pair: pair[0])
         taken = {sid: int(n) for sid, n in inflight.items()}
@@ -94,9 +95,9 @@ class RedisNodes(RedisConnection, NodeStore, FleetStateStore):
     @unavailable
     async def acquire_slot(self, server_id: str, slots: int) -> int:
         """Take a slot on the node: its new in-flight count, or -1 when all are taken."""
-        return int(await self.scripts.acquire_slot(keys=[self.k_inflight, self.k_res, self.k_ghosts],
+        return int(await self.scripts.acquire_slot(keys=[self.keys.inflight, self.keys.res, self.keys.ghosts],
                                                    args=[server_id, slots]))
 
     @unavailable
     async def release_slot(self, server_id: str) -> int:
-        return int(await self.scripts.release_slot(keys=[self.k_inflight, self.k_res], args=[server_id]))
+        return int(await self.scripts.release_slot(keys=[self.keys.inflight, self.keys.res], args=[server_id]))

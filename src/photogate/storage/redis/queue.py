@@ -15,35 +15,35 @@ class RedisSharedQueue(RedisConnection, SharedQueueStore):
 
     @unavailable
     async def queue_length(self) -> int:
-        return int(await self.redis.zcard(self.k_queue))
+        return int(await self.redis.zcard(self.keys.queue))
 
     @unavailable
     async def claim(self, count: int) -> list[TaskRecord]:
         """Take the ``count`` oldest tasks of the shared queue for this gateway."""
-        got = await self.scripts.claim(keys=[self.k_queue, self.k_claimed], args=[self.prefix, count])
+        got = await self.scripts.claim(keys=[self.keys.queue, self.keys.claimed], args=[self.prefix, count])
         tasks = [task_from_hash(dict(zip(fields[0::2], fields[1::2]))) for fields in got[1::2]]
         return [t for t in tasks if t.status is TaskStatus.QUEUED or t.status is TaskStatus.PROCESSING]
 
     @unavailable
     async def claimed_ids(self) -> set[str]:
-        return {text(task_id) for task_id in await self.redis.hkeys(self.k_claimed)}
+        return {text(task_id) for task_id in await self.redis.hkeys(self.keys.claimed)}
 
     @unavailable
     async def unclaim(self, task_ids: Sequence[str]) -> int:
         """Hand claimed tasks back to the shared queue (for any gateway to run)."""
         if not task_ids:
             return 0
-        return int(await self.scripts.unclaim(keys=[self.k_claimed], args=[self.prefix, *task_ids]))
+        return int(await self.scripts.unclaim(keys=[self.keys.claimed], args=[self.prefix, *task_ids]))
 
     @unavailable
     async def dead_gateways(self) -> list[str]:
-        members = {text(gid) for gid in await self.redis.smembers(self.k_gateways)}
+        members = {text(gid) for gid in await self.redis.smembers(self.keys.gateways)}
         others = [gid for gid in members if gid != self.gateway_id]
         if not others:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for gid in others:
-                pipe.exists(self.k_alive_of(gid))
+                pipe.exists(self.keys.alive_of(gid))
             alive = await pipe.execute()
         return [gid for gid, up in zip(others, alive) if not up]
 

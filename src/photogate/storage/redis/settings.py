@@ -20,8 +20,8 @@ class RedisSettings(RedisConnection, SettingsStore):
     async def load_settings(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """The settings' version and every runtime change, read together."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(self.k_settings_version)
-            pipe.hgetall(self.k_settings)
+            pipe.get(self.keys.settings_version)
+            pipe.hgetall(self.keys.settings)
             version, raw = await pipe.execute()
         return int(version or 0), {key: json.loads(entry) for key, entry in texts(raw).items()}
 
@@ -33,17 +33,17 @@ class RedisSettings(RedisConnection, SettingsStore):
             key: json.dumps({"value": value, "changed_at": now, "who": who}) for key, value in values.items()
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.k_settings, mapping=entries)
-            pipe.incr(self.k_settings_version)
+            pipe.hset(self.keys.settings, mapping=entries)
+            pipe.incr(self.keys.settings_version)
             return int((await pipe.execute())[-1])
 
     @unavailable
     async def drop_settings(self, keys: Sequence[str]) -> int:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.k_settings, *keys)
-            pipe.incr(self.k_settings_version)
+            pipe.hdel(self.keys.settings, *keys)
+            pipe.incr(self.keys.settings_version)
             return int((await pipe.execute())[-1])
 
     @unavailable
     async def settings_version(self) -> int:
-        return int(await self.redis.get(self.k_settings_version) or 0)
+        return int(await self.redis.get(self.keys.settings_version) or 0)

@@ -26,14 +26,14 @@ class RedisTasks(RedisConnection, TaskStore):
         if callable(task):
             task = await asyncio.get_running_loop().run_in_executor(None, task)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.k_task(task.task_id), mapping=task_hash(task))
-            pipe.zadd(self.k_status(task.status.value), {task.task_id: task.created_at})
+            pipe.hset(self.keys.task(task.task_id), mapping=task_hash(task))
+            pipe.zadd(self.keys.status(task.status.value), {task.task_id: task.created_at})
             if task.status is TaskStatus.QUEUED:
-                pipe.zadd(self.k_queue, {task.task_id: task.created_at})
+                pipe.zadd(self.keys.queue, {task.task_id: task.created_at})
             if task.status.value in FINISHED:
-                pipe.zadd(self.k_done, {task.task_id: task.updated_at})
+                pipe.zadd(self.keys.done, {task.task_id: task.updated_at})
             if task.owner:  # a WeChat user's own list of tasks
-                pipe.zadd(self.k_owner(task.owner), {task.task_id: task.created_at})
+                pipe.zadd(self.keys.owner(task.owner), {task.task_id: task.created_at})
             await pipe.execute()
         return task
 
@@ -46,7 +46,7 @@ class RedisTasks(RedisConnection, TaskStore):
             changes = {**changes, **await asyncio.get_running_loop().run_in_executor(None, prepare)}
         check_updatable(changes)
         encoded = json.dumps({k: field_text(v) for k, v in changes.items()})
-        await self.scripts.update_task(keys=[self.k_task(task_id), self.k_claimed],
+        await self.scripts.update_task(keys=[self.keys.task(task_id), self.keys.claimed],
                                        args=[self.prefix, task_id, encoded, repr(time.time())])
 
     def peek_task(self, task_id: str) -> TaskRecord | None:
@@ -55,13 +55,13 @@ class RedisTasks(RedisConnection, TaskStore):
 
     @unavailable
     async def get_task(self, task_id: str) -> TaskRecord | None:
-        data = texts(await self.redis.hgetall(self.k_task(task_id)))
+        data = texts(await self.redis.hgetall(self.keys.task(task_id)))
         return task_from_hash(data) if data else None
 
     async def _tasks(self, ids: Sequence[str]) -> list[TaskRecord]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for task_id in ids:
-                pipe.hgetall(self.k_task(task_id))
+                pipe.hgetall(self.keys.task(task_id))
             rows = await pipe.execute()
         return [task_from_hash(texts(row)) for row in rows if row]
 
@@ -71,7 +71,7 @@ class RedisTasks(RedisConnection, TaskStore):
     ) -> list[TaskRecord]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for status in statuses:
-                key = self.k_status(TaskStatus(status).value)
+                key = self.keys.status(TaskStatus(status).value)
                 if newest_first:
                     pipe.zrevrange(key, 0, limit - 1, withscores=True)
                 else:
@@ -84,15 +84,15 @@ class RedisTasks(RedisConnection, TaskStore):
     async def count_tasks(self) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for status in TaskStatus:
-                pipe.zcard(self.k_status(status.value))
+                pipe.zcard(self.keys.status(status.value))
             counts = await pipe.execute()
         return {status.value: int(n) for status, n in zip(TaskStatus, counts)}
 
     @unavailable
     async def expired_task_ids(self, before: float) -> list[str]:
         """Finished (completed or failed) tasks last touched before ``before``."""
-        return [str(task_id) for task_id in await self.redis.zrangebyscore(self.k_done, "-inf", f"({before!r}")]
+        return [str(task_id) for task_id in await self.redis.zrangebyscore(self.keys.done, "-inf", f"({before!r}")]
 
     @unavailable
     async def delete_task(self, task_id: str) -> None:
-        await self.scripts.delete_task(keys=[self.k_task(task_id)], args=[self.prefix, task_id])
+        await self.scripts.delete_task(keys=[self.keys.task(task_id)], args=[self.prefix, task_id])
