@@ -16,7 +16,7 @@ _OPTIONAL = ("server_id", "result_mime", "result_bytes", "error", "owner", "star
 FINISHED = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 
 
-def field_text(value: Any) -> str | None:
+def field_text(value: object) -> str | None:
     """A task field as its hash stores it (None: the field is absent)."""
     if value is None:
         return None
