@@ -1,11 +1,14 @@
 """The backend contract (issue 8): the same tests against the embedded SQLite store and
 against Redis (a real ``redis-server``). Whatever a user or a node sees must not depend on
-``storage.backend``."""
+``storage.backend``. The stores are used through their protocols (``storage.protocols``), and
+each backend class is checked to provide exactly the protocols it declares."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,15 +19,17 @@ from redis_support import unique_prefix
 from support import SECRET, Gateway, image_bytes, make_config, wait_until
 
 from photogate.models import TaskRecord, TaskStatus
+from photogate.storage import protocols
+from photogate.storage.protocols import ClusterStore, SQLRunner, Store
 from photogate.storage.redis.store import RedisStore
 from photogate.storage.sqlite.store import SQLiteStore
 
 
 @pytest.fixture
-def open_store(backend: dict[str, Any], tmp_path: Path) -> Callable[[], Awaitable[Any]]:
+def open_store(backend: dict[str, Any], tmp_path: Path) -> Callable[[], Awaitable[Store]]:
     """Open the bare store of the backend (again: a second open sees what the first wrote)."""
 
-    async def open_() -> Any:
+    async def open_() -> Store:
         if backend:
             return await RedisStore.open(backend["storage.redis_url"], backend["storage.redis_prefix"], "gw-test")
         return await SQLiteStore.open(tmp_path / "photogate.db")
@@ -33,11 +38,56 @@ def open_store(backend: dict[str, Any], tmp_path: Path) -> Callable[[], Awaitabl
 
 
 @pytest.fixture
-async def store(open_store: Callable[[], Awaitable[Any]]) -> AsyncIterator[Any]:
+async def store(open_store: Callable[[], Awaitable[Store]]) -> AsyncIterator[Store]:
     opened = await open_store()
     yield opened
     await opened.close()
 
+
+# -- each backend provides its protocols, and nothing public beyond them ----------------------------
+
+#: What each backend class declares it is (besides :meth:`open`, which only the factory calls).
+BACKENDS: dict[type, tuple[type, ...]] = {SQLiteStore: (Store, SQLRunner), RedisStore: (ClusterStore,)}
+
+
+def _members(protocol: type) -> set[str]:
+    """The methods a protocol declares, its bases' included."""
+    return {name for klass in protocol.__mro__ if klass.__module__ == protocols.__name__
+            for name, value in vars(klass).items() if inspect.isfunction(value) and not name.startswith("_")}
+
+
+def _signature(fn: Callable[..., Any]) -> str:
+    """Names, kinds, defaults and resolved types (as text: two modules' ``TypeVar("T")`` are
+    different objects)."""
+    hints = typing.get_type_hints(fn)
+    sig = inspect.signature(fn)
+    return str(sig.replace(parameters=[p.replace(annotation=hints.get(p.name, p.annotation))
+                                       for p in sig.parameters.values()],
+                           return_annotation=hints.get("return", sig.return_annotation)))
+
+
+@pytest.mark.parametrize("backend_class", list(BACKENDS), ids=lambda cls: cls.__name__)
+def test_the_backend_provides_its_protocols_with_their_signatures(backend_class: type) -> None:
+    declared = set().union(*(_members(protocol) for protocol in BACKENDS[backend_class]))
+    for name in sorted(declared):
+        owner = next(klass for klass in backend_class.__mro__ if name in vars(klass))
+        assert owner.__module__ != protocols.__name__, f"{backend_class.__name__} does not implement {name}"
+        wanted = next(klass for klass in protocols.__dict__.values()
+                      if isinstance(klass, type) and klass.__module__ == protocols.__name__ and name in vars(klass))
+        assert _signature(getattr(backend_class, name)) == _signature(getattr(wanted, name)), name
+        assert inspect.iscoroutinefunction(getattr(backend_class, name)) == inspect.iscoroutinefunction(
+            getattr(wanted, name)), name
+    public = {name for klass in backend_class.__mro__ if klass.__module__.startswith("photogate.storage.")
+              and klass.__module__ != protocols.__name__
+              for name, value in vars(klass).items()
+              if not name.startswith("_") and (inspect.isfunction(value) or isinstance(value, classmethod))}
+    assert public - declared == {"open"}, f"public methods no protocol declares: {sorted(public - declared - {'open'})}"
+
+
+def test_both_backends_are_the_same_store() -> None:
+    for name in sorted(_members(Store)):
+        assert _signature(getattr(SQLiteStore, name)) == _signature(getattr(RedisStore, name)), name
+    assert SQLiteStore.ERRORS == RedisStore.ERRORS
 
 
 def _task(task_id: str, created: float, **fields: Any) -> TaskRecord:
@@ -49,7 +99,7 @@ def _task(task_id: str, created: float, **fields: Any) -> TaskRecord:
 # -- the task store ----------------------------------------------------------------------------
 
 
-async def test_task_round_trip_and_updates(store: Any) -> None:
+async def test_task_round_trip_and_updates(store: Store) -> None:
     task = _task("a" * 32, 1000.5, owner="user-1")
     await store.insert_task(task)
     got = await store.get_task(task.task_id)
@@ -70,7 +120,7 @@ async def test_task_round_trip_and_updates(store: Any) -> None:
         await store.update_task(task.task_id, width=1)
 
 
-async def test_task_listing_counts_expiry_and_delete(store: Any) -> None:
+async def test_task_listing_counts_expiry_and_delete(store: Store) -> None:
     for i, status in enumerate([TaskStatus.QUEUED, TaskStatus.QUEUED, TaskStatus.PROCESSING, TaskStatus.FAILED]):
         await store.insert_task(_task(f"{i:032x}", 100.0 + i))
         if status is not TaskStatus.QUEUED:
@@ -88,7 +138,7 @@ async def test_task_listing_counts_expiry_and_delete(store: Any) -> None:
     assert (await store.count_tasks())["failed"] == 0
 
 
-async def test_tasks_survive_a_reopen(store: Any, open_store: Callable[[], Awaitable[Any]]) -> None:
+async def test_tasks_survive_a_reopen(store: Store, open_store: Callable[[], Awaitable[Store]]) -> None:
     await store.insert_task(_task("c" * 32, 5.0))
     await store.update_task("c" * 32, status=TaskStatus.COMPLETED, result_mime="image/jpeg", result_bytes=7)
     again = await open_store()
@@ -102,7 +152,8 @@ async def test_tasks_survive_a_reopen(store: Any, open_store: Callable[[], Await
 # -- the node registry's store -------------------------------------------------------------------
 
 
-async def test_node_ids_keys_addresses_and_the_counter(store: Any, open_store: Callable[[], Awaitable[Any]]) -> None:
+async def test_node_ids_keys_addresses_and_the_counter(store: Store,
+                                                      open_store: Callable[[], Awaitable[Store]]) -> None:
     fields = {"slots": 2, "weight": None, "info": {"model": "m"}}
     a, created, _ = await store.register_node("10.0.0.1", 9000, "key-aaaaaaaa", fields, "token-a")
     b, _, _ = await store.register_node("10.0.0.2", 9000, None, fields, "token-b")
@@ -132,6 +183,65 @@ async def test_node_ids_keys_addresses_and_the_counter(store: Any, open_store: C
     back, created, previous = await store.register_node("10.0.0.7", 9000, "key-aaaaaaaa", fields, "token-z")
     assert (back.server_id, created, previous, back.offline, back.node_token) == (
         "GPU-003", False, "10.0.0.1:9000", False, "token-c")
+
+
+# -- what several gateways share (Redis only) -------------------------------------------------------
+
+
+@pytest.fixture
+async def two_gateways(redis_config: dict[str, Any]) -> AsyncIterator[tuple[ClusterStore, ClusterStore]]:
+    """Two gateways' stores on one Redis and one prefix."""
+    url, prefix = redis_config["storage.redis_url"], redis_config["storage.redis_prefix"]
+    a, b = await RedisStore.open(url, prefix, "gw-a"), await RedisStore.open(url, prefix, "gw-b")
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_shared_queue_claims_hand_backs_and_the_reaper(two_gateways: tuple[ClusterStore, ClusterStore]) -> None:
+    a, b = two_gateways
+    for i in range(3):
+        await a.insert_task(_task(f"{i:032x}", 1.0 + i))
+    t0, t1, t2 = (f"{i:032x}" for i in range(3))
+    assert await a.queue_length() == 3
+    assert [t.task_id for t in await a.claim(2)] == [t0, t1]
+    assert (await a.queue_length(), await a.claimed_ids()) == (1, {t0, t1})
+    # A processing task handed back is queued again, off its node, at its place in the queue.
+    await a.update_task(t0, status=TaskStatus.PROCESSING, server_id="GPU-001")
+    assert await a.unclaim([t0]) == 1
+    got = await a.get_task(t0)
+    assert got is not None and (got.status, got.server_id) == (TaskStatus.QUEUED, None)
+    assert await a.claimed_ids() == {t1}
+    assert [t.task_id for t in await b.claim(5)] == [t0, t2]
+    await b.update_task(t2, status=TaskStatus.PROCESSING, server_id="GPU-002")
+    await b.update_task(t0, status=TaskStatus.COMPLETED)  # finished: no longer a claim
+    assert await b.claimed_ids() == {t2}
+    # The reaper refuses a live gateway; a dead (or stopping) one's unfinished claims go back.
+    await b.heartbeat(30)
+    assert await a.reap("gw-b") == -1
+    assert await a.reap("gw-b", force=True) == 1
+    got = await a.get_task(t2)
+    assert got is not None and (got.status, got.server_id) == (TaskStatus.QUEUED, None)
+    assert (await a.queue_length(), await b.claimed_ids()) == (1, set())
+    assert (await a.get_task(t0) or _task("", 0)).status is TaskStatus.COMPLETED
+
+
+async def test_node_slots_heartbeats_and_ghosts(two_gateways: tuple[ClusterStore, ClusterStore]) -> None:
+    a, b = two_gateways
+    assert await b.acquire_slot("GPU-001", 1) == 1
+    assert await a.acquire_slot("GPU-001", 1) == -1  # all taken, whichever gateway asks
+    assert (await a.fleet()).taken == {"GPU-001": 1}
+    await b.heartbeat(0.001)
+    await wait_until(lambda: a.dead_gateways(), what="gw-b's heartbeat to expire")
+    assert await a.dead_gateways() == ["gw-b"]
+    # Its job may still run there: counted as a ghost until it expires or the node is idle.
+    assert await a.reap("gw-b", ghost_seconds=60) == 0
+    assert (await a.fleet()).taken == {"GPU-001": 1}
+    assert await a.acquire_slot("GPU-001", 1) == -1
+    assert await a.release_slot("GPU-001") == 0  # a never held one there: nothing to give back
+    assert await a.lease(5) and not await b.lease(5)
+    await a.drop_lease()
+    assert await b.lease(5)
 
 
 # -- the gateway, seen from outside ----------------------------------------------------------------

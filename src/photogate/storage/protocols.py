@@ -1,16 +1,31 @@
 """What the gateway asks of a state store, one protocol per concern.
 
-Both backends (``storage.sqlite``, ``storage.redis``) provide ``Store``; code above the
+Both backends (``storage.sqlite``, ``storage.redis``) provide :class:`Store`; code above the
 storage package types against these protocols, never against a backend class. The Redis
-backend adds ``SharedQueueStore`` and ``ClusterStore``: what several gateways share.
+backend alone provides what several gateways share (:class:`ClusterStore`): the shared
+queue, the fleet's shared state (health, node slots), membership (heartbeat, prober lease)
+and rate-limit buckets. Modules with records of their own (WeChat) borrow the backend's
+connection through :class:`SQLRunner` or :class:`RedisKeyspace`.
+
+``tests/test_backend_contract.py`` checks that each backend class provides every method of
+the protocols it declares, with the same signature, and nothing public beyond them.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from ..models import NodeRecord, TaskRecord, TaskStatus
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+T = TypeVar("T")
+
+
+# -- what every backend provides -----------------------------------------------------------
 
 
 class TaskStore(Protocol):
@@ -52,7 +67,13 @@ class SettingsStore(Protocol):
 class Store(TaskStore, NodeStore, SettingsStore, Protocol):
     """A whole state store, as the gateway opens and closes it."""
 
+    #: What "the store failed" is (no node to blame): ``storage.common.STORE_ERRORS``.
+    ERRORS: ClassVar[tuple[type[BaseException], ...]]
+
     async def close(self) -> None: ...
+
+
+# -- what several gateways share (Redis) -----------------------------------------------------
 
 
 class SharedQueueStore(Protocol):
@@ -65,3 +86,61 @@ class SharedQueueStore(Protocol):
     async def queue_length(self) -> int: ...
     async def dead_gateways(self) -> list[str]: ...
     async def reap(self, gateway_id: str, *, force: bool = False, ghost_seconds: float = 0.0) -> int: ...
+
+
+class FleetSnapshot(NamedTuple):
+    """Every node (in id order), the shared health of each (JSON, as the health rule keeps
+    it), and the slots taken on each by all gateways together."""
+
+    nodes: list[NodeRecord]
+    health: dict[str, dict[str, Any]]
+    taken: dict[str, int]
+
+
+class FleetStateStore(Protocol):
+    """What every gateway sees of the nodes: one health state, one count of taken slots."""
+
+    async def fleet(self) -> FleetSnapshot: ...
+    async def record_health(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None,
+                            error: str = "", threshold: int = 3, counter: str = "", check: bool = False) -> int: ...
+    async def acquire_slot(self, server_id: str, slots: int) -> int: ...
+    async def release_slot(self, server_id: str) -> int: ...
+
+
+class GatewayMembership(Protocol):
+    """This gateway among the others: its heartbeat and the health prober's lease."""
+
+    #: New at every start: names this process in the claim and reservation keys.
+    gateway_id: str
+    #: Where the shared store is, password masked (for logs).
+    url: str
+
+    async def heartbeat(self, ttl: float) -> None: ...
+    async def lease(self, ttl: float) -> bool: ...
+    async def drop_lease(self) -> None: ...
+
+
+class RateBuckets(Protocol):
+    """Token buckets every gateway draws from (shared rate limits)."""
+
+    async def bucket(self, name: str, key: str, rate: float, burst: float, take: bool) -> float: ...
+
+
+class ClusterStore(Store, SharedQueueStore, FleetStateStore, GatewayMembership, RateBuckets, Protocol):
+    """The whole Redis backend: a :class:`Store` that several gateways share."""
+
+
+# -- the backend's connection, lent to modules with records of their own -----------------------
+
+
+class SQLRunner(Protocol):
+    """The SQLite store's own thread and connection (``run(fn)`` calls ``fn(connection)`` there)."""
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+class RedisKeyspace(Protocol):
+    """The Redis store's client and key prefix (every key starts with ``prefix``)."""
+
+    redis: aioredis.Redis
+    prefix: str

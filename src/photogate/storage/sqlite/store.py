@@ -1,4 +1,5 @@
-"""The embedded store: one SQLite file (WAL) for the node registry, its id counter and tasks.
+"""The embedded store: one SQLite file (WAL) for the node registry, its id counter, tasks and
+runtime settings (``storage.backend: sqlite``, one gateway).
 
 Every call runs on one dedicated thread that owns the connection, so SQLite never
 blocks the event loop and never sees two threads at once.
@@ -15,10 +16,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ... import identity
 from ...models import NodeRecord, TaskRecord, TaskStatus
+from ..common import STORE_ERRORS, check_updatable
+from ..protocols import SQLRunner, Store
 
 T = TypeVar("T")
 
@@ -113,13 +116,12 @@ def _node(row: Sequence[Any]) -> NodeRecord:
     )
 
 
-class SQLiteStore:
+class SQLiteStore(Store, SQLRunner):
     """Registry and task store on one SQLite file. Create with :meth:`open`."""
 
     #: Recently used tasks kept in memory (write-through).
     CACHE_SIZE = 20_000
-    #: What the dispatcher treats as "the store failed" (no node to blame).
-    ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error,)
+    ERRORS: ClassVar[tuple[type[BaseException], ...]] = STORE_ERRORS
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -340,17 +342,11 @@ class SQLiteStore:
         self._remember(task)
         return task
 
-    _UPDATABLE = frozenset(
-        {"status", "server_id", "attempts", "result_mime", "result_bytes", "error", "started_at", "finished_at"}
-    )
-
     def _update_sync(self, task_id: str, changes: dict[str, Any],
                      prepare: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
         if prepare is not None:
             changes = {**changes, **prepare()}
-        unknown = set(changes) - self._UPDATABLE
-        if unknown:
-            raise ValueError(f"not updatable: {sorted(unknown)}")
+        check_updatable(changes)
         changes["updated_at"] = time.time()
         if isinstance(changes.get("status"), TaskStatus):
             changes["status"] = changes["status"].value
