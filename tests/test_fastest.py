@@ -114,7 +114,7 @@ def test_falls_back_to_least_busy_without_history_and_shares_equal_nodes() -> No
 
 def test_loads_by_name_and_plans_ahead() -> None:
     strategy = load_strategy("fastest", {"alpha": 0.5})
-    assert type(strategy).__name__ == "Fastest" and getattr(strategy, "plans_ahead") is True
+    assert type(strategy).__name__ == "Fastest" and strategy.plans_ahead is True
 
 
 async def test_fastest_in_the_gateway_holds_big_photos_for_the_fast_node(make_gateway, nodes) -> None:  # type: ignore[no-untyped-def]

@@ -90,7 +90,8 @@ async def test_upload_checks(make_gateway, nodes) -> None:  # type: ignore[no-un
 
     resp = await gateway.client.post("/api/v1/enhance", json={"file": "x"})
     assert resp.status == 400 and "multipart" in (await resp.json())["error"]
-    resp = await gateway.client.post("/api/v1/enhance", data=b"--x\r\n", headers={"Content-Type": "multipart/form-data"})
+    resp = await gateway.client.post("/api/v1/enhance", data=b"--x\r\n",
+                                     headers={"Content-Type": "multipart/form-data"})
     assert resp.status == 400 and "boundary" in (await resp.json())["error"]
 
     form = FormData()
@@ -111,7 +112,8 @@ def _png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+            + chunk(b"IEND", b""))
 
 
 async def test_old_client_fields_are_accepted(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
@@ -296,7 +298,8 @@ async def test_wait_with_inline_result_answers_with_the_image(gateway: Gateway, 
     assert await gw.store.count_tasks() == before
 
 
-async def test_small_upload_on_a_full_disk_leaves_nothing(gateway: Gateway, nodes, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_small_upload_on_a_full_disk_leaves_nothing(  # type: ignore[no-untyped-def]
+        gateway: Gateway, nodes, monkeypatch: pytest.MonkeyPatch) -> None:
     # A small photo is published, checked and recorded in one trip to the store's thread:
     # whatever fails there, no task, no file and no half-written file remain.
     await gateway.register(await nodes())

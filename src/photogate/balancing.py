@@ -178,9 +178,11 @@ def load_strategy(name: str, options: Mapping[str, Any] | None = None, rng: rand
     """Resolve ``name`` and build the strategy with its options and an injected RNG. A class
     that does not subclass :class:`Strategy` is adopted (:func:`adopt`); any other factory
     must build a :class:`Strategy`."""
-    factory: Any = resolve_class(name)
+    factory = resolve_class(name)
     if isinstance(factory, type):
         factory = adopt(factory)
+    if not callable(factory):
+        raise StrategyError(f"strategy {name!r}: {factory!r} is not a class")
     try:
         strategy: object = factory(dict(options or {}), rng or random.Random())
     except StrategyError:

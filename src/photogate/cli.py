@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 from aiohttp import web
@@ -86,17 +86,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.server.tls.cert, config.server.tls.key)
 
-    async def on_startup(app: web.Application) -> None:
+    async def reload_on_sighup(app: web.Application) -> AsyncIterator[None]:
         def reload() -> None:
             try:
                 app[GATEWAY].reload_config()
             except (ConfigError, StrategyError) as exc:
                 log.error("config_reload_failed", error=str(exc))
 
+        loop = asyncio.get_running_loop()
         if hasattr(signal, "SIGHUP"):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+            loop.add_signal_handler(signal.SIGHUP, reload)
+        try:
+            yield
+        finally:
+            if hasattr(signal, "SIGHUP"):
+                loop.remove_signal_handler(signal.SIGHUP)
 
-    app.on_startup.append(on_startup)
+    app.cleanup_ctx.append(reload_on_sighup)
     try:
         sockets = listen.bind(config.server.host, config.server.port)
     except OSError as exc:

@@ -102,7 +102,7 @@ def fit(samples: Sequence[tuple[float, float]], decay: float) -> Pace:
     return Pace(0.0, sum_y / sum_x)
 
 
-def _speed(value: Any) -> float | None:
+def _speed(value: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
@@ -178,12 +178,12 @@ class QueuePlan:
              paces: dict[str, Pace | None], running: Iterable[Running], plans_ahead: bool) -> QueuePlan:
         """``queue``: (task id, megapixels, seconds until it may start) in dispatch order."""
         fallback = average([p for p in paces.values() if p is not None])
-        pace: dict[str, Pace] = {n.server_id: paces.get(n.server_id) or fallback for n in nodes}  # type: ignore[misc]
         places: dict[str, tuple[int, float | None, float | None]] = {}
         if fallback is None or not nodes:
             for i, (task_id, _, _) in enumerate(queue):
                 places[task_id] = (i + 1, None, None)
             return cls(now, places)
+        pace: dict[str, Pace] = {n.server_id: paces.get(n.server_id) or fallback for n in nodes}
         # Each slot's free time: when its running job is expected to end, else now.
         busy: dict[str, list[float]] = {n.server_id: [] for n in nodes}
         for job in running:
