@@ -65,7 +65,7 @@ async def open_backend(config: Config) -> Backend:
     try:
         await backend.registry.load()
     except BaseException:
-        await backend.close()
+        await backend.store.close()  # nothing was joined yet: there is nothing to leave
         raise
     return backend
 
