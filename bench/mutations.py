@@ -42,7 +42,9 @@ CANARY_TEST = "tests/test_balancing.py::test_round_robin_cycles_in_id_order_and_
 #: Per pytest run; pytest-timeout (setup.cfg) stops a single test at 120 s before this.
 RUN_TIMEOUT = 240.0
 
-DISPATCHER = "src/photogate/dispatcher.py"
+DISPATCHER = "src/photogate/dispatch/dispatcher.py"
+QUEUE = "src/photogate/dispatch/queue.py"
+NODECLIENT = "src/photogate/dispatch/nodeclient.py"
 IMAGECHECK = "src/photogate/imagecheck.py"
 BODIES = "src/photogate/bodies.py"
 PAY = "src/photogate/wechat/pay.py"
@@ -69,7 +71,7 @@ MUTATIONS: list[Mutation] = [
         "task = task() if callable(task) else task")],
       "tests/test_process.py::test_kill_and_restart_mid_run_loses_nothing"),
     m("durability-recover-processing", "tasks processing at a kill run again after the restart",
-      [(DISPATCHER, "tasks = await self.store.list_tasks([TaskStatus.QUEUED, TaskStatus.PROCESSING])",
+      [(QUEUE, "tasks = await self.store.list_tasks([TaskStatus.QUEUED, TaskStatus.PROCESSING])",
         "tasks = await self.store.list_tasks([TaskStatus.QUEUED])")],
       "tests/test_process.py::test_kill_and_restart_mid_run_loses_nothing"),
     m("durability-power-cut-sqlite", "every commit is synced (a power cut loses no accepted task)",
@@ -114,10 +116,10 @@ MUTATIONS: list[Mutation] = [
       [("src/photogate/balancing.py", "self._last = chosen.server_id", "self._last = None")],
       "tests/test_tasks.py::test_round_robin_sequential_30_tasks_split_10_10_10"),
     m("strategy-swap-api", "a strategy swapped by the admin API places the next jobs",
-      [("src/photogate/gateway.py", "self.dispatcher.strategy = strategy", "pass")],
+      [("src/photogate/runtime.py", "self.strategy = strategy", "pass")],
       "tests/test_balancing.py::test_a_swap_changes_where_the_next_jobs_go"),
     m("strategy-swap-dashboard", "a strategy swapped on the dashboard places the next jobs",
-      [("src/photogate/gateway.py", "self.dispatcher.strategy = strategy", "pass")],
+      [("src/photogate/runtime.py", "self.strategy = strategy", "pass")],
       "tests/test_ui.py::test_a_dashboard_swap_changes_where_the_next_jobs_go"),
     # -- the hardening of issue 13 ------------------------------------------------------------
     m("i13-json-depth", "JSON nesting is bounded (32) before json.loads recurses",
@@ -220,11 +222,11 @@ MUTATIONS: list[Mutation] = [
         "body, complete = await resp.read(), True")],
       SEC + "test_sec_node_answers.py::test_huge_health_answer_is_a_failed_check"),
     m("i13-busy-no-attempt", "a node's 503 busy spends no attempt",
-      [(DISPATCHER, "if resp.status in (429, 503):", "if False:")],
+      [(NODECLIENT, "if resp.status in (429, 503):", "if False:")],
       SEC + "test_sec_node_answers.py::test_busy_node_spends_no_attempt_and_gets_no_work_until_free"),
     m("i13-retry-wakeup", "a retried task is woken when its backoff ends (re-armed after an early timer)",
-      [(DISPATCHER, "TIMER_SLACK = 0.002", "TIMER_SLACK = -0.001"),
-       (DISPATCHER, "        self._timer = None\n        self.wake()", "        self.wake()")],
+      [(QUEUE, "TIMER_SLACK = 0.002", "TIMER_SLACK = -0.001"),
+       (QUEUE, "        self._timer = None\n        self._wake()", "        self._wake()")],
       SEC + "test_sec_node_answers.py::test_retry_wakes_on_time_in_the_gateway_process"),
     m("i13-gpunode-header-limits", "gpunode checks output limits before inference",
       [("src/gpunode/inference.py", "imaging.check_output(fmt or imaging.default_format(",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from photogate.balancing import JobView, NodeView, StrategyError
+from photogate.balancing import JobView, NodeView, Strategy, StrategyError
 from strategies.least_busy import LeastBusy
 
 
@@ -35,7 +35,7 @@ class _Outstanding:
     dispatched_at: float
 
 
-class Fastest:
+class Fastest(Strategy):
     name = "fastest"
     plans_ahead = True
 

@@ -6,10 +6,10 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from photogate.balancing import JobView, NodeView, StrategyError
+from photogate.balancing import JobView, NodeView, Strategy, StrategyError
 
 
-class LeastBusy:
+class LeastBusy(Strategy):
     name = "least_busy"
 
     def __init__(self, options: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> None:

@@ -12,10 +12,10 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from photogate.balancing import JobView, NodeView, StrategyError, node_order
+from photogate.balancing import JobView, NodeView, Strategy, StrategyError, node_order
 
 
-class Weighted:
+class Weighted(Strategy):
     name = "weighted"
 
     def __init__(self, options: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> None:

@@ -12,7 +12,7 @@ import pytest
 from support import Gateway
 
 from photogate.app import create_app
-from photogate.balancing import JobView, NodeView, RoundRobin, StrategyError, load_strategy
+from photogate.balancing import JobView, NodeView, RoundRobin, Strategy, StrategyError, load_strategy
 from photogate.config import load_config
 from photogate.keys import GATEWAY
 
@@ -206,3 +206,39 @@ async def test_sighup_style_reload_swaps_the_strategy(aiohttp_client, tmp_path: 
     assert gw.strategy_name == "least_busy" and gw.multi_backend is False
     # One primary node now (multi-backend off): everything goes to GPU-001 whatever the strategy.
     assert await placements(gateway, 3) == ["GPU-001"] * 3
+
+
+class CountsDispatches:
+    """A plugin written against the duck-typed interface: no base class, one hook of its own."""
+
+    plans_ahead = True
+
+    def __init__(self, options, rng) -> None:  # type: ignore[no-untyped-def]
+        self.dispatched: list[str] = []
+
+    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView:
+        return candidates[0]
+
+    def on_dispatched(self, server_id: str, job: JobView) -> None:
+        self.dispatched.append(server_id)
+
+
+def test_a_duck_typed_plugin_is_adopted_with_its_own_hooks_and_the_defaults() -> None:
+    strategy = load_strategy("test_balancing:CountsDispatches")
+    assert isinstance(strategy, Strategy) and isinstance(strategy, CountsDispatches)
+    assert type(strategy).__name__ == "CountsDispatches" and strategy.name == "test_balancing:CountsDispatches"
+    assert strategy.plans_ahead is True
+    strategy.begin_pass()  # the hooks it lacks do nothing
+    strategy.on_completed("GPU-001", JOB, 1.0, True)
+    strategy.on_dispatched("GPU-002", JOB)
+    assert strategy.dispatched == ["GPU-002"]
+
+
+def test_a_class_without_choose_is_refused_by_name() -> None:
+    with pytest.raises(StrategyError, match="NoChoice has no choose"):
+        load_strategy("test_balancing:NoChoice")
+
+
+class NoChoice:
+    def __init__(self, options, rng) -> None:  # type: ignore[no-untyped-def]
+        pass

@@ -446,3 +446,27 @@ async def test_client_ip_from_trusted_proxy_only(make_gateway) -> None:  # type:
         await untrusting.client.post("/webhook/register", json={"ip": "127.0.0.1", "port": 1, "secret": "x"},
                                      headers={"X-Forwarded-For": "203.0.113.9"})
     assert [e["client_ip"] for e in logs if e.get("event") == "audit"] == ["127.0.0.1"]
+
+
+async def test_the_queue_reports_its_own_depth_on_either_backend(start_gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    """Tasks waiting for the one busy slot count against ``limits.max_queue``, whether they wait
+    in this gateway's heap (SQLite) or unclaimed in the shared queue (Redis)."""
+    gw = await start_gateway(**{"limits.max_queue": 2})
+    node = await nodes(delay=2.0)
+    await gw.register(node)
+    first = await gw.submit()
+    await wait_until(lambda: gw.app[GATEWAY].dispatcher.in_flight == 1, 5, "the first task to start")
+    await gw.submit()
+    await gw.submit()
+
+    async def two_queued() -> bool:
+        resp = await gw.client.get("/api/v1/health")
+        return (await resp.json())["fleet"]["queued"] == 2
+
+    await wait_until(two_queued, 5, "two tasks queued behind the busy slot")
+    form = FormData()
+    form.add_field("file", image_bytes(), filename="photo.png", content_type="image/png")
+    resp = await gw.client.post("/api/v1/enhance", data=form)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "30"
+    assert "queue is full" in (await resp.json())["error"]
+    assert (await gw.wait_done(first))["status"] == "completed"

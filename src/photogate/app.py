@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp_cors
 from aiohttp import hdrs, web
@@ -13,10 +13,12 @@ from .config import Config
 from .errors import error_middleware
 from .gateway import Gateway
 from .keys import GATEWAY
+from .lifecycle import gateway_contexts
 from .logsetup import request_id_middleware
 from .metrics.http import setup_metrics
 from .protocol_errors import json_protocol_errors
 from .ratelimit import RATE_LIMITS, RateLimits, rate_limit_middleware
+from .storage.factory import Backend
 from .ui import setup_ui
 from .wechat.app import setup_wechat
 
@@ -32,13 +34,7 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     app[GATEWAY] = gateway
     app[RATE_LIMITS] = RateLimits(config.rate_limit)
 
-    async def run_gateway(_app: web.Application) -> AsyncIterator[None]:
-        async with gateway.running():
-            if config.storage.backend == "redis":
-                app[RATE_LIMITS].share(gateway.store)  # type: ignore[arg-type]
-            yield
-
-    app.cleanup_ctx.append(run_gateway)
+    app.cleanup_ctx.extend(gateway_contexts(gateway, on_backend=lambda backend: _share_limits(app, backend)))
     app.add_routes(api.routes)
     app[api.STATUS_BODIES] = api.StatusBodies()
     app.add_routes(webhook.routes)
@@ -49,6 +45,12 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     setup_ui(app)  # / (try-it page), /dashboard (admin), /static/
     _setup_cors(app, config)
     return app
+
+
+def _share_limits(app: web.Application, backend: Backend) -> None:
+    """Several gateways: the rate limits' buckets live in the shared store, counted by all."""
+    if backend.shared is not None:
+        app[RATE_LIMITS].share(backend.shared)
 
 
 def _connection_limits(config: Config) -> dict[str, float]:
@@ -64,7 +66,7 @@ def _connection_limits(config: Config) -> dict[str, float]:
 
 def _setup_cors(app: web.Application, config: Config) -> None:
     # No credentials: the public API authenticates by bearer token, never by cookie.
-    options = aiohttp_cors.ResourceOptions(
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]  # aiohttp_cors ships no type hints
         allow_credentials=False,
         expose_headers=("X-Request-ID", "Content-Disposition", "Retry-After", "X-Task-ID", "X-Task-Status"),
         allow_headers=("Content-Type", "Authorization", "X-Request-ID"), max_age=3600,
@@ -82,7 +84,7 @@ def _setup_cors(app: web.Application, config: Config) -> None:
             signal[i] = _with_origin_only(callback)
 
 
-def _with_origin_only(callback: Callable[[web.Request, web.StreamResponse], Awaitable[None]]) -> Callable[
+def _with_origin_only(callback: Callable[[web.Request, web.StreamResponse], Awaitable[object]]) -> Callable[
         [web.Request, web.StreamResponse], Awaitable[None]]:
     async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
         if hdrs.ORIGIN in request.headers:

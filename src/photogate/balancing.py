@@ -14,7 +14,7 @@ import pkgutil
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 ENTRY_POINT_GROUP = "photogate.strategies"
 
@@ -49,27 +49,37 @@ class JobView:
     input_bytes: int
 
 
-@runtime_checkable
-class Strategy(Protocol):
-    """Pick one of ``candidates`` (never empty) for ``job``.
+class Strategy:
+    """A balancing policy: every hook the dispatcher calls, with defaults that do nothing.
 
-    Optional hooks a strategy may define: ``on_dispatched(server_id, job)`` and
-    ``on_completed(server_id, job, seconds, ok)``. A strategy with ``plans_ahead = True``
-    is also offered busy nodes (``free_slots == 0``) and may return ``None`` to keep the
-    job queued for one of them; ``begin_pass()``, if defined, runs before each placement
-    pass over the queue.
+    ``choose`` picks one of ``candidates`` (never empty) for ``job``. A strategy with
+    ``plans_ahead = True`` is also offered busy nodes (``free_slots == 0``) and may return
+    ``None`` to keep the job queued for one of them. ``begin_pass`` runs before each
+    placement pass over the queue; ``on_dispatched`` when a job starts on a node;
+    ``on_completed`` when the node is free of it again (``ok``: it answered).
     """
 
-    name: str
+    name: str = ""
+    plans_ahead: bool = False
 
-    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView | None: ...
+    def choose(self, candidates: Sequence[NodeView], job: JobView) -> NodeView | None:
+        raise NotImplementedError
+
+    def begin_pass(self) -> None:
+        """Before each placement pass."""
+
+    def on_dispatched(self, server_id: str, job: JobView) -> None:
+        """``job`` has started on ``server_id``."""
+
+    def on_completed(self, server_id: str, job: JobView, seconds: float, ok: bool) -> None:
+        """``server_id`` is done with ``job`` after ``seconds`` (``ok``: it answered)."""
 
 
 class StrategyError(ValueError):
     """A strategy name does not resolve, or its options are wrong."""
 
 
-class RoundRobin:
+class RoundRobin(Strategy):
     """GPU-001 -> GPU-002 -> GPU-003 -> GPU-001 ..., skipping nodes that cannot take work."""
 
     name = "round_robin"
@@ -97,7 +107,7 @@ def node_order(server_id: str) -> tuple[int, str]:
     return (int(number), prefix) if number.isdigit() else (1 << 62, server_id)
 
 
-BUILTIN: dict[str, type] = {"round_robin": RoundRobin}
+BUILTIN: dict[str, type[Strategy]] = {"round_robin": RoundRobin}
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
@@ -116,23 +126,25 @@ def known_names() -> list[str]:
     return sorted(set(BUILTIN) | set(_entry_points()) | set(_drop_in_names()))
 
 
-def _from_drop_in(name: str) -> type | None:
+def _from_drop_in(name: str) -> object | None:
     if not name.isidentifier() or name not in _drop_in_names():
         return None
     module = importlib.import_module(f"strategies.{name}")
-    cls = getattr(module, "STRATEGY", None)
+    cls: object | None = getattr(module, "STRATEGY", None)
     if cls is None:
         raise StrategyError(f"strategies/{name}.py defines no STRATEGY = <class>")
     return cls
 
 
-def resolve_class(name: str) -> type:
+def resolve_class(name: str) -> object:
+    """What ``name`` names: a strategy class (or another factory, from a plugin)."""
     if name in BUILTIN:
         return BUILTIN[name]
     eps = _entry_points()
     try:
         if name in eps:
-            return eps[name].load()
+            loaded: object = eps[name].load()
+            return loaded
         cls = _from_drop_in(name)
         if cls is not None:
             return cls
@@ -140,9 +152,10 @@ def resolve_class(name: str) -> type:
             module_name, _, attr = name.partition(":")
             module = importlib.import_module(module_name)
             try:
-                return getattr(module, attr)
+                found: object = getattr(module, attr)
             except AttributeError:
                 raise StrategyError(f"strategy {name!r}: module {module_name!r} has no attribute {attr!r}") from None
+            return found
     except StrategyError:
         raise
     except Exception as exc:  # a plugin that fails to import is reported by name
@@ -150,20 +163,35 @@ def resolve_class(name: str) -> type:
     raise StrategyError(f"unknown strategy {name!r}; known: {', '.join(known_names())} (or 'module:Class')")
 
 
+def adopt(cls: type) -> type[Strategy]:
+    """A strategy class written against the older duck-typed interface (``choose``, and
+    optionally ``name``, ``plans_ahead`` and the hooks, no base class), given
+    :class:`Strategy` as a base: its own methods win, the hooks it lacks do nothing.
+    The class keeps its name, module and ``isinstance`` answers."""
+    if issubclass(cls, Strategy):
+        return cls
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls, Strategy), namespace)
+
+
 def load_strategy(name: str, options: Mapping[str, Any] | None = None, rng: random.Random | None = None) -> Strategy:
-    """Resolve ``name`` and build the strategy with its options and an injected RNG."""
-    cls = resolve_class(name)
+    """Resolve ``name`` and build the strategy with its options and an injected RNG. A class
+    that does not subclass :class:`Strategy` is adopted (:func:`adopt`); any other factory
+    must build a :class:`Strategy`."""
+    factory = resolve_class(name)
+    if isinstance(factory, type):
+        factory = adopt(factory)
+    if not callable(factory):
+        raise StrategyError(f"strategy {name!r}: {factory!r} is not a class")
     try:
-        strategy = cls(dict(options or {}), rng or random.Random())
+        strategy: object = factory(dict(options or {}), rng or random.Random())
     except StrategyError:
         raise
     except (TypeError, ValueError) as exc:
         raise StrategyError(f"strategy {name!r}: bad options: {exc}") from exc
-    if not callable(getattr(strategy, "choose", None)):
-        raise StrategyError(f"strategy {name!r}: {cls.__name__} has no choose(candidates, job) method")
-    if not getattr(strategy, "name", None):
-        try:
-            strategy.name = name  # type: ignore[misc]
-        except AttributeError:
-            pass
+    if not isinstance(strategy, Strategy) or type(strategy).choose is Strategy.choose:
+        label = getattr(factory, "__name__", repr(factory))
+        raise StrategyError(f"strategy {name!r}: {label} has no choose(candidates, job) method")
+    if not strategy.name:
+        strategy.name = name
     return strategy

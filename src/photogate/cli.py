@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
 from aiohttp import web
@@ -61,6 +61,24 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+async def _reload_on_sighup(app: web.Application) -> AsyncIterator[None]:
+    """While the gateway runs, SIGHUP re-reads the config file (where the platform has SIGHUP)."""
+    def reload() -> None:
+        try:
+            app[GATEWAY].reload_config()
+        except (ConfigError, StrategyError) as exc:
+            log.error("config_reload_failed", error=str(exc))
+
+    loop = asyncio.get_running_loop()
+    if hasattr(signal, "SIGHUP"):
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        yield
+    finally:
+        if hasattr(signal, "SIGHUP"):
+            loop.remove_signal_handler(signal.SIGHUP)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {"server.host": args.host, "server.port": args.port, "storage.data_dir": args.data_dir}
@@ -86,17 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.server.tls.cert, config.server.tls.key)
 
-    async def on_startup(app: web.Application) -> None:
-        def reload() -> None:
-            try:
-                app[GATEWAY].reload_config()
-            except (ConfigError, StrategyError) as exc:
-                log.error("config_reload_failed", error=str(exc))
-
-        if hasattr(signal, "SIGHUP"):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
-
-    app.on_startup.append(on_startup)
+    app.cleanup_ctx.append(_reload_on_sighup)
     try:
         sockets = listen.bind(config.server.host, config.server.port)
     except OSError as exc:

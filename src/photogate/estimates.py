@@ -19,13 +19,14 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .models import TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
+    from .balancing import Strategy
     from .registry import NodeState
 
 #: The jobs a node's pace is fitted to, and the weight of each older one against the next.
@@ -101,7 +102,7 @@ def fit(samples: Sequence[tuple[float, float]], decay: float) -> Pace:
     return Pace(0.0, sum_y / sum_x)
 
 
-def _speed(value: Any) -> float | None:
+def _speed(value: object) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
@@ -177,12 +178,12 @@ class QueuePlan:
              paces: dict[str, Pace | None], running: Iterable[Running], plans_ahead: bool) -> QueuePlan:
         """``queue``: (task id, megapixels, seconds until it may start) in dispatch order."""
         fallback = average([p for p in paces.values() if p is not None])
-        pace: dict[str, Pace] = {n.server_id: paces.get(n.server_id) or fallback for n in nodes}  # type: ignore[misc]
         places: dict[str, tuple[int, float | None, float | None]] = {}
         if fallback is None or not nodes:
             for i, (task_id, _, _) in enumerate(queue):
                 places[task_id] = (i + 1, None, None)
             return cls(now, places)
+        pace: dict[str, Pace] = {n.server_id: paces.get(n.server_id) or fallback for n in nodes}
         # Each slot's free time: when its running job is expected to end, else now.
         busy: dict[str, list[float]] = {n.server_id: [] for n in nodes}
         for job in running:
@@ -225,10 +226,35 @@ def average(paces: Sequence[Pace]) -> Pace | None:
     return Pace(sum(p.overhead for p in paces) / len(paces), sum(p.per_mp for p in paces) / len(paces))
 
 
+class Fleet(Protocol):
+    """The nodes, as the estimates read them (the registry)."""
+
+    def get(self, server_id: str) -> NodeState | None: ...
+    def all(self) -> list[NodeState]: ...
+    def serving(self, multi_backend: bool) -> list[NodeState]: ...
+
+
+class DispatchState(Protocol):
+    """What the estimates read of the dispatcher."""
+
+    @property
+    def registry(self) -> Fleet: ...
+    @property
+    def strategy(self) -> Strategy: ...
+    @property
+    def multi_backend(self) -> bool: ...
+    @property
+    def running(self) -> dict[str, Running]: ...
+    @property
+    def changes(self) -> int: ...
+    def waiting(self) -> list[tuple[str, float, float]]: ...
+
+
 class Estimator:
     """Estimates for the status answers; ``dispatcher`` is the gateway's dispatcher."""
 
-    def __init__(self, dispatcher: Any, clock: Any = time.monotonic, wall: Any = time.time) -> None:
+    def __init__(self, dispatcher: DispatchState, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.dispatcher = dispatcher
         self.speeds = SpeedBook()
         self._clock = clock
@@ -270,7 +296,7 @@ class Estimator:
         began = time.perf_counter()
         nodes = d.registry.serving(d.multi_backend)
         plan = QueuePlan.play(now, d.waiting(), nodes, {n.server_id: self.speeds.pace(n) for n in nodes},
-                              list(d.running.values()), bool(getattr(d.strategy, "plans_ahead", False)))
+                              list(d.running.values()), d.strategy.plans_ahead)
         # A long queue (milliseconds a build) is played less often: at most a tenth of the loop.
         self._min_rebuild = max(MIN_REBUILD, 10 * (time.perf_counter() - began))
         self._plan, self._plan_version = plan, version

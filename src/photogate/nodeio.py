@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -114,7 +114,7 @@ def result_bound(width: int, height: int, input_bytes: int, scale: float | None,
     return min(raw + int(raw * CONTAINER_SLACK) + input_bytes + METADATA_SLACK, ceiling)
 
 
-async def iter_capped(resp: aiohttp.ClientResponse, bound: int, chunk_size: int) -> AsyncIterator[bytes]:
+async def iter_capped(resp: aiohttp.ClientResponse, bound: int, chunk_size: int) -> AsyncGenerator[bytes, None]:
     """The body in chunks, refused (:class:`AnswerTooLarge`) as soon as it is known to
     exceed ``bound``: by its ``Content-Length`` before any is read, else before the chunk
     that crosses it is handed on."""

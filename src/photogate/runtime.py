@@ -1,6 +1,7 @@
 """Runtime settings: what an operator changes while the gateway runs (the strategy and its
 options, multi-backend mode), kept in the state store so that a restart, and every gateway
-sharing one Redis, agree on them.
+sharing one Redis, agree on them. :class:`RuntimeSettings` is the one object that holds the
+values in use: the dispatcher reads its strategy and multi-backend flag at each placement.
 
 Precedence: a runtime change wins over the config file, a SIGHUP reload included, until
 ``photogate-admin config reset KEY`` (``POST /api/v1/config/reset``) drops it; the file's
@@ -11,13 +12,17 @@ shares Redis re-reads the settings when the version moves (``RuntimeSettings.wat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 
+from .audit import audit
+from .balancing import Strategy, load_strategy
 from .config import Config
 from .errors import StoreUnavailable
+from .storage.protocols import SettingsStore
 
 log = structlog.get_logger("photogate.runtime")
 
@@ -28,16 +33,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "multi_backend.enabled": ("multi_backend.enabled",),
 }
 KEYS = tuple(GROUPS)
-
-
-class SettingsStore(Protocol):
-    """What both state stores (SQLite, Redis) provide for runtime settings. An entry is
-    ``{"value": ..., "changed_at": seconds, "who": "admin@203.0.113.5"}``."""
-
-    async def load_settings(self) -> tuple[int, dict[str, dict[str, Any]]]: ...
-    async def save_settings(self, values: Mapping[str, Any], who: str) -> int: ...
-    async def drop_settings(self, keys: Sequence[str]) -> int: ...
-    async def settings_version(self) -> int: ...
 
 
 def file_values(config: Config) -> dict[str, Any]:
@@ -54,13 +49,24 @@ def unknown_key(key: str) -> str:
 
 
 class RuntimeSettings:
-    """The file's values, the store's runtime changes over them, and the version last read."""
+    """The file's values, the store's runtime changes over them, the version last read, and
+    the values in use: the strategy (built once per change) and multi-backend mode."""
 
-    def __init__(self, file: Mapping[str, Any]) -> None:
-        self.file = dict(file)
+    def __init__(self, config: Config, rng: random.Random | None = None) -> None:
+        self.file = file_values(config)
         self.changes: dict[str, dict[str, Any]] = {}
         self.version = -1
         self._store: SettingsStore | None = None
+        self.rng = rng or random.Random()
+        self.strategy_name: str = config.balancer.strategy
+        self.strategy_options: dict[str, Any] = dict(config.balancer.options)
+        self.strategy: Strategy = load_strategy(self.strategy_name, self.strategy_options, self.rng)
+        self.multi_backend: bool = config.multi_backend.enabled
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """``callback`` runs after the strategy or multi-backend mode changed."""
+        self._listeners.append(callback)
 
     async def open(self, store: SettingsStore) -> None:
         self._store = store
@@ -104,6 +110,36 @@ class RuntimeSettings:
         await self.store.drop_settings(GROUPS[key])
         await self.refresh()
         return dropped
+
+    def apply(self, *, who: str | None = None, ip: str = "") -> None:
+        """Make the effective values (runtime changes over the file) the ones in use. A change
+        someone made here is audited (``who``); one read from the store (at start, or made by
+        another gateway) is logged."""
+        changes: list[tuple[str, Any, Any]] = []
+        want = self.effective()
+        name, options = want["balancer.strategy"], dict(want["balancer.options"] or {})
+        if (name, options) != (self.strategy_name, self.strategy_options):
+            try:
+                strategy = load_strategy(name, options, self.rng)
+            except ValueError as exc:  # a stored strategy whose plugin is gone: keep the current one
+                log.error("runtime_strategy_unusable", strategy=name, error=str(exc),
+                          fix="photogate-admin config reset balancer.strategy")
+            else:
+                changes.append(("strategy_changed", self.strategy_name, name))
+                self.strategy_name, self.strategy_options = name, options
+                self.strategy = strategy
+        enabled = bool(want["multi_backend.enabled"])
+        if enabled != self.multi_backend:
+            changes.append(("multi_backend_changed", self.multi_backend, enabled))
+            self.multi_backend = enabled
+        if changes:
+            for callback in self._listeners:
+                callback()
+        for action, old, new in changes:
+            if who is None:
+                log.info("runtime_setting_applied", change=action, old=old, new=new, version=self.version)
+            else:
+                audit(action, who=who, ip=ip, old=old, new=new)
 
     async def watch(self, interval: float, apply: Callable[[], None]) -> None:
         """With several gateways: re-read and ``apply`` whenever another gateway changed them."""

@@ -150,7 +150,7 @@ async def test_disk_completely_full_keeps_tasks_until_there_is_room(make_gateway
     """Not a byte left: not even the failure can be recorded. Tasks wait, and finish once there is room."""
     if not small_disk.real:
         pytest.skip("needs a real full disk: run as root, where a tmpfs can be mounted")
-    from photogate.dispatcher import Dispatcher
+    from photogate.dispatch import Dispatcher
 
     monkeypatch.setattr(Dispatcher, "STORE_RETRY_DELAY", 0.3)
     gw = await make_gateway(**{"storage.data_dir": str(small_disk.root / "data"), "health_check.interval": 0.1})

@@ -19,6 +19,7 @@ from support import ADMIN_TOKEN, SECRET, Gateway, make_config, wait_until
 
 from photogate.app import create_app
 from photogate.config import Config, load_config
+from photogate.keys import GATEWAY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FILE = {"balancer.strategy": "round_robin", "multi_backend.enabled": True}
@@ -154,13 +155,35 @@ async def test_a_reload_keeps_runtime_changes_until_reset(tmp_path: Path) -> Non
         answer = await post(gw, "/api/v1/config/reload")
         assert (answer["strategy"], answer["multi_backend"]) == ("least_busy", False)
         now = await effective(gw)
-        # runtime wins; the rest follows the file
+        # The runtime change wins; the rest follows the file.
         assert (now["strategy"], now["multi_backend"]) == ("least_busy", False)
         assert now["runtime"]["balancer.strategy"]["file_value"] == "fastest"
         assert now["sources"] == {"balancer.strategy": "runtime", "balancer.options": "runtime",
                                   "multi_backend.enabled": "file"}
         await post(gw, "/api/v1/config/reset", {"key": "balancer.strategy"})
         assert (await effective(gw))["strategy"] == "fastest"
+
+
+async def test_a_reloaded_health_check_interval_applies_at_once(tmp_path: Path) -> None:
+    """A shorter ``health_check.interval`` in a reloaded file starts the next round now, not
+    once the old (long) interval has elapsed."""
+    path = tmp_path / "gateway.yaml"
+
+    def write(interval: float) -> None:
+        path.write_text(yaml.safe_dump({
+            "webhook": {"secret": SECRET, "allowed_node_networks": ["127.0.0.0/8"]},
+            "admin": {"token": ADMIN_TOKEN}, "storage": {"data_dir": str(tmp_path / "data")},
+            "health_check": {"interval": interval},
+        }))
+
+    write(3600)
+    async with serve(load_config(path, env={}), config_path=path) as gw:
+        monitor = gw.app[GATEWAY].monitor
+        await wait_until(lambda: monitor.rounds == 1, 5, "the first health round at start")
+        write(0.05)
+        await post(gw, "/api/v1/config/reload")
+        await wait_until(lambda: monitor.rounds >= 3, 5, "health rounds at the reloaded interval")
+        assert monitor.interval == 0.05
 
 
 async def test_a_gateway_process_restart_keeps_runtime_changes(gateway_process) -> None:  # type: ignore[no-untyped-def]

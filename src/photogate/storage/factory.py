@@ -1,0 +1,99 @@
+"""Opens the state store that ``storage.backend`` names, with what goes with it: the
+registry, the task queue, how old a leftover partial file must be to be swept, and the
+background work that backend needs. The only place that branches on the backend.
+
+- ``sqlite`` (one gateway): the SQLite file under the data directory, the local registry,
+  a :class:`~photogate.dispatch.queue.LocalQueue`;
+- ``redis`` (several gateways): Redis, the shared registry (whose heartbeat runs in the
+  background), a :class:`~photogate.dispatch.queue.SharedQueue`, and runtime settings
+  re-read whenever another gateway changes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config
+from ..dispatch.queue import LocalQueue, SharedQueue, TaskQueue
+from ..registry import Registry
+from .protocols import Store
+
+if TYPE_CHECKING:
+    from .redis.store import RedisStore
+
+
+@dataclass
+class Backend:
+    """An open state store and the parts built on it."""
+
+    name: str
+    store: Store
+    registry: Registry
+    queue: TaskQueue
+    #: What the store raises when it cannot write (the dispatcher retries those tasks later).
+    errors: tuple[type[BaseException], ...]
+    #: Seconds a partial blob file must be old to be a leftover (``None``: every one is).
+    partials_older_than: float | None = None
+    #: Every how many seconds state other gateways change is re-read (``None``: none shares it).
+    sync_interval: float | None = None
+    #: Background work while the gateway runs: (task name, coroutine function).
+    background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = field(default_factory=list)
+    #: The store the rate limits share between gateways, if any.
+    shared: RedisStore | None = None
+    #: Fields for the ``gateway_started`` log event.
+    describe: dict[str, Any] = field(default_factory=dict)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Leave the shared state cleanly (if any), then close the store."""
+        try:
+            for close in self._closers:
+                await close()
+        finally:
+            await self.store.close()
+
+
+async def open_backend(config: Config) -> Backend:
+    """Open the store ``config.storage.backend`` names and load its registry."""
+    if config.storage.backend == "redis":
+        backend = await _open_redis(config)
+    else:
+        backend = await _open_sqlite(config)
+    try:
+        await backend.registry.load()
+    except BaseException:
+        await backend.store.close()  # nothing was joined yet: there is nothing to leave
+        raise
+    return backend
+
+
+async def _open_sqlite(config: Config) -> Backend:
+    from .sqlite.store import SQLiteStore
+
+    store = await SQLiteStore.open(config.data_path / "photogate.db")
+    registry = Registry(store, config.health_check.failure_threshold)
+    return Backend("sqlite", store, registry, LocalQueue(store), errors=SQLiteStore.ERRORS)
+
+
+async def _open_redis(config: Config) -> Backend:
+    from ..registry_redis import RedisRegistry
+    from .redis.store import RedisStore
+
+    cfg = config.storage
+    # Several gateways: state in Redis, photos on a directory they all mount.
+    store = await RedisStore.open(cfg.redis_url, cfg.redis_prefix, uuid.uuid4().hex[:12])
+    registry = RedisRegistry(store, config.health_check.failure_threshold, lease_ttl=cfg.redis_lease_ttl,
+                              ghost_seconds=config.dispatch.timeout + config.dispatch.connect_timeout)
+    return Backend(
+        "redis", store, registry, SharedQueue(store, store, recover=registry.beat), errors=RedisStore.ERRORS,
+        # Another gateway may be writing a .part right now: only old ones are leftovers.
+        partials_older_than=3600.0,
+        sync_interval=registry.sync_interval,
+        background=[("shared-registry", registry.run)],
+        shared=store,
+        describe={"backend": "redis", "redis": store.url, "gateway": store.gateway_id},
+        _closers=[registry.close],
+    )
