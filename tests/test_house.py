@@ -178,3 +178,66 @@ def test_no_block_is_written_twice() -> None:
                 repeats.append(f"{where[0].relative_to(REPO)}:{where[1]} repeats "
                                f"{first[0].relative_to(REPO)}:{first[1]}")
     assert not repeats, "\n".join(repeats[:20])
+
+
+# Who may import whom: a module imports only from its own layer or the layers below it
+# (docs/architecture.md draws the same picture). Names are prefixes of dotted module names
+# under ``photogate``; the longest prefix decides.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("foundation", ("photogate", "models", "errors", "jsonbody", "fields", "config", "config_fields",
+                    "audit", "identity", "allowlist", "netutil", "imagecheck", "segments", "webpcheck",
+                    "listen", "logsetup", "devmode", "nodeio", "health", "health.rule", "metrics",
+                    "metrics.events", "wechat", "wechat.config")),
+    ("storage", ("storage", "wechat.records")),
+    ("core", ("dispatch", "registry", "registry_redis", "health.monitor", "balancing", "estimates", "blobs",
+              "imagechecker", "runtime", "access", "metrics.live")),
+    ("wiring", ("gateway", "lifecycle", "storage.factory")),
+    ("http", ("app", "cli", "__main__", "api", "admin_api", "ui", "webhook", "ratelimit", "bodies", "fleetops",
+              "adminauth", "taskview", "keys", "protocol_errors", "metrics.http", "wechat.access", "wechat.app",
+              "wechat.legacy", "wechat.login", "wechat.pay", "wechat.routes", "wechat.service")),
+]
+#: photogate-admin talks to a gateway over HTTP: of the gateway's code it reads only the config's
+#: list of secret fields.
+ADMINCLI_MAY_IMPORT = ("photogate", "photogate.config", "photogate.config_fields", "photogate.wechat",
+                       "photogate.wechat.config")
+
+
+def layer_of(module: str) -> int | None:
+    name = module.removeprefix("photogate.") if module != "photogate" else "photogate"
+    best: tuple[int, int] | None = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if name == prefix or name.startswith(prefix + "."):
+                if best is None or len(prefix) > best[0]:
+                    best = (len(prefix), rank)
+    return None if best is None else best[1]
+
+
+def test_layers_import_only_downwards() -> None:
+    wrong, unplaced = [], []
+    for module, targets in import_graph(type_checking=True).items():
+        if not module.startswith("photogate") or module.startswith("photogate.admincli"):
+            continue
+        rank = layer_of(module)
+        if rank is None:
+            unplaced.append(module)
+            continue
+        for target in targets:
+            other = layer_of(target) if target.startswith("photogate") else None
+            if other is not None and other > rank:
+                wrong.append(f"{module} ({LAYERS[rank][0]}) imports {target} ({LAYERS[other][0]})")
+    assert not unplaced, f"modules in no layer (add them to LAYERS): {unplaced}"
+    assert not wrong, "\n".join(sorted(wrong))
+
+
+def test_the_admin_cli_needs_nothing_of_the_gateway_but_its_config() -> None:
+    reached = {target for module, targets in import_graph(type_checking=True).items()
+               if module.startswith("photogate.admincli") for target in targets
+               if target.startswith("photogate") and not target.startswith("photogate.admincli")}
+    assert reached <= set(ADMINCLI_MAY_IMPORT), sorted(reached - set(ADMINCLI_MAY_IMPORT))
+
+
+def test_the_node_imports_nothing_of_the_gateway() -> None:
+    reached = {target for module, targets in import_graph(type_checking=True).items()
+               if module.startswith("gpunode") for target in targets if target.startswith("photogate")}
+    assert not reached, sorted(reached)

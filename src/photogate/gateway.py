@@ -33,6 +33,7 @@ from .storage.protocols import Store
 
 if TYPE_CHECKING:
     from .dispatch import Dispatcher
+    from .storage.factory import Backend
 
 log = structlog.get_logger("photogate")
 
@@ -49,6 +50,7 @@ class Gateway:
         #: True while the dispatcher runs (its cleanup context sets it).
         self.dispatching = False
         # Each put in place by its cleanup context (photogate.lifecycle), in this order:
+        self.backend: Backend
         self.store: Store
         self.registry: Registry
         self.blobs: BlobStore

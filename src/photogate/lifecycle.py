@@ -73,7 +73,7 @@ class _Contexts:
     async def state(self, _app: web.Application) -> AsyncIterator[None]:
         gw = self.gw
         backend = self._backend = await open_backend(self.cfg)
-        gw.store, gw.registry = backend.store, backend.registry
+        gw.backend, gw.store, gw.registry = backend, backend.store, backend.registry
         try:
             await gw.settings.open(gw.store)
             gw.settings.apply()  # the runtime changes kept in the store, before the dispatcher starts

@@ -22,6 +22,7 @@ from ..registry import Registry
 from .protocols import Store
 
 if TYPE_CHECKING:
+    from ..wechat.records.protocol import WechatRecords
     from .redis.store import RedisStore
 
 
@@ -43,9 +44,16 @@ class Backend:
     background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = field(default_factory=list)
     #: The store the rate limits share between gateways, if any.
     shared: RedisStore | None = None
+    #: Opens the WeChat records kept beside the tasks (same SQLite file, same Redis).
+    wechat_records: Callable[[], WechatRecords] | None = None
     #: Fields for the ``gateway_started`` log event.
     describe: dict[str, Any] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def open_wechat_records(self) -> WechatRecords:
+        """The WeChat records of this backend (``wechat:`` configured)."""
+        assert self.wechat_records is not None, f"{self.name}: no WeChat records"
+        return self.wechat_records()
 
     async def close(self) -> None:
         """Leave the shared state cleanly (if any), then close the store."""
@@ -71,15 +79,18 @@ async def open_backend(config: Config) -> Backend:
 
 
 async def _open_sqlite(config: Config) -> Backend:
+    from ..wechat.records.sqlite import SQLiteWechatRecords
     from .sqlite.store import SQLiteStore
 
     store = await SQLiteStore.open(config.data_path / "photogate.db")
     registry = Registry(store, config.health_check.failure_threshold)
-    return Backend("sqlite", store, registry, LocalQueue(store), errors=SQLiteStore.ERRORS)
+    return Backend("sqlite", store, registry, LocalQueue(store), errors=SQLiteStore.ERRORS,
+                   wechat_records=lambda: SQLiteWechatRecords(store))
 
 
 async def _open_redis(config: Config) -> Backend:
     from ..registry_redis import RedisRegistry
+    from ..wechat.records.redis import RedisWechatRecords
     from .redis.store import RedisStore
 
     cfg = config.storage
@@ -94,6 +105,7 @@ async def _open_redis(config: Config) -> Backend:
         sync_interval=registry.sync_interval,
         background=[("shared-registry", registry.run)],
         shared=store,
+        wechat_records=lambda: RedisWechatRecords(store.redis, store.prefix),
         describe={"backend": "redis", "redis": store.url, "gateway": store.gateway_id},
         _closers=[registry.close],
     )

@@ -31,7 +31,7 @@ def setup_wechat(app: web.Application, gateway: Gateway) -> None:
 
     async def run(_app: web.Application) -> AsyncIterator[None]:
         # Runs after the gateway's own context: its store and dispatcher exist.
-        async with service.running(gateway.store):
+        async with service.running(gateway.backend.open_wechat_records()):
             gateway.dispatcher.access = access
             await service.refund_failed_tasks()  # tasks that failed while we were down
             reconciler = asyncio.create_task(service.run_reconciler(), name="wechat-reconciler")

@@ -2,7 +2,7 @@
 
 Owns its aiohttp session (WeChat's answers must be decompressed before they are
 verified, unlike the gateway's proxy session) and its records beside the gateway's own
-(:func:`~.records.open_wechat_records`: the same SQLite file or Redis).
+(opened by ``storage.factory`` with the state store: the same SQLite file or Redis).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from aiohttp import web
 from ..audit import audit
 from ..config_fields import ConfigError
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable
-from ..storage.protocols import Store
 from .config import WechatConfig
 from .login import Identity, UpstreamError, WechatApi
 from .pay import (
@@ -39,7 +38,7 @@ from .pay import (
     request_payment_params,
     rfc3339,
 )
-from .records import WechatRecords, open_wechat_records
+from .records import WechatRecords
 from .records.protocol import CREATED, FAILED, PAID, REFUNDING, Order
 
 log = structlog.get_logger("photogate.wechat")
@@ -105,8 +104,8 @@ class WechatService:
             raise ConfigError("wechat.platform_certs: no valid WeChat Pay key (all certificates expired?)")
 
     @asynccontextmanager
-    async def running(self, store: Store) -> AsyncIterator[WechatService]:
-        self.records = open_wechat_records(store)
+    async def running(self, records: WechatRecords) -> AsyncIterator[WechatService]:
+        self.records = records
         await self.records.create_schema()
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         self.api = WechatApi(self.session, self.cfg)
