@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from photogate.access_config import AccessConfig
 from photogate.cli import main
 from photogate.config import WELL_KNOWN_SECRET, ConfigError, load_config
 
@@ -21,6 +22,20 @@ def test_shipped_config_yaml_is_valid_and_has_the_documented_defaults() -> None:
     assert cfg.balancer.strategy == "round_robin" and cfg.server.port == 8080
     public = cfg.public_dict()
     assert public["webhook"]["secret"] == "***" and public["admin"]["token"] == "***"
+    assert cfg.access == AccessConfig()  # the shipped file spells out the defaults
+
+
+@pytest.mark.parametrize(("yaml_text", "message"), [
+    ("access:\n  classes: {}\n", "access.classes: name at least one class"),
+    ("access:\n  classes: {paid: 0, free: 1}\n", "access.classes.paid: a whole weight from 1 to 1000"),
+    ("access:\n  default_class: gold\n", "access.default_class: 'gold' is not one of access.classes"),
+])
+def test_bad_access_classes_are_refused(tmp_path: Path, yaml_text: str, message: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("webhook:\n  secret: abcdefgh123\n" + yaml_text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert message in str(exc.value)
 
 
 @pytest.mark.parametrize(

@@ -184,7 +184,7 @@ def test_no_block_is_written_twice() -> None:
 # (docs/architecture.md draws the same picture). Names are prefixes of dotted module names
 # under ``photogate``; the longest prefix decides.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("photogate", "models", "errors", "jsonbody", "fields", "config", "config_fields",
+    ("foundation", ("photogate", "models", "errors", "jsonbody", "fields", "config", "config_fields", "access_config",
                     "audit", "identity", "allowlist", "netutil", "imagecheck", "segments", "webpcheck",
                     "listen", "logsetup", "devmode", "nodeio", "health", "health.rule", "metrics",
                     "metrics.events", "wechat", "wechat.config")),

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .access_config import AccessConfig, validate_access_config
 from .config_fields import SECRET, SECRET_URL
 from .config_fields import ConfigError as ConfigError  # re-exported: every caller imports it from here
 from .wechat.config import WECHAT_ENV_OVERRIDES, WechatConfig, validate_wechat_config
@@ -226,6 +227,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     ui: UIConfig = field(default_factory=UIConfig)
     wechat: WechatConfig = field(default_factory=WechatConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
     dev: bool = False
 
     @property
@@ -377,6 +379,7 @@ def _validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
     validate_wechat_config(cfg.wechat)
+    validate_access_config(cfg.access)
     _validate_abuse_limits(cfg)
     _validate_storage(cfg)
     for i, net in enumerate(cfg.server.trusted_proxies):

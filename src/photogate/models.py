@@ -60,6 +60,8 @@ class TaskRecord:
     result_bytes: int | None = None
     error: str | None = None
     owner: str | None = None
+    #: The owner's priority class (``access.classes``), decided at upload; None: the default class.
+    priority_class: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
 

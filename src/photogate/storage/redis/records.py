@@ -12,7 +12,8 @@ from ...models import NodeRecord, TaskRecord, TaskStatus
 _FLOATS = ("created_at", "updated_at", "started_at", "finished_at")
 _INTS = ("input_bytes", "width", "height", "attempts", "result_bytes")
 #: Task fields stored only when set (an absent field reads back as None).
-_OPTIONAL = ("server_id", "result_mime", "result_bytes", "error", "owner", "started_at", "finished_at")
+_OPTIONAL = ("server_id", "result_mime", "result_bytes", "error", "owner", "started_at", "finished_at",
+             "priority_class")
 FINISHED = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 
 

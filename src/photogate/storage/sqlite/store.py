@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     error TEXT,
     owner TEXT,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    priority_class TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks (status, created_at);
 CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated_at);
@@ -70,7 +71,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL, 
 
 _TASK_COLUMNS = (
     "task_id, status, created_at, updated_at, input_mime, input_bytes, width, height, params, "
-    "server_id, attempts, result_mime, result_bytes, error, owner, started_at, finished_at"
+    "server_id, attempts, result_mime, result_bytes, error, owner, started_at, finished_at, priority_class"
 )
 _NODE_COLUMNS = (
     "server_id, ip, port, node_token, node_key, slots, weight, draining, registered_at, updated_at, info, offline"
@@ -96,6 +97,7 @@ def _task(row: Sequence[Any]) -> TaskRecord:
         owner=row[14],
         started_at=row[15],
         finished_at=row[16],
+        priority_class=row[17],
     )
 
 
@@ -147,6 +149,9 @@ class SQLiteStore(Store, SQLRunner):
         # A data dir from before nodes could be offline (unregister used to delete them).
         if "offline" not in {row[1] for row in conn.execute("PRAGMA table_info(nodes)")}:
             conn.execute("ALTER TABLE nodes ADD COLUMN offline INTEGER NOT NULL DEFAULT 0")
+        # ... and from before tasks had a priority class.
+        if "priority_class" not in {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}:
+            conn.execute("ALTER TABLE tasks ADD COLUMN priority_class TEXT")
         self._conn = conn
 
     async def close(self) -> None:
@@ -311,7 +316,7 @@ class SQLiteStore(Store, SQLRunner):
         if callable(task):
             task = task()
         self.conn.execute(
-            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 17)})",
+            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({', '.join('?' * 18)})",
             (
                 task.task_id,
                 task.status.value,
@@ -330,6 +335,7 @@ class SQLiteStore(Store, SQLRunner):
                 task.owner,
                 task.started_at,
                 task.finished_at,
+                task.priority_class,
             ),
         )
         return task
