@@ -117,14 +117,15 @@ async def run(args: argparse.Namespace) -> int:
                       f"by {task['server_id']} in {time.monotonic() - started:.1f}s: {target}")
             if args.once:
                 return 0
-            print("\nRunning. Try:\n"
-                  f"  curl -F file=@{photo} {gateway}/api/v1/enhance\n"
-                  f"  curl '{gateway}/webhook/servers?secret={SECRET}'\n"
-                  "Ctrl-C stops both.")
+            # The handlers first: a Ctrl-C right after the line that invites it must stop cleanly.
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
                 loop.add_signal_handler(sig, stop.set)
+            print("\nRunning. Try:\n"
+                  f"  curl -F file=@{photo} {gateway}/api/v1/enhance\n"
+                  f"  curl '{gateway}/webhook/servers?secret={SECRET}'\n"
+                  "Ctrl-C stops both.")
             await stop.wait()
             return 0
     finally:
