@@ -12,7 +12,8 @@ from PIL import Image
 
 
 class FakeNode:
-    """A real aiohttp GPU node speaking the node protocol; its result is a 2x PNG of the input."""
+    """A real aiohttp GPU node speaking the node protocol; its result is the input at the scale asked
+    for (2x by default) in the format asked for (PNG by default)."""
 
     def __init__(self, *, delay: float = 0.0, slots: int = 1, throughput: float | None = None) -> None:
         self.delay = delay
@@ -70,11 +71,13 @@ class FakeNode:
                 return web.json_response({"error": "cannot decode image"}, status=400)
             if self.mode == "garbage":
                 return web.Response(body=b"\x89PNG\r\n\x1a\n not really", content_type="image/png")
+            scale, fmt = float(request.query.get("scale", 2)), request.query.get("format", "png").upper()
             with Image.open(io.BytesIO(body)) as im:
-                out = im.convert("RGB").resize((im.width * 2, im.height * 2))
+                out = im.convert("RGB").resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
             buf = io.BytesIO()
-            out.save(buf, "PNG")
+            out.save(buf, fmt)
             self.jobs += 1
-            return web.Response(body=buf.getvalue(), content_type="image/png", headers={"X-Node-Port": str(self.port)})
+            return web.Response(body=buf.getvalue(), content_type=f"image/{fmt.lower()}",
+                                headers={"X-Node-Port": str(self.port)})
         finally:
             self.busy -= 1
