@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from .errors import PayloadTooLarge
 from .imagecheck import Header, ImageInfo, Source, read_header, verify
-from .resultcheck import COST, ResultSpec, check_size, check_structure
+from .resultcheck import COST, DECODED, ResultSpec, check_size, check_structure
 
 T = TypeVar("T")
 
@@ -99,12 +99,14 @@ class ImageChecker:
 
     async def check_result(self, source: Source, spec: ResultSpec) -> ImageInfo:
         """A node's result, checked by its container (:mod:`photogate.resultcheck`) on a
-        checker thread; a format without one (BMP) is decoded like an upload, under the budget."""
+        checker thread; then a WebP, or a format without a container check (BMP), is decoded
+        like an upload, under the budget."""
         info = await self._reserved(min(COST, self.budget.capacity), check_structure, source, spec)
-        if info is None:
-            info = await self.check(source, spec.max_pixels)
-            check_size(info, spec)
-        return info
+        if info is not None and info.format not in DECODED:
+            return info
+        decoded = await self.check(source, spec.max_pixels)
+        check_size(decoded, spec)
+        return decoded
 
     async def _reserved(self, cost: int, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a checker thread with ``cost`` bytes reserved from the budget."""
