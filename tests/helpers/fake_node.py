@@ -52,7 +52,8 @@ class FakeNode:
     async def _health(self, request: web.Request) -> web.Response:
         self.health_hits += 1
         return web.json_response({"status": "ok", "busy": self.busy, "queued": 0, "slots": self.slots,
-                                  "model": "fake", "scale": self.scale, "provider": "none", "throughput": self.throughput})
+                                  "model": "fake", "scale": self.scale, "provider": "none",
+                                  "throughput": self.throughput})
 
     async def _enhance(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
