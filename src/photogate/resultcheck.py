@@ -10,8 +10,8 @@ the container, so this reads the container only, at the speed of a CRC (a few ms
   node applies the input's EXIF rotation), within the pixel limit; the file within its bound;
 - PNG: the signature, every chunk's length and CRC-32, IHDR first, the IDATs present and
   consecutive, IEND last with nothing after it;
-- JPEG: SOI, every segment up to the first scan whole (one frame header: the size), the scan
-  header, EOI as the file's last two bytes;
+- JPEG: SOI, every segment up to the first scan whole, the frame header (the size), the
+  Huffman tables and the scan header well formed, EOI as the file's last two bytes;
 - WebP: the RIFF size is the file's size, the chunks whole, the VP8/VP8L/VP8X headers
   consistent (:mod:`photogate.webpcheck`), one still image.
 
@@ -58,7 +58,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 #: JPEG frame headers: SOF0-3, SOF5-7, SOF9-11, SOF13-15 (not DHT C4, JPG C8, DAC CC).
 _SOF = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)})
-_SOS, _TEM = 0xDA, 0x01
+_SOS, _DHT, _TEM = 0xDA, 0xC4, 0x01
 #: Markers without a length (RST0-7, SOI, EOI): none belongs before the first scan.
 _BARE = frozenset(range(0xD0, 0xDA))
 
@@ -201,20 +201,17 @@ def _ihdr(kind: bytes, data: bytes) -> tuple[int, int]:
 
 def _jpeg(fh: BinaryIO, size: int) -> tuple[int, int]:
     """Width and height from the one frame header, after a walk from SOI to the first scan's
-    header and a look at the last two bytes (EOI); ValueError if not."""
+    header (the frame, Huffman table and scan headers read) and a look at the last two bytes
+    (EOI); ValueError if not."""
     fh.seek(2)
-    pos, dims = 2, None
+    pos, frame = 2, None  # frame: width, height, the component ids
     for _ in range(segments.MAX_SEGMENTS):
         head = fh.read(4)
         if len(head) < 2 or head[0] != 0xFF:
             raise ValueError(f"no marker at byte {pos}")
         marker = head[1]
-        if marker == 0xFF:  # a fill byte: the marker starts one byte on
-            pos += 1
-            fh.seek(pos)
-            continue
-        if marker == _TEM:
-            pos += 2
+        if marker in (0xFF, _TEM):  # a fill byte (the marker starts one byte on), or TEM
+            pos += 1 if marker == 0xFF else 2
             fh.seek(pos)
             continue
         if len(head) < 4 or marker in _BARE:
@@ -222,22 +219,66 @@ def _jpeg(fh: BinaryIO, size: int) -> tuple[int, int]:
         length = struct.unpack_from(">H", head, 2)[0]
         if length < 2 or pos + 2 + length > size - 2:
             raise ValueError(f"segment {marker:02X} at byte {pos} runs past the end of the file")
-        body = fh.read(min(length - 2, 8))
         if marker in _SOF:
-            if dims is not None or len(body) < 6 or length != 8 + 3 * body[5]:
-                raise ValueError("a second or malformed frame header")
-            height, width = struct.unpack_from(">HH", body, 1)
-            dims = width, height
+            if frame is not None:
+                raise ValueError("a second frame header")
+            frame = _sof(fh.read(length - 2))
+        elif marker == _DHT:
+            _dht(fh.read(length - 2))
         elif marker == _SOS:
-            if dims is None or not body or length != 6 + 2 * body[0]:
-                raise ValueError("a scan without a frame header, or a malformed scan header")
+            if frame is None:
+                raise ValueError("a scan before the frame header")
+            _sos(fh.read(length - 2), frame[2])
             fh.seek(size - 2)
             if fh.read(2) != b"\xff\xd9":
                 raise ValueError("no EOI marker at the end (cut short, or bytes after it)")
-            return dims
+            return frame[0], frame[1]
         pos += 2 + length
         fh.seek(pos)
     raise segments.too_many("JPEG", segments.MAX_SEGMENTS)
+
+
+def _sof(body: bytes) -> tuple[int, int, bytes]:
+    """A frame header: width, height and the component ids."""
+    if len(body) < 6 or not body[5] or len(body) != 6 + 3 * body[5]:
+        raise ValueError("malformed frame header")
+    height, width = struct.unpack_from(">HH", body, 1)
+    components = [body[at:at + 3] for at in range(6, len(body), 3)]
+    if any(not (1 <= c[1] >> 4 <= 4 and 1 <= c[1] & 15 <= 4) or c[2] > 3 for c in components):
+        raise ValueError("malformed frame header")
+    return width, height, bytes(c[0] for c in components)
+
+
+def _dht(body: bytes) -> None:
+    """Huffman tables: each one's class and slot, and code lengths that fit (as libjpeg checks)."""
+    at = 0
+    while at < len(body):
+        if at + 17 > len(body) or body[at] >> 4 > 1 or body[at] & 15 > 3:
+            raise ValueError("malformed Huffman table")
+        room = 1
+        for count in body[at + 1:at + 17]:
+            room = room * 2 - count
+            if room < 0:
+                raise ValueError("a Huffman table with more codes than fit")
+        end = at + 17 + sum(body[at + 1:at + 17])
+        if body[at] >> 4 == 0 and any(value > 15 for value in body[at + 17:end]):
+            raise ValueError("a DC Huffman table with a value over 15")
+        at = end
+    if at != len(body):
+        raise ValueError("malformed Huffman table")
+
+
+def _sos(body: bytes, components: bytes) -> None:
+    """A scan header: components of the frame, table slots that exist, a spectral range."""
+    count = body[0] if body else 0
+    if not 1 <= count <= 4 or len(body) != 4 + 2 * count:
+        raise ValueError("malformed scan header")
+    for at in range(1, 1 + 2 * count, 2):
+        if body[at] not in components or body[at + 1] >> 4 > 3 or body[at + 1] & 15 > 3:
+            raise ValueError("a scan of a component or table the frame does not have")
+    start, end = body[-3], body[-2]
+    if start > end or end > 63:
+        raise ValueError("malformed scan header")
 
 
 def _webp(fh: BinaryIO, size: int) -> tuple[int, int]:

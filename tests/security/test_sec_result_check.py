@@ -104,6 +104,7 @@ BAD: list[tuple[str, str | None, Spoil, str]] = [
     ("webp_truncated", "webp", lambda d: d[: len(d) * 2 // 3], "the RIFF header says"),
     ("webp_bit_flip", "webp", lambda d: _flip(d, len(d) - 22), "(WEBP: failed to read next frame)"),
     ("png_idat_bit_flip", "png", _flip_in_idat, "IDAT chunk fails its CRC"),
+    ("jpeg_huffman_table_flip", "jpeg", lambda d: _flip(d, d.index(b"\xff\xc4") + 6), "Huffman table"),
     ("jpeg_without_eoi", "jpeg", lambda d: d[:-2], "no EOI marker"),
     ("png_trailing_garbage", "png", lambda d: d + b"\0garbage" * 8, "64 bytes after IEND"),
     ("jpeg_trailing_garbage", "jpeg", lambda d: d + b"\0garbage" * 8, "no EOI marker"),
