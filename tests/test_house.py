@@ -185,7 +185,7 @@ def test_no_block_is_written_twice() -> None:
 # under ``photogate``; the longest prefix decides.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("photogate", "models", "errors", "jsonbody", "fields", "config", "config_fields", "access_config",
-                    "audit", "identity", "allowlist", "netutil", "imagecheck", "segments", "webpcheck",
+                    "audit", "identity", "allowlist", "netutil", "imagecheck", "segments", "webpcheck", "resultcheck",
                     "listen", "logsetup", "devmode", "nodeio", "health", "health.rule", "metrics",
                     "metrics.events", "wechat", "wechat.config")),
     ("storage", ("storage", "wechat.records")),

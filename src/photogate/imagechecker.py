@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from .errors import PayloadTooLarge
 from .imagecheck import Header, ImageInfo, Source, read_header, verify
+from .resultcheck import COST, DECODED, ResultSpec, check_size, check_structure
 
 T = TypeVar("T")
 
@@ -95,6 +96,17 @@ class ImageChecker:
             )
         await self._reserved(header.cost, verify, source, header)
         return header.info
+
+    async def check_result(self, source: Source, spec: ResultSpec) -> ImageInfo:
+        """A node's result, checked by its container (:mod:`photogate.resultcheck`) on a
+        checker thread; then a WebP, or a format without a container check (BMP), is decoded
+        like an upload, under the budget."""
+        info = await self._reserved(min(COST, self.budget.capacity), check_structure, source, spec)
+        if info is not None and info.format not in DECODED:
+            return info
+        decoded = await self.check(source, spec.max_pixels)
+        check_size(decoded, spec)
+        return decoded
 
     async def _reserved(self, cost: int, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a checker thread with ``cost`` bytes reserved from the budget."""

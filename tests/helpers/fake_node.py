@@ -12,13 +12,16 @@ from PIL import Image
 
 
 class FakeNode:
-    """A real aiohttp GPU node speaking the node protocol; its result is a 2x PNG of the input."""
+    """A real aiohttp GPU node speaking the node protocol; its result is the input at the scale asked
+    for (2x by default) in the format asked for (PNG by default)."""
 
     def __init__(self, *, delay: float = 0.0, slots: int = 1, throughput: float | None = None) -> None:
         self.delay = delay
         self.slots = slots
         #: MP/s reported in /health (a prior for the ``fastest`` strategy); None: not reported.
         self.throughput = throughput
+        #: The scale reported in /health, and the result's when the job asks none.
+        self.scale = 2.0
         self.mode = "ok"  # ok | error500 | reject400 | hang | garbage
         self.token: str | None = None
         self.server_id: str | None = None
@@ -49,7 +52,8 @@ class FakeNode:
     async def _health(self, request: web.Request) -> web.Response:
         self.health_hits += 1
         return web.json_response({"status": "ok", "busy": self.busy, "queued": 0, "slots": self.slots,
-                                  "model": "fake", "scale": 2, "provider": "none", "throughput": self.throughput})
+                                  "model": "fake", "scale": self.scale, "provider": "none",
+                                  "throughput": self.throughput})
 
     async def _enhance(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
@@ -70,11 +74,13 @@ class FakeNode:
                 return web.json_response({"error": "cannot decode image"}, status=400)
             if self.mode == "garbage":
                 return web.Response(body=b"\x89PNG\r\n\x1a\n not really", content_type="image/png")
+            scale, fmt = float(request.query.get("scale", self.scale)), request.query.get("format", "png").upper()
             with Image.open(io.BytesIO(body)) as im:
-                out = im.convert("RGB").resize((im.width * 2, im.height * 2))
+                out = im.convert("RGB").resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
             buf = io.BytesIO()
-            out.save(buf, "PNG")
+            out.save(buf, fmt)
             self.jobs += 1
-            return web.Response(body=buf.getvalue(), content_type="image/png", headers={"X-Node-Port": str(self.port)})
+            return web.Response(body=buf.getvalue(), content_type=f"image/{fmt.lower()}",
+                                headers={"X-Node-Port": str(self.port)})
         finally:
             self.busy -= 1

@@ -35,6 +35,10 @@ def _bombs() -> dict[str, tuple[bytes, str]]:
 class EchoNode(FakeNode):
     """A node whose result is its input, byte for byte: each bomb comes back to be checked."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 1.0  # what it does to the input, as a real node reports it
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * MIB)
         app.router.add_get("/health", self._health)

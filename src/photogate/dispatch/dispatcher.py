@@ -27,6 +27,7 @@ from ..estimates import Estimator, Running
 from ..imagecheck import ImageInfo
 from ..models import TaskRecord, TaskStatus
 from ..registry import NodeState, Registry
+from ..resultcheck import ResultSpec
 from ..storage.protocols import TaskStore
 from .nodeclient import JobRejected, NodeBusy, NodeClient, NodeFailure, StorageFailure, not_stored
 from .queue import SCAN_LIMIT, Queued, TaskQueue
@@ -325,7 +326,8 @@ class Dispatcher:
         try:
             try:
                 writer = await self.nodes.send(task, slot.state, slot.release)
-                checked = await self._verify_result(writer)
+                checked = await self._verify_result(writer, self.nodes.result_spec(task, slot.state,
+                                                                                   self.max_pixels * 64))
             finally:
                 await processing
             await self.store.update_task(
@@ -412,13 +414,13 @@ class Dispatcher:
         # The bytes decide the type, not the node's label (a PNG labelled JPEG downloads as .png).
         return {"result_mime": checked.mime, "result_bytes": writer.size}
 
-    async def _verify_result(self, writer: BlobWriter) -> ImageInfo | PhotogateError:
-        """Never call a task completed with a result that is not an image: checked like an
-        upload (from memory while it is all there), under the same memory budget. A bad one
-        already published is removed; its reason is returned."""
+    async def _verify_result(self, writer: BlobWriter, spec: ResultSpec) -> ImageInfo | PhotogateError:
+        """Never call a task completed with a result that is not the image asked for: its
+        container checked (from memory while it is all there) on the image checker's threads
+        (:mod:`photogate.resultcheck`). A bad one already published is removed; its reason is returned."""
         source = writer.buffered
         try:
-            return await self.images.check(writer.final if source is None else source, self.max_pixels * 64)
+            return await self.images.check_result(writer.final if source is None else source, spec)
         except PhotogateError as exc:
             if source is None:
                 await asyncio.get_running_loop().run_in_executor(None, writer.final.unlink, True)

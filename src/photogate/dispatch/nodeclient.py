@@ -32,6 +32,7 @@ from ..imagecheck import MIME
 from ..models import TaskRecord
 from ..nodeio import AnswerTooLarge, busy_hold, error_text, iter_capped, result_bound
 from ..registry import NodeState
+from ..resultcheck import ResultSpec
 
 T = TypeVar("T")
 
@@ -98,6 +99,14 @@ class NodeClient:
         self.blobs = blobs
         self.config = config
         self.max_result_bytes = max_result_bytes
+
+    def result_spec(self, task: TaskRecord, state: NodeState, max_pixels: int) -> ResultSpec:
+        """What ``state``'s node must answer for ``task``: the format asked for, the input's
+        size at the node's scale, at most ``max_pixels`` and the bound on its bytes."""
+        scale = expected_scale(task, state)
+        fmt = task.params.get("format")
+        return ResultSpec(task.width, task.height, scale, fmt if isinstance(fmt, str) else None, max_pixels,
+                          result_bound(task.width, task.height, task.input_bytes, scale, self.max_result_bytes))
 
     async def send(self, task: TaskRecord, state: NodeState,
                    node_done: Callable[[bool], Awaitable[None]] | None = None) -> BlobWriter:
