@@ -29,6 +29,10 @@ def _lua(name: str) -> str:
     return (Path(__file__).parent / f"{name}.lua").read_text(encoding="utf-8")
 
 
+def _texts(values: list[Any]) -> list[str]:
+    return [text(v) for v in values]
+
+
 def _record(reply: Mapping[bytes | str, bytes | str]) -> KeyRecord:
     data = {text(k): text(v) for k, v in reply.items()}
     values: dict[str, Any] = {}
@@ -68,7 +72,7 @@ class RedisKeyRecords:
 
     @unavailable
     async def all(self) -> list[KeyRecord]:
-        ids = [text(i) for i in await self.redis.zrange(f"{self.p}apikeys", 0, -1)]
+        ids = _texts(await self.redis.zrange(f"{self.p}apikeys", 0, -1))
         async with self.redis.pipeline(transaction=False) as pipe:
             for key_id in ids:
                 pipe.hgetall(f"{self.p}apikey:{key_id}")
