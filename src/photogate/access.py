@@ -116,7 +116,10 @@ class GatewayAccess:
             if self.keys is None:
                 raise Unauthorized("API keys are not available yet; try again in a moment")
             record = await self.keys.authenticate(token)
-            return Admission(f"key:{record.id}", record.priority_class, record, charges=record.has_quota)
+            if upload:
+                self.keys.check(record)  # used up: refused before the photo is read
+            # Every key's uploads are counted (its day's use shows in the key list), quota or not.
+            return Admission(f"key:{record.id}", record.priority_class, record, charges=True)
         openid = await self.policy.admit(request)
         if openid is not None:  # a WeChat session: the user owns its tasks
             paid = upload and await self.policy.paid(openid)
@@ -134,8 +137,7 @@ class GatewayAccess:
         if who.key is None:
             await self.policy.charge(who.session, task_id)
             return lambda: self.policy.refund(who.session, task_id)
-        if not who.key.has_quota or self.keys is None:
-            return _nothing
+        assert self.keys is not None, "a key was admitted before the key records opened"
         keys, counted = self.keys, await self.keys.consume(who.key, megapixels)
         return lambda: keys.give_back(counted)
 
@@ -144,10 +146,6 @@ class GatewayAccess:
         if who.key is not None or (task.owner or "").startswith("key:"):
             return task.owner == who.owner
         return self.policy.can_view(who.session, task)
-
-
-async def _nothing() -> None:
-    return None
 
 
 ADMISSION = web.AppKey("admission", GatewayAccess)

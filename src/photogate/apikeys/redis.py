@@ -35,7 +35,7 @@ def _texts(values: list[Any]) -> list[str]:
 
 def _record(reply: Mapping[bytes | str, bytes | str]) -> KeyRecord:
     data = {text(k): text(v) for k, v in reply.items()}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"photos_per_day": None, "megapixels_per_day": None}  # absent: no limit
     for name in _FIELDS:
         raw = data.get(name)
         if raw is not None:

@@ -97,21 +97,33 @@ class ApiKeys:
             raise _unauthorized("this API key was revoked; ask the operator for a new one")
         return record
 
+    def check(self, record: KeyRecord) -> None:
+        """Before an upload is read: :class:`QuotaExhausted` if the key's quota of today is
+        already used up (the upload would be refused after all)."""
+        photos, used = record.usage(self.today())
+        if record.photos_per_day is not None and photos >= record.photos_per_day:
+            raise self._exhausted(record, PHOTOS_EXHAUSTED, 0.0, used)
+        if record.megapixels_per_day is not None and used >= record.megapixels_per_day:
+            raise self._exhausted(record, MEGAPIXELS_EXHAUSTED, 0.0, used)
+
     async def consume(self, record: KeyRecord, megapixels: float) -> Charge:
         """Count one photo against the key's quota of today, or raise :class:`QuotaExhausted`."""
         day = self.today()
-        status, photos, used = await self.records.consume(record.id, day, megapixels)
+        status, _, used = await self.records.consume(record.id, day, megapixels)
         if status == OK:
             return Charge(record.id, day, megapixels)
+        if status not in (PHOTOS_EXHAUSTED, MEGAPIXELS_EXHAUSTED):
+            raise _unauthorized("this API key was revoked; ask the operator for a new one")
+        raise self._exhausted(record, status, megapixels, used)
+
+    def _exhausted(self, record: KeyRecord, status: str, megapixels: float, used: float) -> QuotaExhausted:
         if status == PHOTOS_EXHAUSTED:
             why = f"this API key's quota of {record.photos_per_day} photos a day is used up"
-        elif status == MEGAPIXELS_EXHAUSTED:
-            why = (f"this API key's quota of {record.megapixels_per_day:g} megapixels a day cannot take this "
-                   f"{megapixels:.1f} MP photo ({used:.1f} MP used)")
         else:
-            raise _unauthorized("this API key was revoked; ask the operator for a new one")
-        resets = self.resets_at(day)
-        raise QuotaExhausted(f"{why}; it resets at {iso(resets)}", resets_at=resets, now=self.now())
+            why = f"this API key's quota of {record.megapixels_per_day:g} megapixels a day is used up ({used:.2f} MP"
+            why += f"; this photo has {megapixels:.2f} MP)" if megapixels else ")"
+        resets = self.resets_at()
+        return QuotaExhausted(f"{why}; it resets at {iso(resets)} (UTC midnight)", resets_at=resets, now=self.now())
 
     async def give_back(self, charge: Charge) -> None:
         await self.records.give_back(charge.key_id, charge.day, charge.megapixels)
