@@ -49,7 +49,8 @@ async def keys_listed(gw: Gateway) -> dict[str, dict[str, Any]]:
     return {k["id"]: k for k in (await resp.json())["keys"]}
 
 
-async def upload(gw: Gateway, headers: dict[str, str] | None = None, data: bytes | None = None) -> aiohttp.ClientResponse:
+async def upload(gw: Gateway, headers: dict[str, str] | None = None,
+                 data: bytes | None = None) -> aiohttp.ClientResponse:
     form = aiohttp.FormData()
     form.add_field("file", data or image_bytes(), filename="photo.png", content_type="image/png")
     return await gw.client.post("/api/v1/enhance", data=form, headers=headers or {})
@@ -142,8 +143,8 @@ async def _database_text(gw: Gateway, backend: dict[str, Any], tmp_path: Path) -
 
 async def _value(client: Redis, name: bytes) -> Any:
     kind = (await client.type(name)).decode()
-    read = {"string": client.get, "hash": client.hgetall, "set": client.smembers, "list": lambda n: client.lrange(n, 0, -1),
-            "zset": lambda n: client.zrange(n, 0, -1, withscores=True)}
+    read = {"string": client.get, "hash": client.hgetall, "set": client.smembers,
+            "list": lambda n: client.lrange(n, 0, -1), "zset": lambda n: client.zrange(n, 0, -1, withscores=True)}
     return await read[kind](name) if kind in read else kind
 
 
