@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from redis.asyncio import Redis
 from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, make_config, wait_until
 
@@ -233,6 +234,10 @@ async def test_owner_and_class_of_open_api_and_key_tasks(start_gateway: Start, n
     resp = await gw.client.get("/api/v1/admin/tasks", headers=admin(gw))
     listing = {t["task_id"]: t for t in (await resp.json())["tasks"]}
     assert listing[open_task]["owner"] == "ip:203.0.113.7" and listing[key_task]["class"] == "paid"
+    login = await gw.client.post("/dashboard/login", data={"token": ADMIN_TOKEN}, allow_redirects=False)
+    assert login.status == 303
+    dashboard = {t["task_id"]: t for t in (await (await gw.client.get("/dashboard/state")).json())["tasks"]}
+    assert (dashboard[key_task]["owner"], dashboard[key_task]["class"]) == (f"key:{made['id']}", "paid")
     # The open API's tasks stay visible by their id, as before.
     assert (await gw.client.get(f"/api/v1/status/{open_task}")).status == 200
     # Metrics count by class, never by owner.
@@ -299,3 +304,18 @@ async def test_admin_cli_creates_lists_and_revokes_keys(start_gateway: Start, no
     assert "revoked" in out
     code, out = await _cli(gw, "keys", "revoke", "pk_nosuchkey")
     assert code == 1 and "no API key" in out
+
+
+async def test_key_events_are_audited_and_no_log_line_holds_the_key(start_gateway: Start, nodes: Any) -> None:
+    gw = await start_gateway()
+    await ready(gw, nodes)
+    with structlog.testing.capture_logs() as logs:
+        made = await create_key(gw, photos_per_day=1)
+        assert (await upload(gw, bearer(made["key"]))).status == 200
+        assert (await upload(gw, bearer(made["key"]))).status == 429
+        assert (await gw.client.delete(f"/api/v1/admin/keys/{made['id']}", headers=admin(gw))).status == 200
+        assert (await upload(gw, bearer(made["key"]))).status == 401
+    audits = [e for e in logs if e.get("event") == "audit"]
+    assert [(e["action"], e["key_id"]) for e in audits] == [("key_created", made["id"]), ("key_revoked", made["id"])]
+    assert audits[0]["name"] == "web shop" and audits[0]["photos_per_day"] == 1
+    assert not [e for e in logs if made["key"] in repr(e) or made["key"][12:] in repr(e)]
