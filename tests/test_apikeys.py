@@ -14,13 +14,16 @@ from typing import Any
 import aiohttp
 import pytest
 import structlog.testing
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 from redis.asyncio import Redis
 from support import ADMIN_TOKEN, SECRET, Gateway, image_bytes, make_config, wait_until
 
-from photogate.access import ADMISSION
+from photogate.access import ADMISSION, GatewayAccess, OpenAccess
+from photogate.access_config import AccessConfig
 from photogate.admincli import run
 from photogate.app import create_app
-from photogate.errors import StoreUnavailable
+from photogate.errors import StoreUnavailable, Unauthorized
 from photogate.keys import GATEWAY
 
 Start = Callable[..., Awaitable[Gateway]]
@@ -319,3 +322,22 @@ async def test_key_events_are_audited_and_no_log_line_holds_the_key(start_gatewa
     assert [(e["action"], e["key_id"]) for e in audits] == [("key_created", made["id"]), ("key_revoked", made["id"])]
     assert audits[0]["name"] == "web shop" and audits[0]["photos_per_day"] == 1
     assert not [e for e in logs if made["key"] in repr(e) or made["key"][12:] in repr(e)]
+
+
+class _SessionPolicy(OpenAccess):
+    """A login policy whose one session token starts with pk_ (as a random token may)."""
+
+    TOKEN = "pk_" + "s" * 40  # a WeChat session token is 43 characters, a key 46
+
+    async def admit(self, request: web.Request) -> str | None:
+        return "o-session-user" if request.headers.get("Authorization") == f"Bearer {self.TOKEN}" else None
+
+
+async def test_a_session_token_that_starts_like_a_key_is_still_a_session() -> None:
+    access = GatewayAccess(_SessionPolicy(), AccessConfig())
+    request = make_mocked_request("GET", "/", headers={"Authorization": f"Bearer {_SessionPolicy.TOKEN}"})
+    who = await access.admit(request, upload=True)
+    assert (who.owner, who.priority_class, who.key) == ("o-session-user", "free", None)
+    wrong = make_mocked_request("GET", "/", headers={"Authorization": "Bearer pk_" + "x" * 40})
+    with pytest.raises(Unauthorized, match="not valid"):
+        await access.admit(wrong)

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from .access_config import AccessConfig
 from .apikeys.protocol import KeyRecord
-from .apikeys.service import PREFIX, ApiKeys
+from .apikeys.service import KEY_LENGTH, PREFIX, ApiKeys
 from .errors import PhotogateError, Unauthorized
 from .models import TaskRecord
 from .netutil import bearer, client_ip
@@ -77,6 +77,7 @@ OPEN_ACCESS = OpenAccess()
 ACCESS = web.AppKey("access", AccessPolicy)
 
 
+NOT_A_KEY = "this API key is not valid; ask the operator for a key"
 KEY_HINT = "this API needs a key: send Authorization: Bearer pk_... (ask the operator for one)"
 
 
@@ -112,7 +113,10 @@ class GatewayAccess:
         """The request's owner (and, for an ``upload``, its class); 401 for a wrong or revoked
         key, or for no key at all when ``access.require_key`` is on (a WeChat session passes)."""
         token = bearer(request)
-        if token is not None and token.startswith(PREFIX):
+        looks_like_key = token is not None and token.startswith(PREFIX)
+        # Only a token of a key's length is looked up as one: a WeChat session token (43
+        # characters) that happens to start with pk_ is still a session.
+        if looks_like_key and token is not None and len(token) == KEY_LENGTH:
             if self.keys is None:
                 raise Unauthorized("API keys are not available yet; try again in a moment")
             record = await self.keys.authenticate(token)
@@ -125,6 +129,8 @@ class GatewayAccess:
             paid = upload and await self.policy.paid(openid)
             klass = (self.cfg.wechat_paid_class if paid else self.cfg.default_class) if upload else None
             return Admission(openid, klass, session=openid, charges=self.policy.charges)
+        if looks_like_key:
+            raise Unauthorized(NOT_A_KEY, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
         if self.cfg.require_key:
             raise Unauthorized(KEY_HINT, headers={"WWW-Authenticate": "Bearer"})
         return Admission(f"ip:{client_ip(request, self.trusted_proxies)}", self.cfg.default_class,
