@@ -4,6 +4,7 @@ owner and class of every task, ``access.require_key``, and ``photogate-admin key
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -128,6 +129,19 @@ async def test_revoke_holds_at_once_on_every_gateway(aiohttp_client: Any, tmp_pa
     for gw in (a, b):  # the very next request, on either gateway
         resp = await upload(gw, bearer(made["key"]))
         assert resp.status == 401 and "revoked" in (await resp.json())["error"]
+
+
+async def test_a_quota_holds_across_gateways_under_concurrent_uploads(
+        aiohttp_client: Any, tmp_path: Path, redis_config: dict[str, Any], nodes: Any) -> None:
+    a = Gateway(await aiohttp_client(create_app(make_config(tmp_path, **redis_config))))
+    b = Gateway(await aiohttp_client(create_app(make_config(tmp_path, **redis_config))))
+    await ready(a, nodes)
+    await wait_until(lambda: b.app[GATEWAY].registry.serving(True), 5, "gateway b to see the node")
+    made = await create_key(a, photos_per_day=3)
+    answers = await asyncio.gather(*(upload((a, b)[i % 2], bearer(made["key"])) for i in range(8)))
+    codes = sorted(r.status for r in answers)
+    assert codes == [200] * 3 + [429] * 5, codes
+    assert (await keys_listed(b))[made["id"]]["used_photos"] == 3
 
 
 async def _database_text(gw: Gateway, backend: dict[str, Any], tmp_path: Path) -> bytes:
