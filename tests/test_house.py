@@ -188,13 +188,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "audit", "identity", "allowlist", "netutil", "imagecheck", "segments", "webpcheck", "resultcheck",
                     "listen", "logsetup", "devmode", "nodeio", "health", "health.rule", "metrics",
                     "metrics.events", "wechat", "wechat.config")),
-    ("storage", ("storage", "wechat.records")),
+    ("storage", ("storage", "wechat.records", "apikeys")),
     ("core", ("dispatch", "registry", "registry_redis", "health.monitor", "balancing", "estimates", "blobs",
-              "imagechecker", "runtime", "access", "metrics.live")),
+              "imagechecker", "runtime", "access", "metrics.live", "apikeys.service")),
     ("wiring", ("gateway", "lifecycle", "storage.factory")),
     ("http", ("app", "cli", "__main__", "api", "admin_api", "ui", "webhook", "ratelimit", "bodies", "fleetops",
               "adminauth", "taskview", "keys", "protocol_errors", "metrics.http", "wechat.access", "wechat.app",
-              "wechat.legacy", "wechat.login", "wechat.pay", "wechat.routes", "wechat.service")),
+              "wechat.legacy", "wechat.login", "wechat.pay", "wechat.routes", "wechat.service",
+              "apikeys.app", "apikeys.routes")),
 ]
 #: photogate-admin talks to a gateway over HTTP: of the gateway's code it reads only the config's
 #: list of secret fields.

@@ -329,7 +329,7 @@ async def test_server_stopping_mid_upload_keeps_file_and_record_together(gateway
     # The handler is cancelled while its photo is being recorded on the store's thread: the
     # record, the file and the queue must still agree (a restart runs what was recorded).
     from photogate import api
-    from photogate.access import OPEN_ACCESS
+    from photogate.access import Admission, access_policy
 
     gw = gateway.app[GATEWAY]
     entered, proceed = threading.Event(), threading.Event()
@@ -344,7 +344,7 @@ async def test_server_stopping_mid_upload_keeps_file_and_record_together(gateway
     task_id = "c" * 32
     writer = gw.blobs.input_writer(task_id)
     await writer.write(image_bytes())
-    handler = asyncio.ensure_future(api._accept(gw, OPEN_ACCESS, None, task_id, writer, {}))
+    handler = asyncio.ensure_future(api._accept(gw, access_policy(gateway.app), Admission(), task_id, writer, {}))
     assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
     handler.cancel()
     await asyncio.sleep(0.05)

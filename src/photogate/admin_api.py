@@ -13,7 +13,7 @@ from .fields import parse_int
 from .jsonbody import json_response
 from .keys import GATEWAY
 from .models import TaskStatus
-from .taskview import TASK_ID, status_body, timings
+from .taskview import TASK_ID, status_body, timings, whose
 
 routes = web.RouteTableDef()
 #: Admin JSON bodies (strategy options can name many nodes).
@@ -136,7 +136,8 @@ async def _task_listing(request: web.Request, *, newest_first: bool) -> web.Resp
     gw = request.app[GATEWAY]
     found = await gw.store.list_tasks(statuses, limit, newest_first=newest_first)
     estimate = gw.dispatcher.estimator.estimate
-    return json_response({"success": True, "tasks": [status_body(t, estimate(t)) for t in found]})
+    return json_response({"success": True, "tasks": [status_body(t, estimate(t)) | whose(t) for t in found]})
+
 
 
 @routes.get("/api/v1/admin/tasks")
@@ -170,7 +171,7 @@ async def task_detail(request: web.Request) -> web.Response:
         "megapixels": round(task.megapixels, 3),
         "result_mime": task.result_mime,
         "result_bytes": task.result_bytes,
-        "owner": task.owner,
+        **whose(task),
         "started_at": task.started_at,
         "finished_at": task.finished_at,
         "timings": timings(task),

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import BodyPartReader, hdrs, web
 
 from . import __version__
-from .access import AccessPolicy, access_policy
+from .access import Admission, GatewayAccess, access_policy
 from .blobs import BlobWriter
 from .bodies import BodyReads, FormBudget
 from .errors import (
@@ -147,7 +147,7 @@ async def enhance(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     cfg = gw.config
     access = access_policy(request.app)
-    owner = await access.admit(request)
+    owner = await access.admit(request, upload=True)
     limit = cfg.limits.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"upload is {request.content_length} bytes; the limit is {limit} bytes")
@@ -172,7 +172,7 @@ async def enhance(request: web.Request) -> web.StreamResponse:
         raise
 
     task = await _accept(gw, access, owner, task_id, writer, params)
-    gw.metrics.task_accepted()
+    gw.metrics.task_accepted(task.priority_class)
     log.info("task_accepted", task_id=task_id, bytes=writer.size, width=task.width, height=task.height)
     body = {"task_id": task_id, "status": task.status.value, "message": "任务已提交，正在排队处理"}
 
@@ -188,15 +188,16 @@ async def enhance(request: web.Request) -> web.StreamResponse:
 
 
 def _new_task(task_id: str, writer: BlobWriter, info: ImageInfo, params: dict[str, Any],
-              owner: str | None) -> TaskRecord:
+              owner: Admission) -> TaskRecord:
     now = time.time()
     return TaskRecord(
         task_id=task_id, status=TaskStatus.QUEUED, created_at=now, updated_at=now, input_mime=info.mime,
-        input_bytes=writer.size, width=info.width, height=info.height, params=params, owner=owner,
+        input_bytes=writer.size, width=info.width, height=info.height, params=params, owner=owner.owner,
+        priority_class=owner.priority_class,
     )
 
 
-async def _accept(gw: Gateway, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
+async def _accept(gw: Gateway, access: GatewayAccess, owner: Admission, task_id: str, writer: BlobWriter,
                   params: dict[str, Any]) -> TaskRecord:
     """Publish and check the upload's file, charge for it, record the task and queue it;
     on any failure nothing of it is kept (and a charge is refunded).
@@ -214,10 +215,10 @@ async def _accept(gw: Gateway, access: AccessPolicy, owner: str | None, task_id:
         raise
 
 
-async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
+async def _store_upload(gw: Gateway, access: GatewayAccess, owner: Admission, task_id: str, writer: BlobWriter,
                         params: dict[str, Any]) -> TaskRecord:
     limits = gw.config.limits
-    charged = False
+    undo_charge = None
     try:
         # Checked on the image checker's threads under its memory budget (never on the
         # store's thread): from memory when the photo is still all there, else from its file.
@@ -226,7 +227,7 @@ async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, ta
             await writer.commit()
             source = writer.final
         info = await gw.images.check(source, limits.max_pixels, limits.max_side)
-        if writer.small and not access.charges:
+        if writer.small and not owner.charges:
             # Nothing to charge between the check and the record: published and recorded
             # in one trip to the store's thread.
             def publish_and_record() -> TaskRecord:
@@ -237,14 +238,13 @@ async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, ta
         else:
             if isinstance(source, bytes):
                 await writer.commit()
-            await access.charge(owner, task_id)
-            charged = True
+            undo_charge = await access.charge(owner, task_id, info.width * info.height / 1e6)
             task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
     except BaseException as exc:
         await writer.abort()
         await gw.blobs.delete(task_id)
-        if charged:
-            await access.refund(owner, task_id)
+        if undo_charge is not None:
+            await undo_charge()
         if storage_full(exc):
             raise _no_storage(limits.retry_after) from None
         raise
@@ -261,13 +261,13 @@ async def _task_or_404(request: web.Request, *, peek: bool = False) -> TaskRecor
     """The task the path names, if this client may see it. ``peek``: the store's cached
     record itself when there is one, to be read at once and never kept or changed."""
     access = access_policy(request.app)
-    owner = await access.admit(request)
+    who = await access.admit(request)
     task_id = request.match_info["task_id"]
     task = None
     if TASK_ID.match(task_id):
         store = request.app[GATEWAY].store
         task = (store.peek_task(task_id) if peek else None) or await store.get_task(task_id)
-    if task is None or not access.can_view(owner, task):
+    if task is None or not access.can_view(who, task):
         raise NotFound("unknown task id (tasks expire after a while)")
     return task
 

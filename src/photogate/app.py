@@ -9,6 +9,7 @@ import aiohttp_cors
 from aiohttp import hdrs, web
 
 from . import admin_api, api, webhook
+from .apikeys.app import setup_keys
 from .config import Config
 from .errors import error_middleware
 from .gateway import Gateway
@@ -40,6 +41,7 @@ def create_app(config: Config, *, config_path: str | None = None, rng: random.Ra
     app.add_routes(webhook.routes)
     app.add_routes(admin_api.routes)
     setup_wechat(app, gateway)  # /api/wechat/ and its access policy, when wechat.appid is set
+    setup_keys(app, gateway)  # API keys in front of that policy; /api/v1/admin/keys
     # GET /metrics; counts requests by route and status
     setup_metrics(app, gateway.metrics, gateway, token=config.metrics.token)
     setup_ui(app)  # / (try-it page), /dashboard (admin), /static/

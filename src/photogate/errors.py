@@ -26,6 +26,8 @@ class PhotogateError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = dict(headers or {})
+        #: Fields the JSON error body carries beside ``success``, ``error`` and ``message``.
+        self.fields: dict[str, Any] = {}
 
 
 class BadRequest(PhotogateError):
@@ -152,7 +154,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.headers.get("Connection") == "close":
             return ClosingResponse(body=encode(error_body(exc.message)), status=exc.status,
                                    headers=exc.headers, content_type="application/json")
-        return json_response(error_body(exc.message), status=exc.status, headers=exc.headers)
+        return json_response({**error_body(exc.message), **exc.fields}, status=exc.status, headers=exc.headers)
     except HttpProcessingError as exc:  # aiohttp's parser, on a body a handler read itself
         return json_response(error_body(f"malformed request: {str(exc.message)[:200]}"), status=400)
     except web.HTTPException as exc:

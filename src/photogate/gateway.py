@@ -46,7 +46,8 @@ class Gateway:
         #: The runtime keys' values in use, over the file's; builds the strategy (a bad one fails here).
         self.settings = RuntimeSettings(config, self.rng)
         self.started_at = time.time()
-        self.metrics = GatewayMetrics()  # its own registry; /metrics reads live state from live_snapshot()
+        # Its own registry; /metrics reads live state from live_snapshot().
+        self.metrics = GatewayMetrics(config.access.classes)
         #: True while the dispatcher runs (its cleanup context sets it).
         self.dispatching = False
         # Each put in place by its cleanup context (photogate.lifecycle), in this order:

@@ -43,6 +43,12 @@ def _seconds(start: float | None, end: float | None) -> float | None:
     return round(end - start, 3) if start is not None and end is not None else None
 
 
+def whose(task: TaskRecord) -> dict[str, str | None]:
+    """Who a task belongs to, for the admin views: its owner (``key:<id>``, an openid or
+    ``ip:<address>``) and its priority class."""
+    return {"owner": task.owner, "class": task.priority_class}
+
+
 def timings(task: TaskRecord) -> dict[str, float | None]:
     """Seconds the task waited, ran and took in all (``None`` for what has not happened yet)."""
     return {

@@ -41,7 +41,7 @@ from .jsonbody import dumps, json_response
 from .keys import GATEWAY
 from .models import TaskStatus
 from .netutil import client_ip, credential_refused, same_secret
-from .taskview import timings
+from .taskview import timings, whose
 
 if TYPE_CHECKING:
     from .gateway import Gateway
@@ -185,7 +185,7 @@ async def snapshot(gw: Gateway) -> dict[str, Any]:
         "tasks": [{
             "task_id": t.task_id, "status": t.status.value, "server_id": t.server_id, "attempts": t.attempts,
             "width": t.width, "height": t.height, "created_at": t.created_at, "error": t.error,
-            **timings(t),
+            **timings(t), **whose(t),
             **estimate(t).fields(),
         } for t in recent],
     }

@@ -25,6 +25,7 @@ from .commands.config import (
     json_or_text,
 )
 from .commands.gateway import cmd_info, cmd_status
+from .commands.keys import cmd_keys_create, cmd_keys_list, cmd_keys_revoke
 from .commands.nodes import cmd_drain, cmd_list, cmd_register, cmd_remove, cmd_undrain, cmd_unregister
 from .commands.photos import cmd_download, cmd_enhance, cmd_wait
 from .commands.tasks import TASK_STATUSES, cmd_task, cmd_tasks
@@ -127,6 +128,7 @@ def build_parser() -> Parser:
     _add_node_admin(commands, common)
     _add_tasks(commands, common)
     _add_photos(commands, common)
+    _add_keys(commands, common)
     return parser
 
 
@@ -247,3 +249,18 @@ def _add_photos(commands: Subcommands, common: Parser) -> None:
     _task_id_argument(cmd)
     cmd.add_argument("-o", "--out", type=Path, metavar="PATH",
                      help="file or folder to save it to (default: enhanced_TASK_ID.EXT here)")
+
+
+def _add_keys(commands: Subcommands, common: Parser) -> None:
+    keys = _add(commands, common, "keys", cmd_keys_list, "API keys for the public API: create, list, revoke")
+    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=Parser)
+    cmd = _add(actions, common, "create", cmd_keys_create, "issue a key (printed once: only its hash is kept)")
+    cmd.add_argument("name", help="who the key is for, e.g. 'web shop'")
+    cmd.add_argument("--class", dest="klass", metavar="CLASS",
+                     help="its priority class (default: access.default_class)")
+    cmd.add_argument("--photos-per-day", type=int, metavar="N", help="quota: photos a UTC day (default: none)")
+    cmd.add_argument("--megapixels-per-day", type=float, metavar="MP",
+                     help="quota: megapixels a UTC day (default: none)")
+    _add(actions, common, "list", cmd_keys_list, "every key: class, quota, today's use, state")
+    cmd = _add(actions, common, "revoke", cmd_keys_revoke, "revoke a key: refused at once on every gateway")
+    cmd.add_argument("key_id", metavar="KEY_ID", help="the key's id (its first 12 characters, as keys list shows)")

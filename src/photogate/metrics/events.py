@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -31,6 +31,9 @@ class TimedTask(Protocol):
 
     @property
     def megapixels(self) -> float: ...
+
+    @property
+    def priority_class(self) -> str | None: ...
 
 
 class Throughput:
@@ -58,7 +61,10 @@ class Throughput:
 class GatewayMetrics:
     """The gateway's event counters and histograms, in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, classes: Iterable[str] = ()) -> None:
+        #: The configured priority classes: the only values of the ``class`` label (others
+        #: count as ``other``), so its cardinality stays bounded; never an owner.
+        self.classes = frozenset(classes)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter(
@@ -89,22 +95,37 @@ class GatewayMetrics:
         self.webhook_auth_failures = Counter(
             "photogate_webhook_auth_failures", "Webhook calls refused for a missing or wrong secret",
             ["action", "reason"], registry=r)
+        self.class_submitted = Counter(
+            "photogate_class_tasks_submitted", "Photos accepted, by priority class", ["class"], registry=r)
+        self.class_queue_wait = Histogram(
+            "photogate_class_queue_wait_seconds", "Seconds from upload to the first dispatch, by priority class",
+            ["class"], buckets=LATENCY_BUCKETS, registry=r)
+        self.class_megapixels = Counter(
+            "photogate_class_megapixels_processed", "Input megapixels of completed tasks, by priority class",
+            ["class"], registry=r)
         self.throughput = Throughput()
+
+    def _class(self, name: str | None) -> str:
+        return name if name is not None and name in self.classes else "other"
 
     # -- events (called by the dispatcher, the API and the webhook) ----------------------------
 
-    def task_accepted(self) -> None:
+    def task_accepted(self, priority_class: str | None = None) -> None:
         self.tasks_submitted.inc()
+        self.class_submitted.labels(self._class(priority_class)).inc()
 
     def task_started(self, task: TimedTask) -> None:
         if task.attempts == 1:
-            self.queue_wait.observe(max(time.time() - task.created_at, 0.0))
+            wait = max(time.time() - task.created_at, 0.0)
+            self.queue_wait.observe(wait)
+            self.class_queue_wait.labels(self._class(task.priority_class)).observe(wait)
 
     def task_completed(self, task: TimedTask, server_id: str, node_seconds: float) -> None:
         self.tasks_finished.labels("completed").inc()
         self.inference.labels(server_id).observe(node_seconds)
         self.total.observe(max(time.time() - task.created_at, 0.0))
         self.megapixels.labels(server_id).inc(task.megapixels)
+        self.class_megapixels.labels(self._class(task.priority_class)).inc(task.megapixels)
         self.throughput.add(server_id, task.megapixels)
 
     def task_failed(self) -> None:

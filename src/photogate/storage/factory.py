@@ -22,6 +22,7 @@ from ..registry import Registry
 from .protocols import Store
 
 if TYPE_CHECKING:
+    from ..apikeys.protocol import KeyRecords
     from ..wechat.records.protocol import WechatRecords
     from .redis.store import RedisStore
 
@@ -46,6 +47,8 @@ class Backend:
     shared: RedisStore | None = None
     #: Opens the WeChat records kept beside the tasks (same SQLite file, same Redis).
     wechat_records: Callable[[], WechatRecords] | None = None
+    #: Opens the API-key records kept beside the tasks (same SQLite file, same Redis).
+    key_records: Callable[[], KeyRecords] | None = None
     #: Fields for the ``gateway_started`` log event.
     describe: dict[str, Any] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -54,6 +57,11 @@ class Backend:
         """The WeChat records of this backend (``wechat:`` configured)."""
         assert self.wechat_records is not None, f"{self.name}: no WeChat records"
         return self.wechat_records()
+
+    def open_key_records(self) -> KeyRecords:
+        """The API-key records of this backend."""
+        assert self.key_records is not None, f"{self.name}: no API-key records"
+        return self.key_records()
 
     async def close(self) -> None:
         """Leave the shared state cleanly (if any), then close the store."""
@@ -79,16 +87,18 @@ async def open_backend(config: Config) -> Backend:
 
 
 async def _open_sqlite(config: Config) -> Backend:
+    from ..apikeys.sqlite import SQLiteKeyRecords
     from ..wechat.records.sqlite import SQLiteWechatRecords
     from .sqlite.store import SQLiteStore
 
     store = await SQLiteStore.open(config.data_path / "photogate.db")
     registry = Registry(store, config.health_check.failure_threshold)
     return Backend("sqlite", store, registry, LocalQueue(store), errors=SQLiteStore.ERRORS,
-                   wechat_records=lambda: SQLiteWechatRecords(store))
+                   wechat_records=lambda: SQLiteWechatRecords(store), key_records=lambda: SQLiteKeyRecords(store))
 
 
 async def _open_redis(config: Config) -> Backend:
+    from ..apikeys.redis import RedisKeyRecords
     from ..registry_redis import RedisRegistry
     from ..wechat.records.redis import RedisWechatRecords
     from .redis.store import RedisStore
@@ -106,6 +116,7 @@ async def _open_redis(config: Config) -> Backend:
         background=[("shared-registry", registry.run)],
         shared=store,
         wechat_records=lambda: RedisWechatRecords(store.redis, store.prefix),
+        key_records=lambda: RedisKeyRecords(store),
         describe={"backend": "redis", "redis": store.url, "gateway": store.gateway_id},
         _closers=[registry.close],
     )

@@ -71,8 +71,13 @@ class WechatAccess:
             )
 
     async def refund(self, owner: str | None, task_id: str) -> None:
-        if owner is not None:
+        # Only a WeChat user's tasks were charged credits (not an API key's, not the open API's).
+        if owner is not None and not owner.startswith(("key:", "ip:")):
             await self.service.refund_task(task_id)
+
+    async def paid(self, owner: str) -> bool:
+        """A user with credits left goes in ``access.wechat_paid_class``."""
+        return await self.service.records.credits(owner) > 0
 
     def can_view(self, owner: str | None, task: TaskRecord) -> bool:
         if not self.cfg.login_enabled:

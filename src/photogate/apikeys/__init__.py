@@ -1,0 +1,2 @@
+"""API keys: records (a protocol, SQLite and Redis backends) and the service that issues,
+checks and counts them (:mod:`.service`)."""
