@@ -25,9 +25,12 @@ TASKS = 20
 #: Round trips per inline task outside the claim path (the shared queue's claim and length,
 #: ``SharedQueue.fill``): rate limits 1, insert 1, slot 1 + 1, processing 1, completion 1,
 #: the answer's read 1; the node's success is counted with the next refresh (was 9).
+#: Half a round trip of slack: a health probe that timed out on a loaded machine makes the
+#: next success go alone; one more round trip for every task still fails.
 MAX_ROUND_TRIPS = 7
-#: All of it, the claim path's two passes of two round trips included (was 13).
-MAX_ALL_ROUND_TRIPS = 12
+#: Not pinned here: the claim path (its owner's), and every registry refresh wakes the
+#: dispatcher, whose pass looks for other gateways' tasks (a claim and a length): its count
+#: grows with the time the tasks take.
 CLAIM_PATH = "SharedQueue.fill"
 
 
@@ -72,8 +75,7 @@ async def test_an_inline_task_costs_at_most_a_few_round_trips(
             print(f"commands in {TASKS} tasks (background and scripts included): {commands}")
     claims = sum(n for key, n in trips.by_label.items() if key.startswith(CLAIM_PATH))
     per_task = (trips.per_task() - claims) / TASKS
-    assert per_task <= MAX_ROUND_TRIPS, f"{per_task:.2f} round trips per task:\n{trips.table(TASKS)}"
-    assert trips.per_task() / TASKS <= MAX_ALL_ROUND_TRIPS, trips.table(TASKS)
+    assert per_task < MAX_ROUND_TRIPS + 0.5, f"{per_task:.2f} round trips per task:\n{trips.table(TASKS)}"
     # The request's rate-limit buckets (requests and uploads) in one round trip.
     assert sum(n for key, n in trips.by_label.items() if key.endswith("RedisCluster.draw")) == TASKS
 
