@@ -289,7 +289,19 @@ async def section3(launch: Launcher, redis_bin: str, body: bytes, args: argparse
            "of SQLite |",
            f"| Redis | 2 | {cell(runs['redis2'])} | {ratio(runs['redis2'], runs['redis1'], 'tasks_per_s'):.2f}x "
            "of Redis with 1 gateway |"]
-    return out + [""] + cpu_notes(runs, f"{args.redis_clients} clients (Redis CPU counted with the gateways)")
+    return out + [""] + cpu_notes(runs, f"{args.redis_clients} clients (Redis CPU counted with the gateways)") + [
+        ceiling(runs, cores or 1, "redis2", "redis1")]
+
+
+def ceiling(runs: dict[str, list[Run]], cores: int, label: str, base: str) -> str:
+    """What this machine's cores allow ``label`` at most: every process's CPU per task together
+    (client and nodes included), against ``base``'s measured tasks/s."""
+    rs = runs[label]
+    per_task = med(rs, "front_cpu_ms") + med(rs, "node_cpu_ms") + med(rs, "client_cpu_ms")
+    most = cores * 1000 / per_task if per_task > 0 else float("inf")
+    return (f"- ceiling: {label} spends {per_task:.2f} ms of CPU per task in all its processes, so {cores} "
+            f"cores allow it at most {most:,.0f} tasks/s, {most / med(runs[base], 'tasks_per_s'):.2f}x {base}'s "
+            "measured figure, with nothing else running on the machine")
 
 
 def machine_info(body: bytes, args: argparse.Namespace) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,6 +73,10 @@ class BucketStore(Protocol):
     async def bucket(self, name: str, key: str, rate: float, burst: float, take: bool) -> float:
         """Refill bucket ``name``/``key``, then take a token (``take``) or only look: 0.0 when
         one is (was) there, else the seconds until one is."""
+
+    async def draw(self, key: str, buckets: Sequence[tuple[str, float, float, bool]]) -> tuple[int, float]:
+        """Draw from several buckets (name, rate, burst, take) in turn, in one call, stopping
+        at the first without a token: its index and the seconds to wait, or ``(-1, 0.0)``."""
 
 
 class Limiter:
@@ -147,6 +151,7 @@ class RateLimits:
         self.uploads: Buckets = Limiter(config.uploads_per_minute / 60.0, config.upload_burst, clock)
         self.auth_failures: Buckets = Limiter(config.auth_failures_per_minute / 60.0, config.auth_failure_burst,
                                               clock)
+        self._store: BucketStore | None = None
         self._exempt = [ipaddress.ip_network(n, strict=False) for n in config.exempt]
         self._exempt_memo: dict[str, bool] = {}
         self._blocked: set[str] = set()
@@ -163,9 +168,27 @@ class RateLimits:
     def share(self, store: BucketStore) -> None:
         """Keep the buckets in Redis from now on, shared by every gateway."""
         cfg = self.config
+        self._store = store
         self.requests = SharedLimiter("requests", cfg.requests_per_second, cfg.burst, store)
         self.uploads = SharedLimiter("uploads", cfg.uploads_per_minute / 60.0, cfg.upload_burst, store)
         self.auth_failures = SharedLimiter("auth", cfg.auth_failures_per_minute / 60.0, cfg.auth_failure_burst, store)
+
+    async def draw(self, key: str, draws: Sequence[tuple[Buckets, bool]]) -> tuple[int, float]:
+        """Draw from each of ``key``'s buckets in turn (take a token, or only look), stopping at
+        the first without one: its index and the seconds to wait, or ``(-1, 0.0)`` when every
+        one had a token. Shared buckets are drawn in one round trip; if Redis cannot be
+        reached, the request passes (the handler answers 503 anyway)."""
+        shared = [(b.name, b.rate, b.burst, take) for b, take in draws if isinstance(b, SharedLimiter)]
+        if self._store is not None and shared and len(shared) == len(draws):
+            try:
+                return await self._store.draw(key, shared)
+            except StoreUnavailable:
+                return -1, 0.0
+        for index, (buckets, take) in enumerate(draws):
+            wait = await (buckets.atake(key) if take else buckets.apeek(key))
+            if wait > 0:
+                return index, wait
+        return -1, 0.0
 
     def exempt(self, ip: str) -> bool:
         # Every request asks: remember the answer per address (bounded; cleared when full).
@@ -205,21 +228,23 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     ip = client_ip(request, request.app[GATEWAY].config.server.trusted_proxies)
     if limits.exempt(ip):
         return await handler(request)
+    # One draw for every bucket of the request (one round trip with shared buckets), in order:
+    # a client out of failed-credential tokens takes nothing else.
+    draws: list[tuple[Buckets, bool, str]] = []
     if guarded:
-        wait = await limits.auth_failures.apeek(ip)
-        if wait > 0:
-            if limits.block(ip):
-                audit("auth_rate_limited", who="anonymous", ip=ip, path=path, retry_after=math.ceil(wait))
-            return _too_many(wait, "too many failed credentials from your address; wait and try again")
-        limits.unblock(ip)
+        draws.append((limits.auth_failures, False, "too many failed credentials from your address; wait and try again"))
     if path.startswith(("/api/", "/webhook/")):
-        wait = await limits.requests.atake(ip)
-        if wait > 0:
-            return _too_many(wait, "too many requests from your address; slow down")
+        draws.append((limits.requests, True, "too many requests from your address; slow down"))
     if request.method == "POST" and path == "/api/v1/enhance":
-        wait = await limits.uploads.atake(ip)
-        if wait > 0:
-            return _too_many(wait, "too many uploads from your address; wait and try again")
+        draws.append((limits.uploads, True, "too many uploads from your address; wait and try again"))
+    index, wait = await limits.draw(ip, [(buckets, take) for buckets, take, _message in draws])
+    if guarded and index == 0:
+        if limits.block(ip):
+            audit("auth_rate_limited", who="anonymous", ip=ip, path=path, retry_after=math.ceil(wait))
+    elif guarded:
+        limits.unblock(ip)
+    if index >= 0:
+        return _too_many(wait, draws[index][2])
     response = await handler(request)
     if request.get(CREDENTIAL_REFUSED):
         await limits.auth_failures.atake(ip)

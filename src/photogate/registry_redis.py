@@ -7,19 +7,24 @@ seconds; every change goes to Redis first:
 
 - registration, removal and draining through the store's scripts (ids from one ``INCR``);
 - health outcomes (the prober's checks, any gateway's passive failures) into the shared
-  health hash, so every gateway sees the same health;
+  health hash, so every gateway sees the same health; a job's success that changes nothing
+  but the node's ``completed`` counter (the node was up, with no failure) is counted with the
+  next refresh, not sent alone;
 - node slots through the atomic acquire/release scripts, so two gateways never run more
   jobs on a node than it has slots.
 
 :meth:`RedisRegistry.run` is the gateway's heartbeat: it renews this gateway's key,
 takes or keeps the health prober's lease, hands a dead gateway's claimed tasks back to
-the shared queue (and frees its node slots), and refreshes the view.
+the shared queue (and frees its node slots), and refreshes the view; the heartbeat, the
+successes to count and the read of the fleet go to Redis in one round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import structlog
@@ -28,7 +33,7 @@ from .errors import StoreUnavailable
 from .health.rule import DOWN, verdict
 from .models import NodeRecord
 from .registry import NodeState, Registry
-from .storage.protocols import NodeStore
+from .storage.protocols import FleetSnapshot, Membership, NodeStore
 
 log = structlog.get_logger("photogate.registry_redis")
 
@@ -43,6 +48,8 @@ class FleetStore(NodeStore, Protocol):
         ...
 
     async def fleet(self) -> tuple[list[NodeRecord], dict[str, dict[str, Any]], dict[str, int]]: ...
+    async def sync(self, *, completed: Mapping[str, int], beat_ttl: float | None
+                   ) -> tuple[FleetSnapshot, Membership | None]: ...
     async def record_health(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None,
                             error: str = "", threshold: int = 3, counter: str = "", check: bool = False) -> int: ...
     async def acquire_slot(self, server_id: str, slots: int) -> int: ...
@@ -85,6 +92,8 @@ class RedisRegistry(Registry):
         #: Local changes per node: a refresh whose read began before one of them must not
         #: undo it (that node is left as it is until the next refresh).
         self._touched: dict[str, int] = {}
+        #: Job successes per node not told to Redis yet (the next refresh counts them).
+        self._completed: Counter[str] = Counter()
 
     # -- the view ------------------------------------------------------------------------
 
@@ -93,8 +102,23 @@ class RedisRegistry(Registry):
 
     async def refresh(self) -> None:
         """Read every node, its shared health and its in-flight count from Redis."""
+        await self._sync(beat=False)
+
+    async def _sync(self, *, beat: bool) -> int:
+        """Refresh the view; with ``beat``, beat too (see :meth:`beat`). One round trip."""
         touched = dict(self._touched)
-        records, health, inflight = await self.redis_store.fleet()
+        completed, self._completed = self._completed, Counter()
+        try:
+            (records, health, inflight), membership = await self.redis_store.sync(
+                completed=completed, beat_ttl=self.lease_ttl if beat else None)
+        except StoreUnavailable:
+            self._completed.update(completed)  # counted with a later refresh
+            raise
+        self._apply_fleet(touched, records, health, inflight)
+        return 0 if membership is None else await self._after_beat(*membership)
+
+    def _apply_fleet(self, touched: dict[str, int], records: list[NodeRecord], health: dict[str, dict[str, Any]],
+                     inflight: dict[str, int]) -> None:
         raced = {sid for sid, n in self._touched.items() if touched.get(sid) != n}
         seen: set[str] = set(raced)
         for record in records:
@@ -187,6 +211,13 @@ class RedisRegistry(Registry):
         state = self._nodes.get(server_id)
         if state is None or state.record.offline:  # removed or unregistered meanwhile
             return
+        if counter == "completed" and report is None and state.healthy and not state.failures \
+                and state.last_error is None:
+            # Up, with no failure: the success changes only the counter; the next refresh counts it.
+            self._completed[server_id] += 1
+            self._touch(server_id)
+            state.completed += 1
+            return
         moved = await self.redis_store.record_health(server_id, ok, report=report, error=error,
                                                      threshold=self.failure_threshold, counter=counter, check=check)
         self._touch(server_id)
@@ -233,16 +264,17 @@ class RedisRegistry(Registry):
     # -- the heartbeat -----------------------------------------------------------------------
 
     async def beat(self) -> int:
-        """Renew this gateway's key, take or keep the prober's lease, reap dead gateways.
-        Returns the tasks put back in the shared queue."""
+        """Renew this gateway's key, take or keep the prober's lease, reap dead gateways,
+        refresh the view. Returns the tasks put back in the shared queue."""
+        return await self._sync(beat=True)
+
+    async def _after_beat(self, prober: bool, dead: list[str]) -> int:
         store = self.redis_store
-        await store.heartbeat(self.lease_ttl)
-        was = self.prober
-        self.prober = await store.lease(self.lease_ttl)
+        was, self.prober = self.prober, prober
         if self.prober and not was:
             log.info("health_prober_elected", gateway=store.gateway_id)
         back = 0
-        for gateway_id in await store.dead_gateways():
+        for gateway_id in dead:
             n = await store.reap(gateway_id, ghost_seconds=self.ghost_seconds)
             if n >= 0:
                 back += n
@@ -256,10 +288,10 @@ class RedisRegistry(Registry):
         next_beat = 0.0
         while True:
             try:
-                if time.monotonic() >= next_beat:
-                    await self.beat()
+                beat = time.monotonic() >= next_beat
+                await self._sync(beat=beat)
+                if beat:
                     next_beat = time.monotonic() + self.lease_ttl / 3
-                await self.refresh()
                 if not self.store_up:
                     self.store_up = True
                     log.info("state_store_reachable", url=self.redis_store.url)
@@ -275,6 +307,8 @@ class RedisRegistry(Registry):
         """A clean stop: this gateway's claimed tasks go back to the queue, its slots are freed."""
         store = self.redis_store
         try:
+            if self._completed:
+                await self.refresh()  # the successes not counted yet
             back = await store.reap(store.gateway_id, force=True, ghost_seconds=self.ghost_seconds)
             await store.drop_lease()
         except StoreUnavailable:

@@ -97,10 +97,23 @@ class FleetSnapshot(NamedTuple):
     taken: dict[str, int]
 
 
+class Membership(NamedTuple):
+    """What a heartbeat learnt: whether this gateway holds the health prober's lease, and the
+    gateways whose heartbeat expired (to reap)."""
+
+    prober: bool
+    dead: list[str]
+
+
 class FleetStateStore(Protocol):
     """What every gateway sees of the nodes: one health state, one count of taken slots."""
 
     async def fleet(self) -> FleetSnapshot: ...
+    async def sync(self, *, completed: Mapping[str, int], beat_ttl: float | None
+                   ) -> tuple[FleetSnapshot, Membership | None]:
+        """Count ``completed`` job successes per node (the counter only), beat when ``beat_ttl``
+        is given, read the fleet: the shared registry's refresh, in one round trip."""
+        ...
     async def record_health(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None,
                             error: str = "", threshold: int = 3, counter: str = "", check: bool = False) -> int: ...
     async def acquire_slot(self, server_id: str, slots: int) -> int: ...
@@ -124,6 +137,7 @@ class RateBuckets(Protocol):
     """Token buckets every gateway draws from (shared rate limits)."""
 
     async def bucket(self, name: str, key: str, rate: float, burst: float, take: bool) -> float: ...
+    async def draw(self, key: str, buckets: Sequence[tuple[str, float, float, bool]]) -> tuple[int, float]: ...
 
 
 class ClusterStore(Store, SharedQueueStore, FleetStateStore, GatewayMembership, RateBuckets, Protocol):

@@ -1,21 +1,27 @@
--- Token bucket. KEYS: the bucket. ARGV: rate per s, burst, take '1'/'0'. Returns the
--- seconds to wait as a string ('0' when a token was there, and taken if asked).
+-- Token buckets, drawn from in turn: the first that has no token stops the draw (the ones
+-- before it keep what they gave). KEYS: the buckets. ARGV: per bucket rate per s, burst,
+-- take '1' (take a token) / '0' (only look). Returns {index (1-based) of the bucket that
+-- had no token, or 0, the seconds to wait there as a string ('0' when every one had one)}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local v = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
-local tokens, stamp = tonumber(v[1]), tonumber(v[2])
-if not tokens then
-  if ARGV[3] ~= '1' then return '0' end
-  tokens, stamp = burst, now
+for i = 1, #KEYS do
+  local rate, burst, take = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]), ARGV[3 * i] == '1'
+  local v = redis.call('HMGET', KEYS[i], 'tokens', 'stamp')
+  local tokens, stamp = tonumber(v[1]), tonumber(v[2])
+  if not tokens and not take then
+    tokens = nil  -- a bucket never drawn from is full: nothing to look at, nothing to write
+  else
+    if not tokens then tokens, stamp = burst, now end
+    tokens = math.min(burst, tokens + (now - stamp) * rate)
+    local wait = 0
+    if tokens >= 1 then
+      if take then tokens = tokens - 1 end
+    else
+      wait = (1 - tokens) / rate
+    end
+    redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'stamp', tostring(now))
+    redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
+    if wait > 0 then return {i, tostring(wait)} end
+  end
 end
-tokens = math.min(burst, tokens + (now - stamp) * rate)
-local wait = 0
-if tokens >= 1 then
-  if ARGV[3] == '1' then tokens = tokens - 1 end
-else
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'stamp', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return {0, '0'}

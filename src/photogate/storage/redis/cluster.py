@@ -4,6 +4,7 @@ rate-limit buckets every gateway draws from."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from ..protocols import GatewayMembership, RateBuckets
 from .connection import RedisConnection, text, unavailable
@@ -35,6 +36,15 @@ class RedisCluster(RedisConnection, GatewayMembership, RateBuckets):
     async def bucket(self, name: str, key: str, rate: float, burst: float, take: bool) -> float:
         """Draw from the shared token bucket: the seconds to wait (0: a token was there, and
         taken if ``take``)."""
-        wait = await self.scripts.bucket(keys=[self.keys.bucket(name, key)],
-                                         args=[repr(rate), repr(burst), "1" if take else "0"])
-        return float(wait)
+        return (await self.draw(key, [(name, rate, burst, take)]))[1]
+
+    @unavailable
+    async def draw(self, key: str, buckets: Sequence[tuple[str, float, float, bool]]) -> tuple[int, float]:
+        """Draw from several of ``key``'s shared buckets (name, rate, burst, take) in turn, in
+        one round trip: the first that has no token stops the draw. Returns its index and the
+        seconds to wait there, or ``(-1, 0.0)`` when every one had a token."""
+        index, wait = await self.scripts.bucket(
+            keys=[self.keys.bucket(name, key) for name, _rate, _burst, _take in buckets],
+            args=[arg for _name, rate, burst, take in buckets
+                  for arg in (repr(rate), repr(burst), "1" if take else "0")])
+        return int(index) - 1, float(wait)

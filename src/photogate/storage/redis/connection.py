@@ -85,7 +85,8 @@ class Scripts:
         self.acquire_slot: AsyncScript = reg(lua("acquire_slot"))
         self.release_slot: AsyncScript = reg(lua("release_slot"))
         # this gateway among the others
-        self.lease: AsyncScript = reg(lua("lease"))
+        self.lease: AsyncScript = reg(lua("lease", "lease_fn"))
+        self.beat: AsyncScript = reg(lua("beat", "lease_fn"))
         self.bucket: AsyncScript = reg(lua("bucket"))
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
+
+from redis.asyncio.client import Pipeline
+from redis.typing import EncodableT
 
 from ... import identity
 from ...errors import StoreUnavailable
@@ -53,11 +57,19 @@ class RedisNodes(RedisConnection, NodeStore, FleetStateStore):
     async def fleet(self) -> FleetSnapshot:
         """Every node (in id order), the shared health of each, the slots taken on each."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.nodes)
-            pipe.hgetall(self.keys.health)
-            pipe.hgetall(self.keys.inflight)
-            pipe.hgetall(self.keys.ghosts)
-            nodes, health, inflight, ghosts = (texts(reply) for reply in await pipe.execute())
+            self._read_fleet(pipe)
+            return self._fleet_from(await pipe.execute())
+
+    def _read_fleet(self, pipe: Pipeline) -> None:
+        """Queue the four reads of :meth:`fleet` on ``pipe`` (their replies: :meth:`_fleet_from`)."""
+        pipe.hgetall(self.keys.nodes)
+        pipe.hgetall(self.keys.health)
+        pipe.hgetall(self.keys.inflight)
+        pipe.hgetall(self.keys.ghosts)
+
+    @staticmethod
+    def _fleet_from(replies: Sequence[Any]) -> FleetSnapshot:
+        nodes, health, inflight, ghosts = (texts(reply) for reply in replies[-4:])
         records = sorted((node_from_json(raw) for raw in nodes.values()), key=lambda pair: pair[0])
         taken = {sid: int(n) for sid, n in inflight.items()}
         now = time.time()
@@ -87,10 +99,17 @@ class RedisNodes(RedisConnection, NodeStore, FleetStateStore):
     async def record_health(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None,
                             error: str = "", threshold: int = 3, counter: str = "", check: bool = False) -> int:
         """Record a health outcome for every gateway: 1 node went up, -1 went down, 0 no change."""
-        return int(await self.scripts.record_health(keys=[], args=[
-            self.prefix, server_id, "1" if ok else "0", json.dumps(report) if report is not None else "",
-            error, threshold, repr(time.time()), counter, "1" if check else "0",
-        ]))
+        return int(await self.scripts.record_health(keys=[], args=self._health_args(
+            server_id, ok, report=report, error=error, threshold=threshold, counter=counter, check=check)))
+
+    def _health_args(self, server_id: str, ok: bool, *, report: dict[str, Any] | None = None, error: str = "",
+                     threshold: int = 3, counter: str = "", check: bool = False, count: int = 1,
+                     only_count: bool = False) -> list[EncodableT]:
+        """record_health.lua's arguments: ``count`` outcomes alike (the counter moves by ``count``);
+        ``only_count``: nothing else changes."""
+        return [self.prefix, server_id, "1" if ok else "0", json.dumps(report) if report is not None else "",
+                error, threshold, repr(time.time()), counter, "1" if check else "0", count,
+                "1" if only_count else "0"]
 
     @unavailable
     async def acquire_slot(self, server_id: str, slots: int) -> int:

@@ -1,5 +1,7 @@
 -- A health outcome, shared by every gateway. ARGV: prefix, server_id, ok '1'/'0', report JSON
--- or '', error, threshold, now, counter ('completed', 'failed' or ''), is a check '1'/'0'.
+-- or '', error, threshold, now, counter ('completed', 'failed' or ''), is a check '1'/'0',
+-- how many outcomes to count, '1' to move only the counter (successes counted late, at a
+-- refresh: whatever happened since, they change nothing else).
 -- Returns 1 when the node went up, -1 when it went down, 0 otherwise.
 local p, sid = ARGV[1], ARGV[2]
 local node = redis.call('HGET', p .. 'nodes', sid)
@@ -9,7 +11,11 @@ local raw = redis.call('HGET', p .. 'health', sid)
 local h = raw and cjson.decode(raw) or {healthy = false, failures = 0, completed = 0, failed = 0, health = {}}
 local was = h.healthy
 if ARGV[9] == '1' then h.last_check = tonumber(ARGV[7]) end
-if ARGV[8] ~= '' then h[ARGV[8]] = (h[ARGV[8]] or 0) + 1 end
+if ARGV[8] ~= '' then h[ARGV[8]] = (h[ARGV[8]] or 0) + (tonumber(ARGV[10]) or 1) end
+if ARGV[11] == '1' then
+  redis.call('HSET', p .. 'health', sid, cjson.encode(h))
+  return 0
+end
 if ARGV[3] == '1' then
   if ARGV[4] ~= '' then
     h.health = cjson.decode(ARGV[4])

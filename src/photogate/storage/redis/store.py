@@ -8,6 +8,8 @@ same connection (:mod:`.connection`: the client, every key, the Lua scripts)::
     settings.py  RedisSettings     SettingsStore
     queue.py     RedisSharedQueue  SharedQueueStore (claims, the reaper)
     cluster.py   RedisCluster      GatewayMembership (heartbeat, prober lease), RateBuckets
+    sync.py      RedisSync         the registry's refresh: heartbeat, successes and fleet read in one
+                                   round trip (over RedisNodes and RedisCluster)
 
 The parts are mixins, not composed objects: each needs the same client, prefix and scripts,
 and the gateway, the registry and the dispatcher call one object that is a whole
@@ -29,17 +31,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ...errors import StoreUnavailable
 from ..common import STORE_ERRORS
 from ..protocols import ClusterStore
-from .cluster import RedisCluster
 from .connection import unavailable
-from .nodes import RedisNodes
 from .queue import RedisSharedQueue
 from .settings import RedisSettings
+from .sync import RedisSync
 from .tasks import RedisTasks
 
 __all__ = ["RedisStore", "unavailable"]
 
 
-class RedisStore(RedisTasks, RedisNodes, RedisSettings, RedisSharedQueue, RedisCluster, ClusterStore):
+class RedisStore(RedisTasks, RedisSync, RedisSettings, RedisSharedQueue, ClusterStore):
     """Tasks, nodes, settings, the shared queue, node slots and leases in Redis. Create with
     :meth:`open`."""
 
