@@ -6,7 +6,6 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -220,26 +219,20 @@ async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, ta
     charged = False
     try:
         # Checked on the image checker's threads under its memory budget (never on the
-        # store's thread): from memory when the photo is still all there, else from its file.
-        source: Path | bytes | None = writer.buffered
+        # store's thread): from memory when the photo is still all there, while its file is
+        # written and fsynced on another thread; else from its published file.
+        source = writer.buffered
         if source is None:
             await writer.commit()
-            source = writer.final
-        info = await gw.images.check(source, limits.max_pixels, limits.max_side)
-        if writer.small and not access.charges:
-            # Nothing to charge between the check and the record: published and recorded
-            # in one trip to the store's thread.
-            def publish_and_record() -> TaskRecord:
-                writer.publish()
-                return _new_task(task_id, writer, info, params, owner)
-
-            task = await gw.store.insert_task(publish_and_record)
+            info = await gw.images.check(writer.final, limits.max_pixels, limits.max_side)
         else:
-            if isinstance(source, bytes):
-                await writer.commit()
+            info = await _check_while_publishing(gw, writer, source)
+        if access.charges:
             await access.charge(owner, task_id)
             charged = True
-            task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
+        # The photo's file and its name are durable; the record joins the next group commit,
+        # and the id is answered only once that is durable too.
+        task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
     except BaseException as exc:
         await writer.abort()
         await gw.blobs.delete(task_id)
@@ -251,6 +244,20 @@ async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, ta
     gw.blobs.keep_input(task_id, writer.content)
     gw.dispatcher.accept(task)
     return task
+
+
+async def _check_while_publishing(gw: Gateway, writer: BlobWriter, content: bytes) -> ImageInfo:
+    """Check ``content`` and publish ``writer`` at once; both end before this does (nothing
+    is left running to race with a cleanup), and the first failure is raised."""
+    limits = gw.config.limits
+    checked, published = await asyncio.gather(
+        gw.images.check(content, limits.max_pixels, limits.max_side), writer.commit(), return_exceptions=True,
+    )
+    for outcome in (checked, published):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(checked, ImageInfo)
+    return checked
 
 
 #: Results up to this size are read in one go rather than streamed from the file.

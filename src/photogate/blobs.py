@@ -2,7 +2,8 @@
 
 Writes go to ``NAME.part`` and are renamed into place only when complete, so a crash
 never leaves a half-written file where a reader would take it for a whole one. All file
-I/O runs in the default executor.
+I/O runs in the default executor: many files are written and fsynced at once, and the
+directory fsync that makes their renames durable is shared (:class:`DirectorySync`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
-
-T = TypeVar("T")
+from typing import IO
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -32,8 +30,9 @@ class BlobWriter:
 
     BUFFER = 256 * 1024
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, directory: DirectorySync | None = None) -> None:
         self.final = final
+        self._directory = directory if directory is not None else DirectorySync(final.parent)
         self.partial = final.with_name(final.name + ".part")
         self.size = 0
         #: After :meth:`commit`: the whole content when it fitted in the buffer, else ``None``.
@@ -67,8 +66,9 @@ class BlobWriter:
         if len(self._buf) >= self.BUFFER:
             await asyncio.get_running_loop().run_in_executor(None, self._flush_sync)
 
-    def publish(self, then: Callable[[Path], T] | None = None) -> T | None:
-        """:meth:`commit` for a caller already on a worker thread."""
+    def publish(self) -> None:
+        """On a worker thread: write what is left, fsync the file, rename it into place.
+        The rename is durable only once its directory is fsynced (:meth:`commit` does it)."""
         if self._fh is None:
             self.content = bytes(self._buf)
         self._flush_sync()
@@ -77,13 +77,13 @@ class BlobWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.partial, self.final)
-        _sync_directory(self.final.parent)  # the rename itself survives a power cut
-        return then(self.final) if then is not None else None
 
-    async def commit(self, then: Callable[[Path], T] | None = None) -> T | None:
-        """Publish the file; ``then(path)``, if given, runs in the same executor call
-        (e.g. checking the image) and its result is returned."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.publish, then)
+    async def commit(self) -> None:
+        """Publish the file durably: its data and its name survive a power cut once this
+        returns. The data is written and fsynced on a thread of its own (many files at once);
+        the directory's fsync is shared with every rename made before it starts."""
+        await asyncio.get_running_loop().run_in_executor(None, self.publish)
+        await self._directory.sync()
 
     def discard(self) -> None:
         """:meth:`abort` for a caller already on a worker thread. Never raises for the file
@@ -100,6 +100,54 @@ class BlobWriter:
 
     async def abort(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.discard)
+
+
+class DirectorySync:
+    """The fsync of one directory, shared: each pass (on a worker thread) serves every caller
+    that asked before it started, i.e. every rename made before it started; one who asks
+    during a pass waits for the next one, which starts as soon as that pass ends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._next: asyncio.Future[None] | None = None
+        self._passes: asyncio.Task[None] | None = None
+        #: How many fsyncs have run (for tests).
+        self.passes = 0
+
+    async def sync(self) -> None:
+        """Return once the directory was fsynced after this call began."""
+        loop = asyncio.get_running_loop()
+        if self._next is None:
+            self._next = loop.create_future()
+        waiting = self._next
+        if self._passes is None:
+            self._passes = loop.create_task(self._run(), name=f"fsync-{self.path.name}")
+        await asyncio.shield(waiting)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._next is not None:
+                served, self._next = self._next, None
+                try:
+                    await loop.run_in_executor(None, self._sync_sync)
+                except BaseException as exc:
+                    failed = [served] if self._next is None else [served, self._next]
+                    self._next = None
+                    for future in failed:
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                        future.exception()  # seen: whoever still waits hears of it all the same
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    served.set_result(None)
+        finally:
+            self._passes = None
+
+    def _sync_sync(self) -> None:
+        """One fsync of the directory, on a worker thread."""
+        _sync_directory(self.path)  # the rename itself survives a power cut
+        self.passes += 1
 
 
 def _sync_directory(path: Path) -> None:
@@ -152,6 +200,7 @@ class BlobStore:
             folder.mkdir(parents=True, exist_ok=True)
         self._inputs = _Memory(self.INPUT_MEMORY_BYTES)
         self._results = _Memory(self.RESULT_MEMORY_BYTES)
+        self._synced = {folder: DirectorySync(folder) for folder in (self.inputs, self.results)}
 
     def keep_input(self, task_id: str, content: bytes | None) -> None:
         """Remember a stored input's bytes for its dispatch."""
@@ -184,10 +233,10 @@ class BlobStore:
         return self.results / self._check(task_id)
 
     def input_writer(self, task_id: str) -> BlobWriter:
-        return BlobWriter(self.input_path(task_id))
+        return BlobWriter(self.input_path(task_id), self._synced[self.inputs])
 
     def result_writer(self, task_id: str) -> BlobWriter:
-        return BlobWriter(self.result_path(task_id))
+        return BlobWriter(self.result_path(task_id), self._synced[self.results])
 
     def _delete_sync(self, task_id: str) -> None:
         for path in (self.input_path(task_id), self.result_path(task_id)):
