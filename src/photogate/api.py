@@ -216,7 +216,8 @@ async def _accept(gw: Gateway, access: AccessPolicy, owner: str | None, task_id:
 async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, task_id: str, writer: BlobWriter,
                         params: dict[str, Any]) -> TaskRecord:
     limits = gw.config.limits
-    charged = False
+    charged = recorded = False
+    publishing: asyncio.Future[None] | None = None
     try:
         # Checked on the image checker's threads under its memory budget (never on the
         # store's thread): from memory when the photo is still all there, while its file is
@@ -226,16 +227,20 @@ async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, ta
             await writer.commit()
             info = await gw.images.check(writer.final, limits.max_pixels, limits.max_side)
         else:
-            info = await _check_while_publishing(gw, writer, source)
+            publishing = asyncio.ensure_future(writer.commit())
+            info = await gw.images.check(source, limits.max_pixels, limits.max_side)
         if access.charges:
             await access.charge(owner, task_id)
             charged = True
-        # The photo's file and its name are durable; the record joins the next group commit,
-        # and the id is answered only once that is durable too.
+        # The record joins the next group commit while the photo's file may still be on its
+        # way to the disk; the id is answered only once both are durable. A crash between the
+        # two leaves a record without its file, never answered: it fails cleanly at dispatch.
         task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
+        recorded = True
+        if publishing is not None:
+            await publishing
     except BaseException as exc:
-        await writer.abort()
-        await gw.blobs.delete(task_id)
+        await _undo_upload(gw, task_id, writer, publishing, recorded)
         if charged:
             await access.refund(owner, task_id)
         if storage_full(exc):
@@ -246,18 +251,22 @@ async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, ta
     return task
 
 
-async def _check_while_publishing(gw: Gateway, writer: BlobWriter, content: bytes) -> ImageInfo:
-    """Check ``content`` and publish ``writer`` at once; both end before this does (nothing
-    is left running to race with a cleanup), and the first failure is raised."""
-    limits = gw.config.limits
-    checked, published = await asyncio.gather(
-        gw.images.check(content, limits.max_pixels, limits.max_side), writer.commit(), return_exceptions=True,
-    )
-    for outcome in (checked, published):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    assert isinstance(checked, ImageInfo)
-    return checked
+async def _undo_upload(gw: Gateway, task_id: str, writer: BlobWriter, publishing: asyncio.Future[None] | None,
+                       recorded: bool) -> None:
+    """Nothing of a failed upload is kept: its file (once its publishing has ended, so that
+    nothing races the removal) and its record."""
+    if publishing is not None:
+        await asyncio.wait([publishing])
+        if not publishing.cancelled():
+            publishing.exception()  # the caller raises its own failure
+    await writer.abort()
+    await gw.blobs.delete(task_id)
+    if recorded:
+        try:
+            await gw.store.delete_task(task_id)
+        except gw.store.ERRORS as exc:
+            # Left queued without its photo and never answered: it fails cleanly at dispatch.
+            log.warning("upload_record_left", task_id=task_id, error=str(exc))
 
 
 #: Results up to this size are read in one go rather than streamed from the file.

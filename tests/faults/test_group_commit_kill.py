@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable
 
 import aiohttp
-from helpers.public_api import download, register, wait_finished
+from helpers.public_api import download, register, submit, wait_finished
 from support import FakeNode, image_bytes
 
 CONFIG = """
@@ -76,3 +76,32 @@ async def test_sigkill_mid_group_commit_loses_no_answered_task(gateway_process, 
         for task_id in ids:
             code, data = await download(session, gw.url, task_id)
             assert code == 200 and data.startswith(b"\x89PNG"), (task_id, code)
+
+
+async def test_a_record_whose_photo_never_reached_the_disk_fails_cleanly(gateway_process, nodes) -> None:  # type: ignore[no-untyped-def]
+    # An upload's record and its file become durable concurrently, and its id is answered only
+    # once both are. A crash between the two leaves a record without its photo, whose id no
+    # client ever saw: after the restart it fails at once with a message, and runs on no node.
+    from photogate.models import TaskRecord, TaskStatus
+    from photogate.storage.sqlite.store import SQLiteStore
+
+    gw = gateway_process(CONFIG)
+    task_id = "f" * 32
+    store = await SQLiteStore.open(gw.data_dir / "photogate.db")
+    try:
+        await store.insert_task(TaskRecord(task_id=task_id, status=TaskStatus.QUEUED, created_at=1.0, updated_at=1.0,
+                                           input_mime="image/png", input_bytes=100, width=32, height=24, params={}))
+    finally:
+        await store.close()
+    node = await nodes()
+    gw.start()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        await gw.wait_ready(session)
+        body = await register(session, gw.url, node.port)
+        node.token, node.server_id = body["node_token"], body["server_id"]
+        final = (await wait_finished(session, gw.url, [task_id], 20))[task_id]
+        assert final["status"] == "failed" and "upload it again" in final["error"], final
+        # The gateway goes on: the next upload completes.
+        ok = await submit(session, gw.url, image_bytes(32, 24))
+        assert (await wait_finished(session, gw.url, [ok], 20))[ok]["status"] == "completed"
+    assert node.jobs == 1
