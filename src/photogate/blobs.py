@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections import OrderedDict
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -30,9 +31,11 @@ class BlobWriter:
 
     BUFFER = 256 * 1024
 
-    def __init__(self, final: Path, directory: DirectorySync | None = None) -> None:
+    def __init__(self, final: Path, directory: DirectorySync | None = None, executor: Executor | None = None) -> None:
         self.final = final
-        self._directory = directory if directory is not None else DirectorySync(final.parent)
+        #: Where its file I/O runs (``None``: the loop's default executor).
+        self._executor = executor
+        self._directory = directory if directory is not None else DirectorySync(final.parent, executor)
         self.partial = final.with_name(final.name + ".part")
         self.size = 0
         #: After :meth:`commit`: the whole content when it fitted in the buffer, else ``None``.
@@ -64,7 +67,7 @@ class BlobWriter:
         self._buf += chunk
         self.size += len(chunk)
         if len(self._buf) >= self.BUFFER:
-            await asyncio.get_running_loop().run_in_executor(None, self._flush_sync)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._flush_sync)
 
     def publish(self) -> None:
         """On a worker thread: write what is left, fsync the file, rename it into place.
@@ -82,7 +85,7 @@ class BlobWriter:
         """Publish the file durably: its data and its name survive a power cut once this
         returns. The data is written and fsynced on a thread of its own (many files at once);
         the directory's fsync is shared with every rename made before it starts."""
-        await asyncio.get_running_loop().run_in_executor(None, self.publish)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.publish)
         await self._directory.sync()
 
     def discard(self) -> None:
@@ -99,7 +102,7 @@ class BlobWriter:
             self.partial.unlink(missing_ok=True)
 
     async def abort(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.discard)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.discard)
 
 
 class DirectorySync:
@@ -107,8 +110,9 @@ class DirectorySync:
     that asked before it started, i.e. every rename made before it started; one who asks
     during a pass waits for the next one, which starts as soon as that pass ends."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, executor: Executor | None = None) -> None:
         self.path = path
+        self._executor = executor
         self._next: asyncio.Future[None] | None = None
         self._passes: asyncio.Task[None] | None = None
         #: How many fsyncs have run (for tests).
@@ -130,7 +134,7 @@ class DirectorySync:
             while self._next is not None:
                 served, self._next = self._next, None
                 try:
-                    await loop.run_in_executor(None, self._sync_sync)
+                    await loop.run_in_executor(self._executor, self._sync_sync)
                 except BaseException as exc:
                     failed = [served] if self._next is None else [served, self._next]
                     self._next = None
@@ -192,15 +196,24 @@ class BlobStore:
     #: Small results kept in memory (the most recent first), so downloading one costs no file I/O.
     RESULT_MEMORY_BYTES = 32 * 1024 * 1024
 
+    #: Threads writing and fsyncing photo files. An fsync waits on the disk, not the CPU, and
+    #: with the loop's few default threads concurrent uploads would queue behind each other's.
+    IO_THREADS = 32
+
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._io = ThreadPoolExecutor(max_workers=self.IO_THREADS, thread_name_prefix="blob-io")
         self.inputs = root / "inputs"
         self.results = root / "results"
         for folder in (self.inputs, self.results):
             folder.mkdir(parents=True, exist_ok=True)
         self._inputs = _Memory(self.INPUT_MEMORY_BYTES)
         self._results = _Memory(self.RESULT_MEMORY_BYTES)
-        self._synced = {folder: DirectorySync(folder) for folder in (self.inputs, self.results)}
+        self._synced = {folder: DirectorySync(folder, self._io) for folder in (self.inputs, self.results)}
+
+    def close(self) -> None:
+        """Let the file threads end once their work is done (at the gateway's shutdown)."""
+        self._io.shutdown(wait=False)
 
     def keep_input(self, task_id: str, content: bytes | None) -> None:
         """Remember a stored input's bytes for its dispatch."""
@@ -233,10 +246,10 @@ class BlobStore:
         return self.results / self._check(task_id)
 
     def input_writer(self, task_id: str) -> BlobWriter:
-        return BlobWriter(self.input_path(task_id), self._synced[self.inputs])
+        return BlobWriter(self.input_path(task_id), self._synced[self.inputs], self._io)
 
     def result_writer(self, task_id: str) -> BlobWriter:
-        return BlobWriter(self.result_path(task_id), self._synced[self.results])
+        return BlobWriter(self.result_path(task_id), self._synced[self.results], self._io)
 
     def _delete_sync(self, task_id: str) -> None:
         for path in (self.input_path(task_id), self.result_path(task_id)):
