@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -35,7 +36,7 @@ class BlobWriter:
         self.final = final
         #: Where its file I/O runs (``None``: the loop's default executor).
         self._executor = executor
-        self._directory = directory if directory is not None else DirectorySync(final.parent, executor)
+        self._directory = directory if directory is not None else DirectorySync(final.parent)
         self.partial = final.with_name(final.name + ".part")
         self.size = 0
         #: After :meth:`commit`: the whole content when it fitted in the buffer, else ``None``.
@@ -70,8 +71,8 @@ class BlobWriter:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._flush_sync)
 
     def publish(self) -> None:
-        """On a worker thread: write what is left, fsync the file, rename it into place.
-        The rename is durable only once its directory is fsynced (:meth:`commit` does it)."""
+        """:meth:`commit` for a caller already on a worker thread: write what is left, fsync
+        the file, rename it into place, and have its directory fsynced (a shared pass)."""
         if self._fh is None:
             self.content = bytes(self._buf)
         self._flush_sync()
@@ -80,13 +81,13 @@ class BlobWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.partial, self.final)
+        self._directory.sync()
 
     async def commit(self) -> None:
         """Publish the file durably: its data and its name survive a power cut once this
         returns. The data is written and fsynced on a thread of its own (many files at once);
         the directory's fsync is shared with every rename made before it starts."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self.publish)
-        await self._directory.sync()
 
     def discard(self) -> None:
         """:meth:`abort` for a caller already on a worker thread. Never raises for the file
@@ -106,50 +107,47 @@ class BlobWriter:
 
 
 class DirectorySync:
-    """The fsync of one directory, shared: each pass (on a worker thread) serves every caller
-    that asked before it started, i.e. every rename made before it started; one who asks
-    during a pass waits for the next one, which starts as soon as that pass ends."""
+    """The fsync of one directory, shared by the threads that renamed files into it: each
+    pass serves every caller that asked before it started (every rename made before it
+    started); one who asks during a pass waits for the next one, which the first such
+    caller runs as soon as that pass ends. A rename and its directory fsync cost one trip
+    to a thread."""
 
-    def __init__(self, path: Path, executor: Executor | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = executor
-        self._next: asyncio.Future[None] | None = None
-        self._passes: asyncio.Task[None] | None = None
+        self._cond = threading.Condition()
+        self._started = 0  # passes begun
+        self._done = 0  # the last pass that succeeded
+        self._running = False
         #: How many fsyncs have run (for tests).
         self.passes = 0
 
-    async def sync(self) -> None:
-        """Return once the directory was fsynced after this call began."""
-        loop = asyncio.get_running_loop()
-        if self._next is None:
-            self._next = loop.create_future()
-        waiting = self._next
-        if self._passes is None:
-            self._passes = loop.create_task(self._run(), name=f"fsync-{self.path.name}")
-        await asyncio.shield(waiting)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._next is not None:
-                served, self._next = self._next, None
+    def sync(self) -> None:
+        """On a worker thread: return once the directory was fsynced by a pass that began
+        after this call did; raise what that pass raised (OSError) if it failed."""
+        with self._cond:
+            wanted = self._started + 1  # the first pass to begin from now on
+            while self._done < wanted:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                number = self._started
                 try:
-                    await loop.run_in_executor(self._executor, self._sync_sync)
-                except BaseException as exc:
-                    failed = [served] if self._next is None else [served, self._next]
-                    self._next = None
-                    for future in failed:
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
-                        future.exception()  # seen: whoever still waits hears of it all the same
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    served.set_result(None)
-        finally:
-            self._passes = None
+                    self._cond.release()
+                    try:
+                        self._sync_sync()
+                    finally:
+                        self._cond.acquire()
+                    self._done = number
+                finally:
+                    # On failure the others waiting for this pass run the next one themselves.
+                    self._running = False
+                    self._cond.notify_all()
 
     def _sync_sync(self) -> None:
-        """One fsync of the directory, on a worker thread."""
+        """One fsync of the directory."""
         _sync_directory(self.path)  # the rename itself survives a power cut
         self.passes += 1
 
@@ -209,7 +207,7 @@ class BlobStore:
             folder.mkdir(parents=True, exist_ok=True)
         self._inputs = _Memory(self.INPUT_MEMORY_BYTES)
         self._results = _Memory(self.RESULT_MEMORY_BYTES)
-        self._synced = {folder: DirectorySync(folder, self._io) for folder in (self.inputs, self.results)}
+        self._synced = {folder: DirectorySync(folder) for folder in (self.inputs, self.results)}
 
     def close(self) -> None:
         """Let the file threads end once their work is done (at the gateway's shutdown)."""
