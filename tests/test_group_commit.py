@@ -179,3 +179,26 @@ async def test_one_directory_fsync_serves_every_rename_made_before_it(tmp_path: 
         # Answered only after a directory fsync that began after its rename had ended.
         assert any(renamed < start and end < answered for start, end in passes), (name, events)
         assert writer.final.read_bytes() == b"photo" * 10
+
+
+async def test_a_task_never_runs_before_its_photo_is_in_place(start_gateway, nodes,  # type: ignore[no-untyped-def]
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # The file is published while the record is written. On SQLite the queue hears of the
+    # task only once both are durable; on Redis the record is the shared queue's entry (any
+    # gateway may claim it at once), so there the file goes first. Either way a slow disk
+    # never makes a task fail for want of its photo.
+    from photogate.blobs import BlobWriter
+
+    real_publish = BlobWriter.publish
+
+    def slow_publish(self: BlobWriter) -> None:
+        if self.final.parent.name == "inputs":
+            time.sleep(0.6)  # longer than the shared queue's poll (0.25 s)
+        real_publish(self)
+
+    gw = await start_gateway()
+    await gw.register(await nodes())
+    monkeypatch.setattr(BlobWriter, "publish", slow_publish)
+    task_id = await gw.submit()
+    final = await gw.wait_done(task_id)
+    assert final["status"] == "completed", final

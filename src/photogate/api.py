@@ -232,9 +232,15 @@ async def _store_upload(gw: Gateway, access: AccessPolicy, owner: str | None, ta
         if access.charges:
             await access.charge(owner, task_id)
             charged = True
-        # The record joins the next group commit while the photo's file may still be on its
-        # way to the disk; the id is answered only once both are durable. A crash between the
-        # two leaves a record without its file, never answered: it fails cleanly at dispatch.
+        if publishing is not None and gw.config.storage.backend != "sqlite":
+            # On Redis the record is also the shared queue's entry, which any gateway may
+            # claim at once: its file must be in place first.
+            await publishing
+            publishing = None
+        # SQLite: the record joins the next group commit while the photo's file may still be
+        # on its way to the disk (the queue hears of it only below); the id is answered only
+        # once both are durable. A crash between the two leaves a record without its file,
+        # never answered: it fails cleanly at dispatch.
         task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
         recorded = True
         if publishing is not None:
