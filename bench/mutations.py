@@ -67,7 +67,7 @@ def m(name: str, claim: str, edits: list[tuple[str, str, str]], *tests: str) -> 
 MUTATIONS: list[Mutation] = [
     # -- the central claims -------------------------------------------------------------------
     m("durability-task-record", "an accepted task is on disk before its id is answered (SIGKILL)",
-      [("src/photogate/storage/sqlite/store.py", "task = await self._call(self._insert_sync, task)",
+      [("src/photogate/storage/sqlite/store.py", "task = await self._write(self._insert_sync, task)",
         "task = task() if callable(task) else task")],
       "tests/test_process.py::test_kill_and_restart_mid_run_loses_nothing"),
     m("durability-recover-processing", "tasks processing at a kill run again after the restart",
@@ -78,7 +78,7 @@ MUTATIONS: list[Mutation] = [
       [("src/photogate/storage/sqlite/store.py", 'conn.execute("PRAGMA synchronous=FULL")', 'conn.execute("PRAGMA synchronous=NORMAL")')],
       "tests/security/test_sec_durability.py::test_the_task_store_syncs_every_commit"),
     m("durability-power-cut-rename", "a published photo's rename is synced (its directory fsynced)",
-      [("src/photogate/blobs.py", "        _sync_directory(self.final.parent)  # the rename itself survives a power cut\n", "")],
+      [("src/photogate/blobs.py", "        _sync_directory(self.path)  # the rename itself survives a power cut\n", "")],
       "tests/security/test_sec_durability.py::test_a_published_photo_and_its_rename_are_synced"),
     m("failover", "a node's failure requeues the task for another node",
       [(DISPATCHER, "if task.attempts >= self.config.max_attempts:", "if True:")],

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -218,31 +217,37 @@ async def _accept(gw: Gateway, access: GatewayAccess, owner: Admission, task_id:
 async def _store_upload(gw: Gateway, access: GatewayAccess, owner: Admission, task_id: str, writer: BlobWriter,
                         params: dict[str, Any]) -> TaskRecord:
     limits = gw.config.limits
-    undo_charge = None
+    undo_charge: Callable[[], Awaitable[None]] | None = None
+    recorded = False
+    publishing: asyncio.Future[None] | None = None
     try:
         # Checked on the image checker's threads under its memory budget (never on the
-        # store's thread): from memory when the photo is still all there, else from its file.
-        source: Path | bytes | None = writer.buffered
+        # store's thread): from memory when the photo is still all there, while its file is
+        # written and fsynced on another thread; else from its published file.
+        source = writer.buffered
         if source is None:
             await writer.commit()
-            source = writer.final
-        info = await gw.images.check(source, limits.max_pixels, limits.max_side)
-        if writer.small and not owner.charges:
-            # Nothing to charge between the check and the record: published and recorded
-            # in one trip to the store's thread.
-            def publish_and_record() -> TaskRecord:
-                writer.publish()
-                return _new_task(task_id, writer, info, params, owner)
-
-            task = await gw.store.insert_task(publish_and_record)
+            info = await gw.images.check(writer.final, limits.max_pixels, limits.max_side)
         else:
-            if isinstance(source, bytes):
-                await writer.commit()
+            publishing = asyncio.ensure_future(writer.commit())
+            info = await gw.images.check(source, limits.max_pixels, limits.max_side)
+        if owner.charges:
             undo_charge = await access.charge(owner, task_id, info.width * info.height / 1e6)
-            task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
+        if publishing is not None and gw.backend.records_are_queue_entries:
+            # On Redis the record is also the shared queue's entry, which any gateway may
+            # claim at once: its file must be in place first.
+            await publishing
+            publishing = None
+        # SQLite: the record joins the next group commit while the photo's file may still be
+        # on its way to the disk (the queue hears of it only below); the id is answered only
+        # once both are durable. A crash between the two leaves a record without its file,
+        # never answered: it fails cleanly at dispatch.
+        task = await gw.store.insert_task(_new_task(task_id, writer, info, params, owner))
+        recorded = True
+        if publishing is not None:
+            await publishing
     except BaseException as exc:
-        await writer.abort()
-        await gw.blobs.delete(task_id)
+        await _undo_upload(gw, task_id, writer, publishing, recorded)
         if undo_charge is not None:
             await undo_charge()
         if storage_full(exc):
@@ -251,6 +256,24 @@ async def _store_upload(gw: Gateway, access: GatewayAccess, owner: Admission, ta
     gw.blobs.keep_input(task_id, writer.content)
     gw.dispatcher.accept(task)
     return task
+
+
+async def _undo_upload(gw: Gateway, task_id: str, writer: BlobWriter, publishing: asyncio.Future[None] | None,
+                       recorded: bool) -> None:
+    """Nothing of a failed upload is kept: its file (once its publishing has ended, so that
+    nothing races the removal) and its record."""
+    if publishing is not None:
+        await asyncio.wait([publishing])
+        if not publishing.cancelled():
+            publishing.exception()  # the caller raises its own failure
+    await writer.abort()
+    await gw.blobs.delete(task_id)
+    if recorded:
+        try:
+            await gw.store.delete_task(task_id)
+        except gw.store.ERRORS as exc:
+            # Left queued without its photo and never answered: it fails cleanly at dispatch.
+            log.warning("upload_record_left", task_id=task_id, error=str(exc))
 
 
 #: Results up to this size are read in one go rather than streamed from the file.

@@ -2,7 +2,8 @@
 
 Writes go to ``NAME.part`` and are renamed into place only when complete, so a crash
 never leaves a half-written file where a reader would take it for a whole one. All file
-I/O runs in the default executor.
+I/O runs in the default executor: many files are written and fsynced at once, and the
+directory fsync that makes their renames durable is shared (:class:`DirectorySync`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ import asyncio
 import contextlib
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TypeVar
-
-T = TypeVar("T")
+from typing import IO
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -32,8 +32,11 @@ class BlobWriter:
 
     BUFFER = 256 * 1024
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, directory: DirectorySync | None = None, executor: Executor | None = None) -> None:
         self.final = final
+        #: Where its file I/O runs (``None``: the loop's default executor).
+        self._executor = executor
+        self._directory = directory if directory is not None else DirectorySync(final.parent)
         self.partial = final.with_name(final.name + ".part")
         self.size = 0
         #: After :meth:`commit`: the whole content when it fitted in the buffer, else ``None``.
@@ -65,10 +68,11 @@ class BlobWriter:
         self._buf += chunk
         self.size += len(chunk)
         if len(self._buf) >= self.BUFFER:
-            await asyncio.get_running_loop().run_in_executor(None, self._flush_sync)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._flush_sync)
 
-    def publish(self, then: Callable[[Path], T] | None = None) -> T | None:
-        """:meth:`commit` for a caller already on a worker thread."""
+    def publish(self) -> None:
+        """:meth:`commit` for a caller already on a worker thread: write what is left, fsync
+        the file, rename it into place, and have its directory fsynced (a shared pass)."""
         if self._fh is None:
             self.content = bytes(self._buf)
         self._flush_sync()
@@ -77,13 +81,13 @@ class BlobWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self.partial, self.final)
-        _sync_directory(self.final.parent)  # the rename itself survives a power cut
-        return then(self.final) if then is not None else None
+        self._directory.sync()
 
-    async def commit(self, then: Callable[[Path], T] | None = None) -> T | None:
-        """Publish the file; ``then(path)``, if given, runs in the same executor call
-        (e.g. checking the image) and its result is returned."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.publish, then)
+    async def commit(self) -> None:
+        """Publish the file durably: its data and its name survive a power cut once this
+        returns. The data is written and fsynced on a thread of its own (many files at once);
+        the directory's fsync is shared with every rename made before it starts."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.publish)
 
     def discard(self) -> None:
         """:meth:`abort` for a caller already on a worker thread. Never raises for the file
@@ -99,7 +103,53 @@ class BlobWriter:
             self.partial.unlink(missing_ok=True)
 
     async def abort(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.discard)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.discard)
+
+
+class DirectorySync:
+    """The fsync of one directory, shared by the threads that renamed files into it: each
+    pass serves every caller that asked before it started (every rename made before it
+    started); one who asks during a pass waits for the next one, which the first such
+    caller runs as soon as that pass ends. A rename and its directory fsync cost one trip
+    to a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._started = 0  # passes begun
+        self._done = 0  # the last pass that succeeded
+        self._running = False
+        #: How many fsyncs have run (for tests).
+        self.passes = 0
+
+    def sync(self) -> None:
+        """On a worker thread: return once the directory was fsynced by a pass that began
+        after this call did; raise what that pass raised (OSError) if it failed."""
+        with self._cond:
+            wanted = self._started + 1  # the first pass to begin from now on
+            while self._done < wanted:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                self._started += 1
+                number = self._started
+                try:
+                    self._cond.release()
+                    try:
+                        self._sync_sync()
+                    finally:
+                        self._cond.acquire()
+                    self._done = number
+                finally:
+                    # On failure the others waiting for this pass run the next one themselves.
+                    self._running = False
+                    self._cond.notify_all()
+
+    def _sync_sync(self) -> None:
+        """One fsync of the directory."""
+        _sync_directory(self.path)  # the rename itself survives a power cut
+        self.passes += 1
 
 
 def _sync_directory(path: Path) -> None:
@@ -144,14 +194,24 @@ class BlobStore:
     #: Small results kept in memory (the most recent first), so downloading one costs no file I/O.
     RESULT_MEMORY_BYTES = 32 * 1024 * 1024
 
+    #: Threads writing and fsyncing photo files. An fsync waits on the disk, not the CPU, and
+    #: with the loop's few default threads concurrent uploads would queue behind each other's.
+    IO_THREADS = 32
+
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._io = ThreadPoolExecutor(max_workers=self.IO_THREADS, thread_name_prefix="blob-io")
         self.inputs = root / "inputs"
         self.results = root / "results"
         for folder in (self.inputs, self.results):
             folder.mkdir(parents=True, exist_ok=True)
         self._inputs = _Memory(self.INPUT_MEMORY_BYTES)
         self._results = _Memory(self.RESULT_MEMORY_BYTES)
+        self._synced = {folder: DirectorySync(folder) for folder in (self.inputs, self.results)}
+
+    def close(self) -> None:
+        """Let the file threads end once their work is done (at the gateway's shutdown)."""
+        self._io.shutdown(wait=False)
 
     def keep_input(self, task_id: str, content: bytes | None) -> None:
         """Remember a stored input's bytes for its dispatch."""
@@ -184,10 +244,10 @@ class BlobStore:
         return self.results / self._check(task_id)
 
     def input_writer(self, task_id: str) -> BlobWriter:
-        return BlobWriter(self.input_path(task_id))
+        return BlobWriter(self.input_path(task_id), self._synced[self.inputs], self._io)
 
     def result_writer(self, task_id: str) -> BlobWriter:
-        return BlobWriter(self.result_path(task_id))
+        return BlobWriter(self.result_path(task_id), self._synced[self.results], self._io)
 
     def _delete_sync(self, task_id: str) -> None:
         for path in (self.input_path(task_id), self.result_path(task_id)):

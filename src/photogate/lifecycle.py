@@ -87,7 +87,10 @@ class _Contexts:
     async def blobs(self, _app: web.Application) -> AsyncIterator[None]:
         self.gw.blobs = BlobStore(self.cfg.data_path / "blobs")
         await self.gw.blobs.sweep_partials(older_than=self.backend.partials_older_than)
-        yield
+        try:
+            yield
+        finally:
+            self.gw.blobs.close()
 
     async def images(self, _app: web.Application) -> AsyncIterator[None]:
         images = self.gw.images = ImageChecker(self.cfg.limits.check_memory_bytes)

@@ -330,9 +330,10 @@ class Dispatcher:
                                                                                    self.max_pixels * 64))
             finally:
                 await processing
+            # The result's file is durable before the record that points at it.
+            columns = await self._publish_result(writer, checked)
             await self.store.update_task(
-                task.task_id, prepare=lambda: self._result_columns(writer, checked),
-                status=TaskStatus.COMPLETED, finished_at=time.time(), error=None,
+                task.task_id, status=TaskStatus.COMPLETED, finished_at=time.time(), error=None, **columns,
             )
             self.blobs.keep_result(task.task_id, writer.content)
         except StorageFailure as exc:
@@ -399,17 +400,17 @@ class Dispatcher:
 
     # -- the result ------------------------------------------------------------------------
 
-    def _result_columns(self, writer: BlobWriter, checked: ImageInfo | PhotogateError) -> dict[str, Any]:
-        """On a worker thread (the ``prepare`` of the completed update): the result's columns,
-        after publishing its (checked) file when the node client left that to be done here.
+    async def _publish_result(self, writer: BlobWriter, checked: ImageInfo | PhotogateError) -> dict[str, Any]:
+        """The result's columns, after publishing its (checked) file durably when the node
+        client left that to be done here (off the store's thread, its directory fsync shared).
         Raises :class:`StorageFailure` or :class:`NodeFailure`."""
         if isinstance(checked, PhotogateError):
             raise NodeFailure(f"node returned an unreadable image: {checked}") from checked
         if writer.small:
             try:
-                writer.publish()
+                await writer.commit()
             except OSError as exc:
-                writer.discard()
+                await writer.abort()
                 raise not_stored(exc) from exc
         # The bytes decide the type, not the node's label (a PNG labelled JPEG downloads as .png).
         return {"result_mime": checked.mime, "result_bytes": writer.size}

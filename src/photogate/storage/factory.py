@@ -43,6 +43,9 @@ class Backend:
     sync_interval: float | None = None
     #: Background work while the gateway runs: (task name, coroutine function).
     background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = field(default_factory=list)
+    #: A task's record is also its entry in a queue other gateways claim from (Redis): the
+    #: photo's file must be durable before the record is written, not merely before the answer.
+    records_are_queue_entries: bool = False
     #: The store the rate limits share between gateways, if any.
     shared: RedisStore | None = None
     #: Opens the WeChat records kept beside the tasks (same SQLite file, same Redis).
@@ -114,6 +117,7 @@ async def _open_redis(config: Config) -> Backend:
         partials_older_than=3600.0,
         sync_interval=registry.sync_interval,
         background=[("shared-registry", registry.run)],
+        records_are_queue_entries=True,
         shared=store,
         wechat_records=lambda: RedisWechatRecords(store.redis, store.prefix),
         key_records=lambda: RedisKeyRecords(store),

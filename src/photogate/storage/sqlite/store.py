@@ -1,8 +1,10 @@
 """The embedded store: one SQLite file (WAL) for the node registry, its id counter, tasks and
 runtime settings (``storage.backend: sqlite``, one gateway).
 
-Every call runs on one dedicated thread that owns the connection, so SQLite never
-blocks the event loop and never sees two threads at once.
+Writes run on one dedicated thread that owns the writing connection, many to a transaction
+(:mod:`.groupcommit`: one WAL fsync makes a whole batch durable); reads run on a second
+thread with a read-only connection (WAL lets it read while a batch is being written), so
+SQLite never blocks the event loop and a read never waits behind a batch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ... import identity
 from ...models import NodeRecord, TaskRecord, TaskStatus
 from ..common import STORE_ERRORS, check_updatable
 from ..protocols import SQLRunner, Store
+from .groupcommit import GroupCommit
 
 T = TypeVar("T")
 
@@ -129,12 +132,21 @@ class SQLiteStore(Store, SQLRunner):
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-read")
+        self._reader: sqlite3.Connection | None = None
+        self._writes = GroupCommit(self._executor, lambda: self.conn)
         self._cache: OrderedDict[str, TaskRecord] = OrderedDict()
 
     @classmethod
     async def open(cls, path: Path) -> SQLiteStore:
         store = cls(path)
-        await store._call(store._open_sync)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(store._executor, store._open_sync)
+            await loop.run_in_executor(store._reading, store._open_reader_sync)
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     def _open_sync(self) -> None:
@@ -154,19 +166,39 @@ class SQLiteStore(Store, SQLRunner):
             conn.execute("ALTER TABLE tasks ADD COLUMN priority_class TEXT")
         self._conn = conn
 
+    def _open_reader_sync(self) -> None:
+        reader = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False)
+        reader.execute("PRAGMA busy_timeout=5000")
+        self._reader = reader
+
     async def close(self) -> None:
+        await self._writes.wait_idle()
+        loop = asyncio.get_running_loop()
+        if self._reader is not None:
+            await loop.run_in_executor(self._reading, self._reader.close)
+            self._reader = None
         if self._conn is not None:
-            await self._call(self._conn.close)
+            await loop.run_in_executor(self._executor, self._conn.close)
             self._conn = None
         self._executor.shutdown(wait=True)
+        self._reading.shutdown(wait=True)
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the next group commit; returns once it is durable."""
+        return await self._writes.write(lambda _conn: fn(*args))
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(reader, *args)`` on the reading thread: sees every write answered so far."""
+        def read() -> T:
+            assert self._reader is not None, "store is closed"
+            return fn(self._reader, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._reading, read)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(connection)`` on the store's own thread (for modules with their own tables)."""
-        return await self._call(lambda: fn(self.conn))
+        """Run ``fn(connection)`` on the store's writing thread, between two group commits
+        (for modules with their own tables: ``fn`` commits its own transactions)."""
+        return await self._writes.write(fn, alone=True)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -235,38 +267,48 @@ class SQLiteStore(Store, SQLRunner):
     async def register_node(
         self, ip: str, port: int, node_key: str | None, fields: dict[str, Any], new_token: str
     ) -> tuple[NodeRecord, bool, str | None]:
-        return await self._call(self._register_sync, ip, port, node_key, fields, new_token)
+        # Alone: it runs its own transaction (BEGIN IMMEDIATE ... COMMIT).
+        return await self._writes.write(lambda _conn: self._register_sync(ip, port, node_key, fields, new_token),
+                                        alone=True)
 
-    def _load_nodes_sync(self) -> list[NodeRecord]:
-        rows = self.conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY ordinal").fetchall()
+    @staticmethod
+    def _load_nodes_sync(conn: sqlite3.Connection) -> list[NodeRecord]:
+        rows = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY ordinal").fetchall()
         return [_node(r) for r in rows]
 
     async def load_nodes(self) -> list[NodeRecord]:
-        return await self._call(self._load_nodes_sync)
+        return await self._read(self._load_nodes_sync)
 
     async def delete_node(self, server_id: str) -> None:
-        await self._call(self._exec, "DELETE FROM nodes WHERE server_id = ?", (server_id,))
+        await self._write(self._exec, "DELETE FROM nodes WHERE server_id = ?", (server_id,))
 
     async def set_node_draining(self, server_id: str, draining: bool) -> None:
-        await self._call(self._exec, "UPDATE nodes SET draining = ? WHERE server_id = ?", (int(draining), server_id))
+        await self._write(self._exec, "UPDATE nodes SET draining = ? WHERE server_id = ?", (int(draining), server_id))
 
     async def set_node_offline(self, server_id: str) -> None:
         """Unregistered: kept (id, key, address, token), but offline until it registers again."""
-        await self._call(self._exec, "UPDATE nodes SET offline = 1 WHERE server_id = ?", (server_id,))
+        await self._write(self._exec, "UPDATE nodes SET offline = 1 WHERE server_id = ?", (server_id,))
 
     def _exec(self, sql: str, params: Sequence[Any]) -> int:
         return self.conn.execute(sql, params).rowcount
 
     # -- runtime settings (photogate.runtime) ------------------------------------------------
 
-    def _settings_version_sync(self) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'settings_version'").fetchone()
+    @staticmethod
+    def _settings_version_sync(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'settings_version'").fetchone()
         return int(row[0]) if row else 0
 
-    def _load_settings_sync(self) -> tuple[int, dict[str, dict[str, Any]]]:
-        rows = self.conn.execute("SELECT key, value, changed_at, who FROM settings").fetchall()
+    def _load_settings_sync(self, conn: sqlite3.Connection) -> tuple[int, dict[str, dict[str, Any]]]:
+        # One read transaction: the version and the rows agree.
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute("SELECT key, value, changed_at, who FROM settings").fetchall()
+            version = self._settings_version_sync(conn)
+        finally:
+            conn.execute("COMMIT")
         changes = {key: {"value": json.loads(value), "changed_at": at, "who": who} for key, value, at, who in rows}
-        return self._settings_version_sync(), changes
+        return version, changes
 
     def _change_settings_sync(self, values: Mapping[str, Any], drop: Sequence[str], who: str) -> int:
         conn = self.conn
@@ -280,7 +322,7 @@ class SQLiteStore(Store, SQLRunner):
                     (key, json.dumps(value), now, who),
                 )
             conn.executemany("DELETE FROM settings WHERE key = ?", [(key,) for key in drop])
-            version = self._settings_version_sync() + 1
+            version = self._settings_version_sync(conn) + 1
             conn.execute("INSERT INTO meta (key, value) VALUES ('settings_version', ?)"
                          " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(version),))
             conn.execute("COMMIT")
@@ -292,17 +334,19 @@ class SQLiteStore(Store, SQLRunner):
 
     async def load_settings(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """The settings' version and every runtime change ``{key: {value, changed_at, who}}``."""
-        return await self._call(self._load_settings_sync)
+        return await self._read(self._load_settings_sync)
 
     async def save_settings(self, values: Mapping[str, Any], who: str) -> int:
         """Store runtime changes in one transaction; returns the new version."""
-        return await self._call(self._change_settings_sync, dict(values), (), who)
+        values = dict(values)
+        return await self._writes.write(lambda _conn: self._change_settings_sync(values, (), who), alone=True)
 
     async def drop_settings(self, keys: Sequence[str]) -> int:
-        return await self._call(self._change_settings_sync, {}, tuple(keys), "")
+        dropped = tuple(keys)
+        return await self._writes.write(lambda _conn: self._change_settings_sync({}, dropped, ""), alone=True)
 
     async def settings_version(self) -> int:
-        return await self._call(self._settings_version_sync)
+        return await self._read(self._settings_version_sync)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -341,10 +385,10 @@ class SQLiteStore(Store, SQLRunner):
         return task
 
     async def insert_task(self, task: TaskRecord | Callable[[], TaskRecord]) -> TaskRecord:
-        """Store a task. ``task`` may be a function that builds the record on the store's
-        thread (after publishing and checking the photo's file, say), so that both cost one
-        trip to a thread; what it raises, this raises, and nothing is stored."""
-        task = await self._call(self._insert_sync, task)
+        """Store a task; returns once it is durable (its group commit is on disk). ``task``
+        may be a function that builds the record on the store's writing thread, inside the
+        batch (keep it cheap: no file I/O); what it raises, this raises, and nothing is stored."""
+        task = await self._write(self._insert_sync, task)
         self._remember(task)
         return task
 
@@ -362,10 +406,10 @@ class SQLiteStore(Store, SQLRunner):
 
     async def update_task(self, task_id: str, *, prepare: Callable[[], dict[str, Any]] | None = None,
                           **changes: Any) -> None:
-        """Change a task's fields. ``prepare``, if given, runs first on the store's thread
-        (publishing the result's file, say) and returns more changes; what it raises, this
-        raises, and nothing is changed."""
-        changes = await self._call(self._update_sync, task_id, changes, prepare)
+        """Change a task's fields; returns once the change is durable. ``prepare``, if given,
+        runs first on the store's writing thread, inside the batch (keep it cheap: no file
+        I/O), and returns more changes; what it raises, this raises, and nothing is changed."""
+        changes = await self._write(self._update_sync, task_id, changes, prepare)
         cached = self._cache.get(task_id)
         if cached is not None:
             if "status" in changes:
@@ -373,8 +417,9 @@ class SQLiteStore(Store, SQLRunner):
             for key, value in changes.items():
                 setattr(cached, key, value)
 
-    def _get_task_sync(self, task_id: str) -> TaskRecord | None:
-        row = self.conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    @staticmethod
+    def _get_task_sync(conn: sqlite3.Connection, task_id: str) -> TaskRecord | None:
+        row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         return _task(row) if row else None
 
     def peek_task(self, task_id: str) -> TaskRecord | None:
@@ -388,15 +433,17 @@ class SQLiteStore(Store, SQLRunner):
         cached = self._cache.get(task_id)
         if cached is not None:
             return dataclasses.replace(cached)
-        task = await self._call(self._get_task_sync, task_id)
+        task = await self._read(self._get_task_sync, task_id)
         if task is not None:
             self._remember(task)
         return task
 
-    def _list_tasks_sync(self, statuses: tuple[str, ...], limit: int, newest_first: bool) -> list[TaskRecord]:
+    @staticmethod
+    def _list_tasks_sync(conn: sqlite3.Connection, statuses: tuple[str, ...], limit: int,
+                         newest_first: bool) -> list[TaskRecord]:
         marks = ", ".join("?" * len(statuses))
         order = "DESC" if newest_first else "ASC"
-        rows = self.conn.execute(
+        rows = conn.execute(
             f"SELECT {_TASK_COLUMNS} FROM tasks WHERE status IN ({marks}) ORDER BY created_at {order} LIMIT ?",
             (*statuses, limit),
         ).fetchall()
@@ -405,27 +452,29 @@ class SQLiteStore(Store, SQLRunner):
     async def list_tasks(
         self, statuses: Sequence[TaskStatus], limit: int = 1_000_000, *, newest_first: bool = False
     ) -> list[TaskRecord]:
-        return await self._call(self._list_tasks_sync, tuple(s.value for s in statuses), limit, newest_first)
+        return await self._read(self._list_tasks_sync, tuple(s.value for s in statuses), limit, newest_first)
 
-    def _count_sync(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
+    @staticmethod
+    def _count_sync(conn: sqlite3.Connection) -> dict[str, int]:
+        rows = conn.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status").fetchall()
         counts = {s.value: 0 for s in TaskStatus}
         counts.update({status: n for status, n in rows})
         return counts
 
     async def count_tasks(self) -> dict[str, int]:
-        return await self._call(self._count_sync)
+        return await self._read(self._count_sync)
 
-    def _expired_sync(self, before: float) -> list[str]:
-        rows = self.conn.execute(
+    @staticmethod
+    def _expired_sync(conn: sqlite3.Connection, before: float) -> list[str]:
+        rows = conn.execute(
             "SELECT task_id FROM tasks WHERE updated_at < ? AND status IN ('completed', 'failed')", (before,)
         ).fetchall()
         return [r[0] for r in rows]
 
     async def expired_task_ids(self, before: float) -> list[str]:
         """Finished (completed or failed) tasks last touched before ``before``."""
-        return await self._call(self._expired_sync, before)
+        return await self._read(self._expired_sync, before)
 
     async def delete_task(self, task_id: str) -> None:
         self._cache.pop(task_id, None)
-        await self._call(self._exec, "DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        await self._write(self._exec, "DELETE FROM tasks WHERE task_id = ?", (task_id,))
