@@ -8,22 +8,19 @@ finishes long before the batch does, on one gateway and across two gateways on R
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-from aiohttp import FormData, web
+from aiohttp import FormData
 from support import Gateway, image_bytes, make_config, wait_until
 
-from photogate.access import OpenAccess
 from photogate.app import create_app
 from photogate.dispatch.fairshare import FairShare, Weights
 from photogate.dispatch.queue import LocalQueue, fair_weights
 from photogate.keys import GATEWAY
 from photogate.models import TaskRecord, TaskStatus
-from photogate.netutil import client_ip
 from photogate.storage.protocols import TaskStore
 
 WEIGHTS = Weights({"paid": 4, "free": 1}, "free")
@@ -181,19 +178,8 @@ async def test_a_retry_returns_to_the_head_of_its_owner_after_its_backoff() -> N
 # -- through gateways ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ip_owners(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The open API's owner is the client address (``ip:<address>``, after the trusted
-    proxies). The API-key part of issue 18 makes the open policy say so; this stands in for it."""
-
-    async def admit(self: OpenAccess, request: web.Request) -> str | None:
-        return "ip:" + client_ip(request, request.app[GATEWAY].config.server.trusted_proxies)
-
-    monkeypatch.setattr(OpenAccess, "admit", admit)
-    yield
-
-
-#: The owners come from X-Forwarded-For (the test client is a trusted proxy); no limit gets in the way.
+#: The open API's owner is the client address (``ip:<address>``), here from X-Forwarded-For (the
+#: test client is a trusted proxy); no rate limit gets in the way.
 OWNERS = {"server.trusted_proxies": ["127.0.0.1"], "rate_limit.enabled": False}
 
 
@@ -233,7 +219,7 @@ async def _all_done(gw: Gateway, ids: list[str]) -> bool:
 
 
 async def test_a_light_owner_is_not_stuck_behind_a_heavy_batch(
-        start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any, ip_owners: None) -> None:
+        start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:
     gw = await start_gateway(**OWNERS)
     node = await nodes(delay=0.1)
     await gw.register(node)
@@ -241,7 +227,7 @@ async def test_a_light_owner_is_not_stuck_behind_a_heavy_batch(
 
 
 async def test_fair_share_holds_across_two_gateways_on_redis(
-        aiohttp_client: Any, tmp_path: Path, redis_config: dict[str, Any], nodes: Any, ip_owners: None) -> None:
+        aiohttp_client: Any, tmp_path: Path, redis_config: dict[str, Any], nodes: Any) -> None:
     config = make_config(tmp_path, **{**redis_config, **OWNERS})
     a = Gateway(await aiohttp_client(create_app(config)))
     b = Gateway(await aiohttp_client(create_app(config)))
@@ -256,7 +242,7 @@ async def _serving(gw: Gateway) -> bool:
 
 
 async def test_with_fair_share_off_the_batch_goes_first(
-        start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any, ip_owners: None) -> None:
+        start_gateway: Callable[..., Awaitable[Gateway]], nodes: Any) -> None:
     gw = await start_gateway(**OWNERS, **{"access.fair_share": False})
     node = await nodes(delay=0.01)
     await gw.register(node)
