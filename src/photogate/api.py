@@ -150,7 +150,9 @@ async def enhance(request: web.Request) -> web.StreamResponse:
     access = access_policy(request.app)
     # Stand-in until the API-key part of issue 18 lands (its admit names the open API's owner):
     # the open API's owner is the client address, after the trusted proxies.
-    owner = await access.admit(request) or f"ip:{client_ip(request, cfg.server.trusted_proxies)}"
+    owner = await access.admit(request)
+    if owner is None and not access.charges:  # an anonymous upload is never charged to an address
+        owner = f"ip:{client_ip(request, cfg.server.trusted_proxies)}"
     limit = cfg.limits.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_SLACK:
         raise PayloadTooLarge(f"upload is {request.content_length} bytes; the limit is {limit} bytes")
