@@ -22,6 +22,7 @@ from photogate.dispatch.queue import LocalQueue, fair_weights
 from photogate.keys import GATEWAY
 from photogate.models import TaskRecord, TaskStatus
 from photogate.storage.protocols import TaskStore
+from photogate.storage.redis.store import RedisStore
 
 WEIGHTS = Weights({"paid": 4, "free": 1}, "free")
 
@@ -173,6 +174,36 @@ async def test_a_retry_returns_to_the_head_of_its_owner_after_its_backoff() -> N
     retried = queue.pop()
     assert retried is not None and (retried.task.task_id, retried.tried) == ("heavy-0", {"GPU-001"})
     queue.close()
+
+
+# -- the shared queue (Redis): the same order, decided where it is claimed ----------------------
+
+
+async def test_the_shared_queue_is_claimed_in_fair_order_by_any_gateway(redis_config: dict[str, Any]) -> None:
+    url, prefix = redis_config["storage.redis_url"], redis_config["storage.redis_prefix"]
+    a, b = await RedisStore.open(url, prefix, "gw-a"), await RedisStore.open(url, prefix, "gw-b")
+    try:
+        for i in range(6):
+            await a.insert_task(_task(i, "heavy", created=i))
+        for i in range(2):
+            await b.insert_task(_task(i, "light", created=10 + i))
+            await b.insert_task(_task(i, "paid", created=20 + i, cls="paid"))
+        assert await a.queue_length() == 10
+        got = [t.task_id for t in await a.claim(2, WEIGHTS)] + [t.task_id for t in await b.claim(3, WEIGHTS)]
+        assert got == ["heavy-0", "light-0", "paid-0", "paid-1", "heavy-1"]
+        assert await b.queue_length() == 5
+        # A claim handed back (its gateway lost it) returns to the head of its owner's queue.
+        assert await b.unclaim(["paid-1"]) == 1
+        rest = [t.task_id for t in await a.claim(10, WEIGHTS)]
+        assert rest == ["light-1", "paid-1", "heavy-2", "heavy-3", "heavy-4", "heavy-5"]
+        # Oldest first again once the fair share is off, whatever a fair claim left behind.
+        await a.insert_task(_task(9, "late", created=99))
+        await a.insert_task(_task(8, "early", created=1))
+        assert [t.task_id for t in await b.claim(10)] == ["early-8", "late-9"]
+        assert await a.queue_length() == 0
+    finally:
+        await a.close()
+        await b.close()
 
 
 # -- through gateways ---------------------------------------------------------------------------

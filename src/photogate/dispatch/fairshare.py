@@ -117,18 +117,14 @@ class FairShare(Generic[T]):
             return item
         return None
 
-    def _take(self, key: str, owner: _Owner[T], item: T | None = None) -> T:
-        """Take ``item`` (default: the owner's oldest) and charge its owner; an owner left with
-        nothing waiting leaves the ring, credit and all."""
-        if item is None:
-            item = heapq.heappop(owner.items)
-        else:
-            owner.items.remove(item)
-            heapq.heapify(owner.items)
+    def _take(self, key: str, owner: _Owner[T]) -> T:
+        """Take the owner's oldest task and charge the owner; an owner left with nothing
+        waiting leaves the ring (at its head), credit and all."""
+        item = heapq.heappop(owner.items)
         owner.credit -= self.weights.charge(item.cost)
         self._size -= 1
         if not owner.items:
-            self._ring.remove(key)
+            self._ring.popleft()
             del self._owners[key]
         return item
 
@@ -149,8 +145,9 @@ class FairShare(Generic[T]):
 
     def refund(self, items: list[T]) -> None:
         """End of a placement pass: ``items`` (popped by it) were not placed. The ring and the
-        credits go back to where the pass found them, then only the tasks it placed are
-        taken and charged: the next pass starts where this one did."""
+        credits go back to where the pass found them, the unplaced tasks to their owners'
+        queues, and only the tasks it placed are charged: the next pass starts where this
+        one did."""
         run, self._pass = self._pass, None
         if run is None:
             for item in items:
@@ -158,19 +155,18 @@ class FairShare(Generic[T]):
             return
         back = {id(item) for item in items}
         for item in run.popped:
-            key = item.owner or ""
-            owner = self._owners.get(key)
-            if owner is None:
-                owner = self._owners[key] = _Owner(0.0)
-            heapq.heappush(owner.items, item)
-            self._size += 1
+            if id(item) in back:
+                owner = self._owners.setdefault(item.owner or "", _Owner(0.0))
+                heapq.heappush(owner.items, item)
+                self._size += 1
         for key, credit in run.credits.items():
-            self._owners[key].credit = credit
-        self._ring = run.ring
+            if key in self._owners:
+                self._owners[key].credit = credit
+        self._ring = deque(key for key in run.ring if key in self._owners)
         for item in run.popped:
-            if id(item) not in back:
-                key = item.owner or ""
-                self._take(key, self._owners[key], item)
+            owner = self._owners.get(item.owner or "")
+            if owner is not None and id(item) not in back:
+                owner.credit -= self.weights.charge(item.cost)
 
     def order(self) -> list[T]:
         """Every ready task in the order :meth:`pop` would give them (nothing changes here)."""
