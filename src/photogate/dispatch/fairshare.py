@@ -164,9 +164,9 @@ class FairShare(Generic[T]):
                 self._owners[key].credit = credit
         self._ring = deque(key for key in run.ring if key in self._owners)
         for item in run.popped:
-            owner = self._owners.get(item.owner or "")
-            if owner is not None and id(item) not in back:
-                owner.credit -= self.weights.charge(item.cost)
+            placed_by = self._owners.get(item.owner or "")
+            if placed_by is not None and id(item) not in back:
+                placed_by.credit -= self.weights.charge(item.cost)
 
     def order(self) -> list[T]:
         """Every ready task in the order :meth:`pop` would give them (nothing changes here)."""
