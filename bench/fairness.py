@@ -4,8 +4,8 @@
 One heavy owner submits ``--heavy`` photos at t=0; ``--light-owners`` light owners submit
 ``--light-photos`` each at t=1 s. Owners are client addresses (``X-Forwarded-For`` through a
 trusted proxy: the open API's owner is ``ip:<address>``), or API keys for the classes run.
-Each photo's completion time is from its own submission to its task completing (uploads use
-``?wait=`` so the answer comes when the task is done). Runs, on one gateway (SQLite) and on
+Each photo's completion time is from its own submission to its task's ``finished_at`` (read
+through the admin API once every task is done: no polling in the measurement). Runs, on one gateway (SQLite) and on
 two gateway processes sharing one Redis (heavy through the first, light owners alternating):
 
 - alone:   only the light owners, on the same fleet (the yardstick);
@@ -62,6 +62,8 @@ class Outcome:
     done: list[Done] = field(default_factory=list)
     failed: int = 0
     note: str = ""
+    #: Why photos failed (HTTP status or task error -> how many).
+    why: dict[str, int] = field(default_factory=dict)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -136,24 +138,31 @@ async def make_key(http: aiohttp.ClientSession, url: str, name: str, cls: str) -
         return str(body["key"])
 
 
-async def submit(http: aiohttp.ClientSession, url: str, photo: bytes, headers: dict[str, str], timeout: float) -> bool:
+async def submit(http: aiohttp.ClientSession, url: str, photo: bytes, headers: dict[str, str]) -> str:
+    """Upload; the task id (raises with the answer when the upload is refused)."""
     form = aiohttp.FormData()
     form.add_field("file", photo, filename="p.jpg", content_type="image/jpeg")
-    async with http.post(f"{url}/api/v1/enhance?wait={timeout:.0f}", data=form, headers=headers) as r:
+    async with http.post(f"{url}/api/v1/enhance", data=form, headers=headers) as r:
         body = await r.json()
         if r.status != 200:
-            return False
-        if body.get("status") == "completed":
-            return True
-        task_id = body["task_id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # the wait ran out first: poll, bounded
-        async with http.get(f"{url}/api/v1/status/{task_id}?wait=10") as r:
-            status = (await r.json()).get("status")
-        if status in ("completed", "failed"):
-            return status == "completed"
-        await asyncio.sleep(0.2)
-    return False
+            raise RuntimeError(f"HTTP {r.status}: {body.get('error')}")
+        return str(body["task_id"])
+
+
+async def finished(http: aiohttp.ClientSession, url: str, total: int, timeout: float) -> None:
+    """Wait (bounded) until ``total`` tasks are completed or failed: one count a poll."""
+    async def all_done() -> bool:
+        async with http.get(url + "/api/v1/health") as r:
+            tasks = (await r.json())["tasks"]
+            return int(tasks.get("completed", 0)) + int(tasks.get("failed", 0)) >= total
+
+    await wait_for(all_done, f"{total} tasks to finish", timeout)
+
+
+async def detail(http: aiohttp.ClientSession, url: str, task_id: str) -> dict[str, object]:
+    async with http.get(f"{url}/api/v1/admin/tasks/{task_id}",
+                        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as r:
+        return dict((await r.json())["task"])
 
 
 async def one_run(run: str, setup: str, args: argparse.Namespace, work: Path) -> Outcome:
@@ -182,18 +191,34 @@ async def one_run(run: str, setup: str, args: argparse.Namespace, work: Path) ->
                 url = fleet.urls[0] if heavy else fleet.urls[n % len(fleet.urls)]
                 owners.append((name, cls, headers, 0.0 if heavy else 1.0, args.heavy if heavy else args.light_photos,
                                url))
-            t0 = time.monotonic()
+            t0 = time.time()  # the gateways' clock: finished_at is wall time on this machine
+            sent: list[tuple[str, str, str, float]] = []  # task id, owner, class, submitted
 
             async def photo_of(name: str, cls: str, headers: dict[str, str], at: float, url: str) -> None:
-                await asyncio.sleep(max(at - (time.monotonic() - t0), 0.0))
-                sent = time.monotonic() - t0
-                if await submit(http, url, photo, headers, args.timeout):
-                    out.done.append(Done(name, cls, sent, time.monotonic() - t0, mp))
-                else:
+                await asyncio.sleep(max(at - (time.time() - t0), 0.0))
+                submitted = time.time() - t0
+                try:
+                    sent.append((await submit(http, url, photo, headers), name, cls, submitted))
+                except RuntimeError as exc:
                     out.failed += 1
+                    out.why[str(exc)[:120]] = out.why.get(str(exc)[:120], 0) + 1
 
             await asyncio.gather(*(photo_of(name, cls, headers, at, url)
                                    for name, cls, headers, at, n, url in owners for _ in range(n)))
+            await finished(http, fleet.urls[0], len(sent), args.timeout)
+            gate = asyncio.Semaphore(16)
+
+            async def record(task_id: str, name: str, cls: str, submitted: float) -> None:
+                async with gate:
+                    task = await detail(http, fleet.urls[0], task_id)
+                if task["status"] == "completed" and isinstance(task["finished_at"], (int, float)):
+                    out.done.append(Done(name, cls, submitted, float(task["finished_at"]) - t0, mp))
+                else:
+                    out.failed += 1
+                    why = f"task {task['status']}: {task.get('last_error')}"[:120]
+                    out.why[why] = out.why.get(why, 0) + 1
+
+            await asyncio.gather(*(record(*row) for row in sent))
         finally:
             fleet.stop()
     return out
@@ -255,6 +280,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     alone_p95 = pct([d.finished - d.submitted for d in out.done], 95)
                 rows.append(summary(out, alone_p95))
                 print(f"  {setup:6} {run:8} done ({len(out.done)} photos, {out.failed} failed)", file=sys.stderr)
+                notes += [f"{setup} {run}: {n} x {why}" for why, n in out.why.items()]
     print(f"fleet: {args.nodes} simulated nodes x 1 slot at {args.speed} MP/s; photos {args.width}x{args.height}; "
           f"heavy {args.heavy} at t=0, {args.light_owners} light owners x {args.light_photos} at t=1 s")
     print(table(rows))
