@@ -44,6 +44,8 @@ from fleet import GATEWAY_CONFIG, SECRET, Procs, ensure_binary, free_port, gatew
 ADMIN_TOKEN = "bench-admin-token-0123456789"
 RUNS = ("alone", "fifo", "fair", "classes")
 WEIGHTS = {"paid": 4, "free": 1}
+#: Uploads in flight at once (the heavy owner's 200 go in a burst of this width).
+UPLOADS = 32
 
 
 @dataclass
@@ -193,12 +195,16 @@ async def one_run(run: str, setup: str, args: argparse.Namespace, work: Path) ->
                                url))
             t0 = time.time()  # the gateways' clock: finished_at is wall time on this machine
             sent: list[tuple[str, str, str, float]] = []  # task id, owner, class, submitted
+            # At most UPLOADS at once: a gateway's Redis pool holds 100 connections (redis-py's
+            # default), and 200 uploads at once run it out (503 MaxConnectionsError).
+            uploads = asyncio.Semaphore(UPLOADS)
 
             async def photo_of(name: str, cls: str, headers: dict[str, str], at: float, url: str) -> None:
                 await asyncio.sleep(max(at - (time.time() - t0), 0.0))
-                submitted = time.time() - t0
                 try:
-                    sent.append((await submit(http, url, photo, headers), name, cls, submitted))
+                    async with uploads:
+                        submitted = time.time() - t0
+                        sent.append((await submit(http, url, photo, headers), name, cls, submitted))
                 except RuntimeError as exc:
                     out.failed += 1
                     out.why[str(exc)[:120]] = out.why.get(str(exc)[:120], 0) + 1
