@@ -1,11 +1,15 @@
 """The queue the dispatcher takes tasks from, behind one protocol.
 
-- :class:`LocalQueue` (one gateway): every accepted task waits here, oldest first; a task
-  backing off after a failure waits in a second heap, by ready time, under one timer.
+- :class:`LocalQueue` (one gateway): every accepted task waits here, in fair order between
+  owners (:mod:`.fairshare`: deficit round robin on megapixels, weighted by class; arrival
+  order within an owner), or oldest first with ``access.fair_share`` off; a task backing off
+  after a failure waits in a second heap, by ready time, under one timer.
 - :class:`SharedQueue` (several gateways on Redis): accepted tasks wait in the store's
   shared queue; before each placement pass this gateway claims what its free node slots can
-  start now, and no more, so it never sits on tasks another gateway could run. What it
-  claimed, and its own retries, wait locally as in :class:`LocalQueue`.
+  start now, and no more, so it never sits on tasks another gateway could run. The fair order
+  is decided where the shared queue is claimed (the claim script runs the same deficit round
+  robin, in Redis), so it holds across gateways. What it claimed, and its own retries, wait
+  locally, oldest first.
 
 The queue reports its own depth; the dispatcher never asks which kind it has.
 """
@@ -16,14 +20,16 @@ import asyncio
 import heapq
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
 
+from ..access_config import AccessConfig
 from ..models import TaskRecord, TaskStatus
 from ..storage.protocols import SharedQueueStore, TaskStore
+from .fairshare import FairShare, Weights
 
 log = structlog.get_logger("photogate.dispatcher")
 
@@ -37,6 +43,11 @@ TIMER_SLACK = 0.002
 RECONCILE_INTERVAL = 2.0
 
 
+def fair_weights(access: AccessConfig) -> Weights | None:
+    """How the queue shares the fleet under ``access``; ``None``: first come, first served."""
+    return Weights(dict(access.classes), access.default_class) if access.fair_share else None
+
+
 @dataclass(order=True)
 class Queued:
     """A task waiting for a node, with the nodes that already failed it."""
@@ -47,6 +58,44 @@ class Queued:
     tried: set[str] = field(default_factory=set, compare=False)
     #: Loop time before which the task waits: a retry's backoff.
     ready_at: float = field(default=0.0, compare=False)
+
+    @property
+    def owner(self) -> str | None:
+        return self.task.owner
+
+    @property
+    def priority_class(self) -> str | None:
+        return self.task.priority_class
+
+    @property
+    def cost(self) -> float:
+        return self.task.megapixels
+
+
+class _Fifo:
+    """The ready tasks oldest first (``access.fair_share`` off, and a shared queue's local part)."""
+
+    def __init__(self) -> None:
+        self._heap: list[Queued] = []
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __iter__(self) -> Iterator[Queued]:
+        return iter(self._heap)
+
+    def push(self, item: Queued) -> None:
+        heapq.heappush(self._heap, item)
+
+    def pop(self) -> Queued | None:
+        return heapq.heappop(self._heap) if self._heap else None
+
+    def refund(self, items: list[Queued]) -> None:
+        for item in items:
+            heapq.heappush(self._heap, item)
+
+    def order(self) -> list[Queued]:
+        return sorted(self._heap)
 
 
 class TaskQueue(Protocol):
@@ -73,7 +122,7 @@ class TaskQueue(Protocol):
         """Before a placement pass: take in what is ready (backoffs over, shared claims)."""
 
     def pop(self) -> Queued | None:
-        """The oldest ready task, or ``None``."""
+        """The next ready task (in fair order between owners, or oldest first), or ``None``."""
 
     def push_back(self, items: list[Queued]) -> None:
         """Tasks a pass looked at and could not place."""
@@ -92,14 +141,15 @@ class TaskQueue(Protocol):
 
 
 class LocalQueue:
-    """Every task of this gateway in one heap (oldest first), retries in a second one by ready time."""
+    """Every ready task of this gateway in fair order (``weights`` given) or oldest first;
+    retries in a heap by ready time."""
 
     poll_interval: float | None = None
 
-    def __init__(self, store: TaskStore) -> None:
+    def __init__(self, store: TaskStore, weights: Weights | None = None) -> None:
         self.store = store
-        self._heap: list[Queued] = []
-        #: Tasks backing off after a failure, by ready time (loop time); moved to ``_heap``
+        self._ready: FairShare[Queued] | _Fifo = _Fifo() if weights is None else FairShare(weights)
+        #: Tasks backing off after a failure, by ready time (loop time); moved to the ready tasks
         #: by the pass that finds them ready, under one timer armed for the earliest.
         self._delayed: list[tuple[float, int, Queued]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -108,7 +158,7 @@ class LocalQueue:
 
     @property
     def depth(self) -> int:
-        return len(self._heap) + len(self._delayed)
+        return len(self._ready) + len(self._delayed)
 
     def on_ready(self, callback: Callable[[], None]) -> None:
         self._listeners.append(callback)
@@ -126,11 +176,11 @@ class LocalQueue:
             item.ready_at = asyncio.get_running_loop().time() + delay
             heapq.heappush(self._delayed, (item.ready_at, item.seq, item))
         else:
-            heapq.heappush(self._heap, item)
+            self._ready.push(item)
         self._wake()
 
     def _hold(self, task: TaskRecord) -> None:
-        heapq.heappush(self._heap, Queued(task.created_at, next(self._seq), task))
+        self._ready.push(Queued(task.created_at, next(self._seq), task))
 
     async def fill(self, free_slots: int) -> None:
         self._promote_ready()
@@ -142,7 +192,7 @@ class LocalQueue:
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._delayed and self._delayed[0][0] <= now + TIMER_SLACK:
-            heapq.heappush(self._heap, heapq.heappop(self._delayed)[2])
+            self._ready.push(heapq.heappop(self._delayed)[2])
         if self._timer is not None and (not self._delayed or self._timer.when() != self._delayed[0][0]):
             self._timer.cancel()
             self._timer = None
@@ -154,15 +204,16 @@ class LocalQueue:
         self._wake()
 
     def pop(self) -> Queued | None:
-        return heapq.heappop(self._heap) if self._heap else None
+        return self._ready.pop()
 
     def push_back(self, items: list[Queued]) -> None:
-        for item in items:
-            heapq.heappush(self._heap, item)
+        """Tasks a pass popped (in this order) and could not place: back to their places, and
+        their owners get back what the pops charged them."""
+        self._ready.refund(items)
 
     def waiting(self) -> list[tuple[str, float, float]]:
         now = asyncio.get_running_loop().time()
-        ready = [(q.task.task_id, q.task.megapixels, 0.0) for q in sorted(self._heap, key=_queue_order)]
+        ready = [(q.task.task_id, q.task.megapixels, 0.0) for q in self._ready.order()]
         return ready + [(q.task.task_id, q.task.megapixels, max(at - now, 0.0)) for at, _, q in sorted(self._delayed)]
 
     def settled(self, task_id: str) -> None:
@@ -192,9 +243,11 @@ class SharedQueue(LocalQueue):
     poll_interval: float | None = 0.25
 
     def __init__(self, store: SharedQueueStore, local: TaskStore, *,
-                 recover: Callable[[], Awaitable[int]]) -> None:
-        super().__init__(local)
+                 recover: Callable[[], Awaitable[int]], weights: Weights | None = None) -> None:
+        super().__init__(local)  # what this gateway claimed waits oldest first: Redis chose it fairly
         self.shared = store
+        #: The fair order of the claims (``None``: the shared queue is claimed oldest first).
+        self.weights = weights
         #: Hands the tasks of gateways that died back to the shared queue (the registry's heartbeat).
         self._recover = recover
         #: The claimed tasks this gateway holds (queued here or running).
@@ -223,7 +276,7 @@ class SharedQueue(LocalQueue):
             self._next_reconcile = time.monotonic() + RECONCILE_INTERVAL
         want = min(free_slots - super().depth, SCAN_LIMIT)
         if want > 0:
-            for task in await store.claim(want):
+            for task in await store.claim(want, self.weights):
                 task.status = TaskStatus.QUEUED
                 self._held.add(task.task_id)
                 self._hold(task)
@@ -235,6 +288,3 @@ class SharedQueue(LocalQueue):
     async def recover(self) -> int:
         return await self._recover()
 
-
-def _queue_order(item: Queued) -> tuple[float, int]:
-    return item.created_at, item.seq

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..dispatch.queue import LocalQueue, SharedQueue, TaskQueue
+from ..dispatch.queue import LocalQueue, SharedQueue, TaskQueue, fair_weights
 from ..registry import Registry
 from .protocols import Store
 
@@ -96,8 +96,9 @@ async def _open_sqlite(config: Config) -> Backend:
 
     store = await SQLiteStore.open(config.data_path / "photogate.db")
     registry = Registry(store, config.health_check.failure_threshold)
-    return Backend("sqlite", store, registry, LocalQueue(store), errors=SQLiteStore.ERRORS,
-                   wechat_records=lambda: SQLiteWechatRecords(store), key_records=lambda: SQLiteKeyRecords(store))
+    return Backend("sqlite", store, registry, LocalQueue(store, fair_weights(config.access)),
+                   errors=SQLiteStore.ERRORS, wechat_records=lambda: SQLiteWechatRecords(store),
+                   key_records=lambda: SQLiteKeyRecords(store))
 
 
 async def _open_redis(config: Config) -> Backend:
@@ -112,7 +113,8 @@ async def _open_redis(config: Config) -> Backend:
     registry = RedisRegistry(store, config.health_check.failure_threshold, lease_ttl=cfg.redis_lease_ttl,
                               ghost_seconds=config.dispatch.timeout + config.dispatch.connect_timeout)
     return Backend(
-        "redis", store, registry, SharedQueue(store, store, recover=registry.beat), errors=RedisStore.ERRORS,
+        "redis", store, registry, SharedQueue(store, store, recover=registry.beat, weights=fair_weights(config.access)),
+        errors=RedisStore.ERRORS,
         # Another gateway may be writing a .part right now: only old ones are leftovers.
         partials_older_than=3600.0,
         sync_interval=registry.sync_interval,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TypeVar
 
 from ..models import NodeRecord, TaskRecord, TaskStatus
@@ -76,11 +77,40 @@ class Store(TaskStore, NodeStore, SettingsStore, Protocol):
 # -- what several gateways share (Redis) -----------------------------------------------------
 
 
+#: Megapixels one unit of class weight earns per round of the fair share.
+QUANTUM_MEGAPIXELS = 1.0
+#: What the fair share charges a photo at least (megapixels): a node spends time on every job
+#: whatever its size (transfer, decoding, a tile at least), so a batch of thumbnails is not free.
+MIN_CHARGE_MEGAPIXELS = 0.25
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How the queue shares the fleet between owners (``access.classes``, ``access.default_class``):
+    each round, an owner gets ``quantum`` megapixels times its class weight."""
+
+    classes: Mapping[str, int]
+    default_class: str
+    quantum: float = QUANTUM_MEGAPIXELS
+    min_charge: float = MIN_CHARGE_MEGAPIXELS
+
+    def quantum_of(self, priority_class: str | None) -> float:
+        """The megapixels a round gives an owner of ``priority_class`` (an unknown class: the default's)."""
+        weight = self.classes.get(priority_class or self.default_class) or self.classes.get(self.default_class, 1)
+        return self.quantum * weight
+
+    def charge(self, megapixels: float) -> float:
+        """What a photo of ``megapixels`` costs its owner's credit."""
+        return max(megapixels, self.min_charge)
+
+
 class SharedQueueStore(Protocol):
     """The queue several gateways share (Redis): accepted tasks wait there until a gateway
-    with a free node slot claims them; a dead gateway's claims go back."""
+    with a free node slot claims them; a dead gateway's claims go back. With ``weights``,
+    :meth:`claim` takes tasks in weighted fair order between owners (deficit round robin,
+    decided in the store, so it holds across gateways); without, oldest first."""
 
-    async def claim(self, count: int) -> list[TaskRecord]: ...
+    async def claim(self, count: int, weights: Weights | None = None) -> list[TaskRecord]: ...
     async def unclaim(self, task_ids: Sequence[str]) -> int: ...
     async def claimed_ids(self) -> set[str]: ...
     async def queue_length(self) -> int: ...

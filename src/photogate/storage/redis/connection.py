@@ -10,6 +10,7 @@ before it increments. Keys (``P`` is ``storage.redis_prefix``)::
     P status:{status}      zset   task ids by created_at, one per status (listing, counts)
     P done                 zset   finished task ids by finish time (expiry)
     P queue                zset   queued task ids no gateway has claimed, by created_at
+    P fq:...               the fair share's owner queues and state (``queue.py``)
     P gw:{gid}:claimed     hash   task id -> created_at: the tasks gateway gid holds
     P gw:{gid}:res         hash   server_id -> slots gateway gid holds on that node
     P gw:{gid}:alive       string gateway gid's heartbeat (expires: the gateway is dead)
@@ -74,6 +75,7 @@ class Scripts:
         self.delete_task: AsyncScript = reg(lua("delete_task"))
         # the shared queue
         self.claim: AsyncScript = reg(lua("claim"))
+        self.queue_length: AsyncScript = reg(lua("queue_length"))
         self.unclaim: AsyncScript = reg(lua("unclaim", "requeue"))
         self.reap: AsyncScript = reg(lua("reap", "requeue"))
         # nodes, their shared health and slots

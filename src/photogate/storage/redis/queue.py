@@ -1,11 +1,21 @@
-"""The queue several gateways share: claims, hand-backs, and the reaper of dead gateways' claims."""
+"""The queue several gateways share: claims, hand-backs, and the reaper of dead gateways' claims.
+
+Accepted and handed-back tasks wait in ``P queue`` (by created_at). With the fair share on,
+the claim script (``claim.lua``) first moves them to their owners' queues and then picks by
+deficit round robin, so the fair order holds whichever gateway claims::
+
+    P fq:q:{owner}  zset  an owner's unclaimed task ids by created_at ("" : no owner)
+    P fq:ring       list  the owners with tasks waiting, the one served now first
+    P fq:credit     hash  owner -> its credit in megapixels (an owner is in the ring iff here)
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from ...models import TaskRecord, TaskStatus
-from ..protocols import SharedQueueStore
+from ..protocols import SharedQueueStore, Weights
 from .connection import RedisConnection, text, unavailable
 from .records import task_from_hash
 
@@ -15,12 +25,16 @@ class RedisSharedQueue(RedisConnection, SharedQueueStore):
 
     @unavailable
     async def queue_length(self) -> int:
-        return int(await self.redis.zcard(self.keys.queue))
+        return int(await self.scripts.queue_length(keys=[self.keys.queue], args=[self.prefix]))
 
     @unavailable
-    async def claim(self, count: int) -> list[TaskRecord]:
-        """Take the ``count`` oldest tasks of the shared queue for this gateway."""
-        got = await self.scripts.claim(keys=[self.keys.queue, self.keys.claimed], args=[self.prefix, count])
+    async def claim(self, count: int, weights: Weights | None = None) -> list[TaskRecord]:
+        """Take ``count`` tasks of the shared queue for this gateway: the next ones in weighted
+        fair order between owners, or (no ``weights``) the oldest."""
+        args: list[str | int | float] = [self.prefix, count]
+        if weights is not None:
+            args += [weights.quantum, json.dumps(dict(weights.classes)), weights.default_class, weights.min_charge]
+        got = await self.scripts.claim(keys=[self.keys.queue, self.keys.claimed], args=args)
         tasks = [task_from_hash(dict(zip(fields[0::2], fields[1::2]))) for fields in got[1::2]]
         return [t for t in tasks if t.status is TaskStatus.QUEUED or t.status is TaskStatus.PROCESSING]
 
