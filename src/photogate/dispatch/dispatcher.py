@@ -78,6 +78,9 @@ class _NodeSlot:
         if answered:
             d.estimator.speeds.learn(server_id, job.megapixels, seconds)
             d.running[job.task_id] = Running(server_id, job.megapixels, self.started, answered=True)
+            # With work waiting, the time until the next job leaves for this node is the
+            # gateway's per-job gap (what ``pipeline_depth`` weighs against the job time).
+            self.state.freed_at = time.monotonic() if d.queued > 0 else None
         await d.registry.release(self.state, hold=hold)
         d.strategy.on_completed(server_id, job, seconds, answered)
 
@@ -235,7 +238,8 @@ class Dispatcher:
                 await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _place_ready(self) -> None:
-        free = sum(v.slots - v.inflight for v in self.registry.candidates(self.multi_backend))
+        depth = self.strategy.pipeline_depth
+        free = sum(v.openings for v in self.registry.candidates(self.multi_backend, depth=depth))
         await self.queue.fill(free)
         skipped: list[Queued] = []
         try:
@@ -247,22 +251,26 @@ class Dispatcher:
         strategy = self.strategy
         # A strategy that plans ahead (``fastest``) also sees the busy nodes, and may hold a
         # job back for one of them (late binding: nothing is committed to a node's queue).
+        # A strategy with a pipeline depth for a node is offered it beyond its free slots.
         strategy.begin_pass()
+        depth = strategy.pipeline_depth
         for _ in range(SCAN_LIMIT):
-            if not self.registry.candidates(self.multi_backend):
+            if not self.registry.candidates(self.multi_backend, depth=depth):
                 break  # no free slot anywhere: wait for a release or a node
             item = self.queue.pop()
             if item is None:
                 break
             exclude = frozenset(item.tried)
-            candidates = self.registry.candidates(self.multi_backend, exclude=exclude)
+            candidates = self.registry.candidates(self.multi_backend, exclude=exclude, depth=depth)
             if not candidates:
                 skipped.append(item)
                 continue
             job = JobView(item.task.task_id, item.task.megapixels, item.task.input_bytes)
-            offered = self.registry.views(self.multi_backend, exclude=exclude) if strategy.plans_ahead else candidates
+            offered = (self.registry.views(self.multi_backend, exclude=exclude, depth=depth)
+                       if strategy.plans_ahead else candidates)
             chosen = strategy.choose(offered, job)
-            if chosen is None or chosen.server_id not in {c.server_id for c in candidates}:
+            granted = {c.server_id: c.depth for c in candidates}
+            if chosen is None or chosen.server_id not in granted:
                 if strategy.plans_ahead:
                     skipped.append(item)  # held for a node that is busy now
                     continue
@@ -270,7 +278,7 @@ class Dispatcher:
                           server_id=chosen.server_id if chosen is not None else None)
                 chosen = candidates[0]
             try:
-                state = await self.registry.acquire(chosen.server_id)
+                state = await self.registry.acquire(chosen.server_id, granted[chosen.server_id])
             except BaseException:
                 skipped.append(item)
                 raise
@@ -281,6 +289,9 @@ class Dispatcher:
 
     def _start(self, item: Queued, state: NodeState, job: JobView, strategy: Strategy) -> None:
         state.last_used = time.time()
+        if state.freed_at is not None:
+            state.note_gap(time.monotonic() - state.freed_at)
+            state.freed_at = None
         strategy.on_dispatched(state.server_id, job)
         self.running[job.task_id] = Running(state.server_id, job.megapixels, time.monotonic())
         self.changes += 1
