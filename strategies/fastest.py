@@ -128,12 +128,13 @@ class Fastest(Strategy):
             return 0
         return self.depth_for(node, size / speed)
 
-    def _takes(self, node: NodeView, job: JobView) -> bool:
-        """A free slot, or a pipeline place for a job short enough to earn one."""
+    def _takes(self, node: NodeView, job: JobView, now: float) -> bool:
+        """A free slot, or a pipeline place for a job short enough to earn one (never on a
+        node whose running work is overdue)."""
         if node.free_slots > 0:
             return True
         speed = self.speed(node)
-        if node.openings <= 0 or speed is None:
+        if node.openings <= 0 or speed is None or self.overdue(node, now):
             return False
         return node.inflight - node.slots < self.depth_for(node, job.megapixels / speed)
 
@@ -184,7 +185,7 @@ class Fastest(Strategy):
         for node in candidates:
             self._slots[node.server_id] = max(node.slots, 1)
             self._note_reported(node)
-        free = [n for n in candidates if self._takes(n, job)]
+        free = [n for n in candidates if self._takes(n, job, now)]
         candidates = free + [n for n in candidates if n not in free and not self.overdue(n, now)]
         if not candidates:
             return None
