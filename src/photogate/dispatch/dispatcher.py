@@ -78,9 +78,9 @@ class _NodeSlot:
         if answered:
             d.estimator.speeds.learn(server_id, job.megapixels, seconds)
             d.running[job.task_id] = Running(server_id, job.megapixels, self.started, answered=True)
-            # With work waiting, the time until the next job leaves for this node is the
+            # If the next placement pass sends this node a job, the time until then is the
             # gateway's per-job gap (what ``pipeline_depth`` weighs against the job time).
-            self.state.freed_at = time.monotonic() if d.queued > 0 else None
+            self.state.freed_at = time.monotonic()
         await d.registry.release(self.state, hold=hold)
         d.strategy.on_completed(server_id, job, seconds, answered)
 
@@ -119,6 +119,8 @@ class Dispatcher:
         self.max_queue = max_queue
         self.max_pixels = max_pixels
         self._wake = asyncio.Event()
+        #: When the placement pass under way began (the gaps it measures start before it).
+        self._pass_began = 0.0
         self._workers: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: Refunds a failed task's charge; photogate.wechat installs its policy at start.
@@ -238,6 +240,7 @@ class Dispatcher:
                 await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _place_ready(self) -> None:
+        self._pass_began = began = time.monotonic()
         depth = self.strategy.pipeline_depth
         free = sum(v.openings for v in self.registry.candidates(self.multi_backend, depth=depth))
         await self.queue.fill(free)
@@ -246,6 +249,11 @@ class Dispatcher:
             await self._place(skipped)
         finally:
             self.queue.push_back(skipped)
+            # A node freed before this pass that got no job in it: its wait until the next is
+            # no gap of ours (no work, or work held for another node).
+            for state in self.registry.all():
+                if state.freed_at is not None and state.freed_at <= began:
+                    state.freed_at = None
 
     async def _place(self, skipped: list[Queued]) -> None:
         strategy = self.strategy
@@ -289,7 +297,7 @@ class Dispatcher:
 
     def _start(self, item: Queued, state: NodeState, job: JobView, strategy: Strategy) -> None:
         state.last_used = time.time()
-        if state.freed_at is not None:
+        if state.freed_at is not None and state.freed_at <= self._pass_began:
             state.note_gap(time.monotonic() - state.freed_at)
             state.freed_at = None
         strategy.on_dispatched(state.server_id, job)
