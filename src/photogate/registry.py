@@ -55,6 +55,8 @@ class NodeState:
     #: the next job sent while work waited), and when the last answer came with work waiting.
     gap: float | None = None
     freed_at: float | None = None
+    #: When (monotonic) a job of ours on it was last answered.
+    last_answer: float = 0.0
 
     @property
     def server_id(self) -> str:

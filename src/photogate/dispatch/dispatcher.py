@@ -66,6 +66,8 @@ class _NodeSlot:
         self.state = state
         self.job = job
         self.started = time.monotonic()
+        #: Sent beyond the node's slots (pipelined): it waits in the node's queue first.
+        self.waits = state.inflight > state.slots
         self.released = False
 
     async def release(self, answered: bool, hold: float = 0.0) -> None:
@@ -74,13 +76,17 @@ class _NodeSlot:
             return
         self.released = True
         d, server_id, job = self.dispatcher, self.state.server_id, self.job
-        seconds = time.monotonic() - self.started
+        now = time.monotonic()
+        seconds = now - self.started
         if answered:
-            d.estimator.speeds.learn(server_id, job.megapixels, seconds)
+            # A job that waited in the node's queue ran from the answer before it.
+            began = max(self.started, self.state.last_answer) if self.waits else self.started
+            self.state.last_answer = now
+            d.estimator.speeds.learn(server_id, job.megapixels, now - began)
             d.running[job.task_id] = Running(server_id, job.megapixels, self.started, answered=True)
             # If the next placement pass sends this node a job, the time until then is the
             # gateway's per-job gap (what ``pipeline_depth`` weighs against the job time).
-            self.state.freed_at = time.monotonic()
+            self.state.freed_at = now
         await d.registry.release(self.state, hold=hold)
         d.strategy.on_completed(server_id, job, seconds, answered)
 
