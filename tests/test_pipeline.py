@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from aiohttp import web
-from support import FakeNode, Gateway, image_bytes
+from support import SECRET, FakeNode, Gateway, image_bytes
 
 from photogate.balancing import JobView, NodeView, RoundRobin, Strategy, StrategyError, load_strategy
 from photogate.keys import GATEWAY
@@ -126,6 +126,9 @@ async def test_short_jobs_reach_the_node_before_the_running_one_ends(make_gatewa
     finally:
         await node.stop()
     assert node.arrived_while_running >= 5, "fastest never let the node hold its next job"
+    listed = await gw.client.get("/webhook/servers", headers={"X-Webhook-Secret": SECRET})
+    server = (await listed.json())["data"]["servers"][0]
+    assert server["queue_room"] == 4 and server["dispatch_gap_ms"] > 0, server
     # The ETAs' pace counts a queued job from the answer before it, not from its dispatch
     # (which would about double it).
     assert pace is not None and pace.seconds(PHOTO_MP) < 0.036, pace

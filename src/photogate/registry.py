@@ -148,6 +148,9 @@ class NodeState:
             "offline": rec.offline,
             "busy": self.inflight,
             "slots": self.slots,
+            # How far a strategy may pipeline to it, and the gateway's per-job gap it measured.
+            "queue_room": self.queue_room,
+            "dispatch_gap_ms": None if self.gap is None else round(self.gap * 1000, 2),
             "weight": rec.weight,
             "consecutive_failures": self.failures,
             "last_check": self.last_check,
