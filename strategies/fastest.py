@@ -19,7 +19,7 @@ keeps its claim and smaller photos flow to the nodes that are free.
 Pipelining (:meth:`pipeline_depth`): when a node's jobs are short next to the gateway's
 per-job gap on it (the gap the dispatcher measures from a job's answer to the next job
 sent, plus the transfer: a job's time from dispatch to answer beyond the inference time
-the node reports), the node holds up to ``ceil(gap / job time)`` jobs (at most
+the node reports), the node holds up to ``ceil(gap / job time) + 1`` jobs (at most
 ``pipeline_max``, within its queue room) beyond its slots, so the next photo is already
 there when the current one ends. Only a job that is itself that short goes into such a
 place; with a ratio under ``pipeline_ratio`` (long jobs) the depth is 0: late binding.
@@ -120,7 +120,9 @@ class Fastest(Strategy):
         ratio = overhead / seconds
         if ratio < self.pipeline_ratio:
             return 0
-        return min(math.ceil(ratio), self.pipeline_max, node.queue_room)
+        # Enough to cover the average gap, and one more for its spread (a gap longer than the
+        # jobs it should cover idles the GPU: a slow pass, a busy event loop).
+        return min(math.ceil(ratio) + 1, self.pipeline_max, node.queue_room)
 
     def pipeline_depth(self, node: NodeView) -> int:
         speed, size = self.speed(node), self._size.get(node.server_id)

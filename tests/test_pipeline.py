@@ -210,8 +210,12 @@ def _learned(seconds: float, mp: float = 0.003) -> Fastest:
 
 
 def test_depth_comes_from_the_gap_over_the_job_time() -> None:
-    assert _learned(0.020).pipeline_depth(_view(gap=0.003)) == 1  # 3 ms gap, 20 ms jobs
+    assert _learned(0.020).pipeline_depth(_view(gap=0.003)) == 2  # 3 ms gap, 20 ms jobs: 1, and 1 spare
     assert _learned(0.002).pipeline_depth(_view(gap=0.003)) == 2  # jobs shorter than the gap: 2 (the max)
+    assert load_strategy("fastest", {"pipeline_max": 4}).pipeline_depth(_view()) == 0  # no history yet
+    wide = _learned(0.002)
+    wide.pipeline_max = 4
+    assert wide.pipeline_depth(_view(gap=0.003)) == 3  # ceil(1.5) + 1
     assert _learned(0.500).pipeline_depth(_view(gap=0.003)) == 0  # long jobs: late binding
     assert _learned(0.020).pipeline_depth(_view(gap=None)) == 0  # no gap measured yet
     assert _learned(0.002).pipeline_depth(_view(gap=0.003, queue_room=1)) == 1  # within its queue room
