@@ -131,14 +131,17 @@ class Fastest(Strategy):
         return self.depth_for(node, size / speed)
 
     def _takes(self, node: NodeView, job: JobView, now: float) -> bool:
-        """A free slot, or a pipeline place for a job short enough to earn one (never on a
-        node whose running work is overdue)."""
+        """A free slot, or a pipeline place for a job short enough to earn one, behind no
+        more than a few such jobs (never behind a long one: that is still late binding;
+        never on a node whose running work is overdue)."""
         if node.free_slots > 0:
             return True
         speed = self.speed(node)
         if node.openings <= 0 or speed is None or self.overdue(node, now):
             return False
-        return node.inflight - node.slots < self.depth_for(node, job.megapixels / speed)
+        seconds = job.megapixels / speed
+        depth = self.depth_for(node, seconds)
+        return node.inflight - node.slots < depth and self.backlog_seconds(node, speed, now) <= (depth + 1) * seconds
 
     def backlog_seconds(self, node: NodeView, speed: float, now: float) -> float:
         """Seconds until the node could start one more job: what it runs, what it was

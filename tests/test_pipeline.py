@@ -231,6 +231,14 @@ def test_a_long_job_takes_no_pipeline_place_even_on_a_pipelined_node() -> None:
     assert strategy.choose([busy], JobView("long", 3.0, 100)) is None  # held: late binding
 
 
+def test_a_short_job_is_not_queued_behind_a_long_one() -> None:
+    strategy = _learned(0.020)  # the node's jobs are short: it is pipelined ...
+    strategy.on_dispatched("GPU-001", JobView("big", 0.3, 100))  # ... but now runs a 2 s job
+    busy = _view(inflight=1, depth=2)
+    strategy.begin_pass()
+    assert strategy.choose([busy], JobView("short", 0.003, 100)) is None  # held, not committed
+
+
 def test_pipeline_options_are_checked_and_other_strategies_never_pipeline() -> None:
     assert load_strategy("fastest", {"pipeline_max": 0}).pipeline_depth(_view()) == 0
     for bad in ({"pipeline_max": -1}, {"pipeline_max": 1.5}, {"pipeline_ratio": 0}, {"pipeline_ratio": "x"}):
