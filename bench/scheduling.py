@@ -58,8 +58,11 @@ from fleet import (
 )
 
 PHOTOGATE_STRATEGIES = ("round_robin", "least_busy", "weighted", "fastest")
+#: Not run unless named: ``fastest`` without pipelining (late binding only), to compare.
+VARIANTS = {"fastest-late": ("fastest", {"pipeline_max": 0})}
 PROXIES = ("nginx", "haproxy", "haproxy-queue")
-LABELS = {"nginx": "nginx least_conn, weight", "haproxy": "haproxy leastconn, weight",
+LABELS = {"fastest-late": "photogate fastest, pipeline_max 0",
+          "nginx": "nginx least_conn, weight", "haproxy": "haproxy leastconn, weight",
           "haproxy-queue": "haproxy leastconn, weight, maxconn 1", "weighted": "photogate weighted (same weights)"}
 STATS = ("mean", "p50", "p95", "p99", "p99_ratio", "makespan")
 
@@ -222,15 +225,16 @@ async def run_system(system: str, jobs: list[Job], speeds: list[float], photos: 
     node_ports = [free_port() for _ in speeds]
     try:
         async with aiohttp.ClientSession() as http:
-            if system in PHOTOGATE_STRATEGIES:
+            if system in PHOTOGATE_STRATEGIES or system in VARIANTS:
                 port = free_port()
                 url = f"http://127.0.0.1:{port}"
                 config = workdir / "gateway.yaml"
                 # The nodes register one by one below, so GPU-00(i+1) runs at speeds[i].
-                options = ({"weights": {f"GPU-{i + 1:03d}": w for i, w in enumerate(weights)}}
-                           if system == "weighted" else {})
+                strategy, options = VARIANTS.get(system, (system, {}))
+                if system == "weighted":
+                    options = {"weights": {f"GPU-{i + 1:03d}": w for i, w in enumerate(weights)}}
                 config.write_text(f"webhook: {{secret: {SECRET}, allowed_node_networks: [127.0.0.0/8]}}\n"
-                                  f"balancer: {{strategy: {system}, options: {json.dumps(options)}}}\n"
+                                  f"balancer: {{strategy: {strategy}, options: {json.dumps(options)}}}\n"
                                   "health_check: {interval: 2, timeout: 2}\nlogging: {level: warning}\n"
                                   "limits: {max_queue: 100000}\n")
                 procs.start("photogate", gateway_argv(config, port, workdir / "data"))
@@ -328,9 +332,10 @@ def fmt_row(name: str, load: float, s: dict[str, object], jobs: int) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     speeds = [s * args.time_scale for s in args.speeds]
     systems = args.systems.split(",")
-    unknown = set(systems) - set(PHOTOGATE_STRATEGIES) - set(PROXIES)
+    unknown = set(systems) - set(PHOTOGATE_STRATEGIES) - set(VARIANTS) - set(PROXIES)
     if unknown:
-        print(f"unknown systems: {sorted(unknown)}; known: {', '.join(PHOTOGATE_STRATEGIES + PROXIES)}")
+        known = PHOTOGATE_STRATEGIES + tuple(VARIANTS) + PROXIES
+        print(f"unknown systems: {sorted(unknown)}; known: {', '.join(known)}")
         return 2
     if args.runs < 1:
         print("--runs must be at least 1")

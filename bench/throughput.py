@@ -12,7 +12,9 @@ of ``--rounds`` rounds (the order rotates), and the tables give medians over the
    HAProxy ``leastconn`` straight to the nodes' ``POST /v1/enhance`` (raw body, as a gateway
    sends it). Ratios photogate / bare: median of the rounds' ratios.
 2. Short GPU jobs: one node, ``--slots 1``, ``--speed`` set so the photo takes ``--job-ms``;
-   8 clients; photogate and HAProxy vs the ideal, 1 / the node's measured job time.
+   8 clients; photogate (``fastest``, which pipelines short jobs: the node holds the next
+   photo while it runs one) and HAProxy vs the ideal, 1 / the node's measured job time; and
+   photogate ``fastest`` with ``pipeline_max: 0`` (late binding), the same gateway without it.
 3. photogate on Redis (one gateway; then two gateway processes on one Redis, the clients
    alternating between them) vs photogate on SQLite, four instant nodes, 32 clients.
 
@@ -48,7 +50,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet import NODE_TOKEN, Procs, ensure_binary
-from throughput_procs import Launcher, Setup, cpu_seconds, tree_pids
+from throughput_procs import Launcher, Setup, cpu_seconds, listening_ports, tree_pids
 
 INSTANT = 100_000.0  # MP/s per slot: a job takes microseconds
 PHOTO_SIZE = (256, 192)
@@ -242,16 +244,32 @@ async def job_time(http: aiohttp.ClientSession, url: str, body: bytes, jobs: int
     return statistics.median(infer), statistics.median(trip)
 
 
+#: Section 2's gateways (YAML appended to their config): the strategy that pipelines, and the same without.
+FASTEST = "balancer: {strategy: fastest}\n"
+LATE_BINDING = "balancer: {strategy: fastest, options: {pipeline_max: 0}}\n"
+
+
+async def most_held(http: aiohttp.ClientSession, setup: Setup) -> str:
+    """The most jobs the setup's node held at once (a simulated node's /health), as text."""
+    for port in listening_ports(setup.nodes[0]):
+        async with http.get(f"http://127.0.0.1:{port}/health") as r:
+            if r.status == 200:
+                return str((await r.json()).get("max_inflight", "?"))
+    return "?"
+
+
 async def section2(launch: Launcher, haproxy: str, body: bytes, args: argparse.Namespace) -> list[str]:
     megapixels = PHOTO_SIZE[0] * PHOTO_SIZE[1] / 1e6
     speed = megapixels / (args.job_ms / 1000)  # simulate.py: a job holds its slot megapixels / speed s
-    pg = await launch.photogate("s2-photogate", 1, 1, speed, 1)
+    pg = await launch.photogate("s2-photogate", 1, 1, speed, 1, storage=FASTEST)
+    late = await launch.photogate("s2-late", 1, 1, speed, 1, storage=LATE_BINDING)
     ports, pids = await launch.nodes("s2-direct", 1, speed, 1, gateway=None)
     hap_url, hap_pid = await launch.haproxy(haproxy, ports)
     infer_ms, trip_ms = await job_time(launch.http, f"http://127.0.0.1:{ports[0]}", body)
     ideal = 1000 / infer_ms
     targets = [Target("photogate", pg, send_photogate),
-               Target("haproxy", Setup("haproxy", [hap_url], [hap_pid], pids), send_node)]
+               Target("haproxy", Setup("haproxy", [hap_url], [hap_pid], pids), send_node),
+               Target("late", late, send_photogate)]
     runs = await rounds(targets, body, args.short_clients, args)
     out = [f"## 2. Short GPU jobs: one node, `--slots 1 --speed {speed:.4g}` ({megapixels:.4f} MP: "
            f"{args.job_ms:g} ms nominal), {args.short_clients} clients", "",
@@ -259,11 +277,14 @@ async def section2(launch: Launcher, haproxy: str, body: bytes, args: argparse.N
            f"(the node's X-Inference-Ms), {trip_ms:.2f} ms round trip; ideal = 1 / inference time.", "",
            "| system | tasks/s | p50 ms | p99 ms | errors | ratio to ideal |", "| --- | --- | --- | --- | --- | --- |",
            f"| ideal (GPU always busy) | {ideal:.1f} | {infer_ms:.1f} | - | - | 1.00x |"]
-    for label, name in (("photogate", "photogate"), ("haproxy", "HAProxy `leastconn`")):
+    for label, name in (("photogate", "photogate `fastest` (pipelined)"), ("haproxy", "HAProxy `leastconn`"),
+                        ("late", "photogate `fastest`, `pipeline_max: 0`")):
         rs = runs[label]
         out.append(f"| {name} | {med(rs, 'tasks_per_s'):.1f} | {med(rs, 'p50_ms'):.1f} | {med(rs, 'p99_ms'):.1f} "
                    f"| {sum(r.errors for r in rs)} | {med(rs, 'tasks_per_s') / ideal:.3f}x |")
-    return out + [""] + cpu_notes(runs, f"{args.short_clients} clients")
+    held = [await most_held(launch.http, setup) for setup in (pg, late)]
+    return out + ["", f"Most jobs the node held at once: {held[0]} behind the pipelined photogate, "
+                  f"{held[1]} behind the late-binding one.", ""] + cpu_notes(runs, f"{args.short_clients} clients")
 
 
 async def section3(launch: Launcher, redis_bin: str, body: bytes, args: argparse.Namespace) -> list[str]:

@@ -74,7 +74,8 @@ async def _registration_ctx(app: web.Application) -> AsyncIterator[None]:
     node_key = await asyncio.get_running_loop().run_in_executor(None, load_node_key, config.state_path)
     registrar = Registrar(
         app[HTTP], gateway_url=config.gateway_url, secret=config.secret, port=config.port, node_key=node_key,
-        ip_source=ip_source, slots=engine.slots, model=engine.model.info.name, scale=engine.model.info.scale,
+        ip_source=ip_source, slots=engine.slots, queue_size=engine.queue_size,
+        model=engine.model.info.name, scale=engine.model.info.scale,
         ip_check_interval=config.ip_check_interval, gateway_check_interval=config.gateway_check_interval,
         backoff_initial=config.register_backoff_initial, backoff_max=config.register_backoff_max,
     )

@@ -94,7 +94,7 @@ class Registrar:
 
     def __init__(self, session: aiohttp.ClientSession, *, gateway_url: str, secret: str, port: int,
                  node_key: str, ip_source: IpSource, slots: int, model: str, scale: int,
-                 ip_check_interval: float = 60.0, gateway_check_interval: float = 60.0,
+                 queue_size: int = 0, ip_check_interval: float = 60.0, gateway_check_interval: float = 60.0,
                  backoff_initial: float = 1.0, backoff_max: float = 60.0) -> None:
         self.session = session
         self.gateway_url = gateway_url.rstrip("/")
@@ -103,6 +103,7 @@ class Registrar:
         self.node_key = node_key
         self.ip_source = ip_source
         self.slots = slots
+        self.queue_size = queue_size
         self.model = model
         self.scale = scale
         self.ip_check_interval = ip_check_interval
@@ -132,7 +133,7 @@ class Registrar:
     async def register_once(self, ip: str) -> bool:
         self.attempts += 1
         payload = {"ip": ip, "port": self.port, "secret": self._secret, "node_key": self.node_key,
-                   "slots": self.slots, "model": self.model, "scale": self.scale}
+                   "slots": self.slots, "queue_size": self.queue_size, "model": self.model, "scale": self.scale}
         try:
             async with self.session.post(f"{self.gateway_url}/webhook/register", json=payload,
                                          timeout=REQUEST_TIMEOUT) as resp:

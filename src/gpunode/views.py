@@ -82,6 +82,8 @@ async def health(request: web.Request) -> web.Response:
         "busy": engine.busy,
         "queued": engine.queued,
         "slots": engine.slots,
+        # Jobs it holds waiting besides those it runs: how far a gateway may pipeline.
+        "queue_size": engine.queue_size,
         "model": info.name,
         "scale": info.scale,
         "provider": info.provider,

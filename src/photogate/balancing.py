@@ -30,10 +30,23 @@ class NodeView:
     weight: int = 1
     #: The node's last health report (busy, queued, throughput in MP/s, ...).
     health: Mapping[str, Any] = field(default_factory=dict)
+    #: Jobs the node can hold waiting besides those it runs (its reported ``queue_size``).
+    queue_room: int = 0
+    #: Jobs the dispatcher lets it hold beyond its slots: what the strategy's
+    #: :meth:`Strategy.pipeline_depth` asked for, within ``queue_room`` (0: late binding).
+    depth: int = 0
+    #: Seconds from a job's answer to the next job sent to this node while work waited
+    #: (the gateway's per-job gap, an average); ``None`` until measured.
+    gap: float | None = None
 
     @property
     def free_slots(self) -> int:
         return max(self.slots - self.inflight, 0)
+
+    @property
+    def openings(self) -> int:
+        """Jobs the dispatcher would still send it now: free slots plus pipeline places."""
+        return max(self.slots + self.depth - self.inflight, 0)
 
     @property
     def load(self) -> float:
@@ -57,6 +70,10 @@ class Strategy:
     ``None`` to keep the job queued for one of them. ``begin_pass`` runs before each
     placement pass over the queue; ``on_dispatched`` when a job starts on a node;
     ``on_completed`` when the node is free of it again (``ok``: it answered).
+    ``pipeline_depth`` lets a node hold that many jobs beyond its slots in its own queue
+    (short jobs: the transfer and the gateway's work overlap inference); such a node is
+    offered with ``depth`` set while ``inflight < slots + depth``. The default, 0, keeps
+    late binding: a job goes only to a free slot.
     """
 
     name: str = ""
@@ -67,6 +84,10 @@ class Strategy:
 
     def begin_pass(self) -> None:
         """Before each placement pass."""
+
+    def pipeline_depth(self, node: NodeView) -> int:
+        """Jobs ``node`` may hold waiting beyond its slots (bounded by its queue room)."""
+        return 0
 
     def on_dispatched(self, server_id: str, job: JobView) -> None:
         """``job`` has started on ``server_id``."""

@@ -25,6 +25,9 @@ from .storage.protocols import NodeStore
 
 log = structlog.get_logger("photogate.registry")
 
+#: A strategy's pipeline depth for a node (:meth:`~photogate.balancing.Strategy.pipeline_depth`).
+Depth = Callable[[NodeView], int]
+
 #: What an offline node's ``last_error`` says.
 OFFLINE_ERROR = "offline: unregistered"
 
@@ -48,6 +51,12 @@ class NodeState:
     #: When (wall clock) this gateway last dispatched a job to the node; in memory, so with
     #: several gateways each answers for its own dispatches, and a restart forgets it.
     last_used: float | None = None
+    #: The gateway's per-job gap on this node (an average of seconds from a job's answer to
+    #: the next job sent while work waited), and when the last answer came with work waiting.
+    gap: float | None = None
+    freed_at: float | None = None
+    #: When (monotonic) a job of ours on it was last answered.
+    last_answer: float = 0.0
 
     @property
     def server_id(self) -> str:
@@ -66,9 +75,23 @@ class NodeState:
         return max(self.record.slots, 1)
 
     @property
+    def queue_room(self) -> int:
+        """Jobs the node can hold waiting besides those it runs (``queue_size`` it reports)."""
+        reported = self.health.get("queue_size", self.record.info.get("queue_size"))
+        return reported if _is_count(reported) else 0
+
+    @property
     def free(self) -> bool:
         """Whether the node can start one more job now."""
-        return self.inflight < self.slots and (self.busy_since is None or time.monotonic() >= self.busy_until)
+        return self.takes(0)
+
+    def takes(self, depth: int) -> bool:
+        """Whether the node can take one more job, holding up to ``depth`` beyond its slots."""
+        return self.inflight < self.slots + depth and (self.busy_since is None or time.monotonic() >= self.busy_until)
+
+    def note_gap(self, seconds: float, weight: float = 0.2) -> None:
+        """One more measure of the gateway's per-job gap on this node."""
+        self.gap = seconds if self.gap is None else weight * seconds + (1 - weight) * self.gap
 
     def hold(self, seconds: float) -> None:
         """The node answered "busy": offer it nothing for up to ``seconds``."""
@@ -85,7 +108,7 @@ class NodeState:
             return
         self.busy_since = None
 
-    def view(self) -> NodeView:
+    def view(self, depth: int = 0) -> NodeView:
         return NodeView(
             server_id=self.server_id,
             address=self.record.address,
@@ -93,7 +116,16 @@ class NodeState:
             slots=self.slots,
             weight=self.record.weight,
             health=dict(self.health),
+            queue_room=self.queue_room,
+            depth=depth,
+            gap=self.gap,
         )
+
+    def offered(self, depth: Depth | None) -> NodeView:
+        """Its view, with the pipeline depth ``depth`` asks for, within its queue room."""
+        view = self.view()
+        wanted = 0 if depth is None or view.queue_room <= 0 else min(max(depth(view), 0), view.queue_room)
+        return view if wanted == 0 else self.view(wanted)
 
     @property
     def status(self) -> str:
@@ -116,6 +148,9 @@ class NodeState:
             "offline": rec.offline,
             "busy": self.inflight,
             "slots": self.slots,
+            # How far a strategy may pipeline to it, and the gateway's per-job gap it measured.
+            "queue_room": self.queue_room,
+            "dispatch_gap_ms": None if self.gap is None else round(self.gap * 1000, 2),
             "weight": rec.weight,
             "consecutive_failures": self.failures,
             "last_check": self.last_check,
@@ -306,11 +341,14 @@ class Registry:
         up = [s for s in self.all() if s.healthy and not s.record.draining and not s.record.offline]
         return up if multi_backend else up[:1]
 
-    def candidates(self, multi_backend: bool, exclude: frozenset[str] = frozenset()) -> list[NodeView]:
-        """Nodes that can start a job now. ``exclude`` (nodes that failed this job) is
+    def candidates(self, multi_backend: bool, exclude: frozenset[str] = frozenset(),
+                   depth: Depth | None = None) -> list[NodeView]:
+        """Nodes that can start a job now (or, with ``depth``, the strategy's pipeline
+        depth, hold one in their queue). ``exclude`` (nodes that failed this job) is
         honoured only while another node could take it."""
         serving = self.serving(multi_backend)
-        free = [s.view() for s in serving if s.free]
+        offered = [s.offered(depth) for s in serving]
+        free = [v for s, v in zip(serving, offered) if s.takes(v.depth)]
         preferred = [v for v in free if v.server_id not in exclude]
         if preferred:
             return preferred
@@ -318,13 +356,15 @@ class Registry:
             return []  # wait for a node that has not failed this job yet
         return free
 
-    def views(self, multi_backend: bool, exclude: frozenset[str] = frozenset()) -> list[NodeView]:
+    def views(self, multi_backend: bool, exclude: frozenset[str] = frozenset(),
+              depth: Depth | None = None) -> list[NodeView]:
         """Every node work may go to, busy or not (for strategies that plan ahead)."""
-        serving = [s.view() for s in self.serving(multi_backend)]
+        serving = [s.offered(depth) for s in self.serving(multi_backend)]
         return [v for v in serving if v.server_id not in exclude] or serving
 
-    async def acquire(self, server_id: str) -> NodeState | None:
-        """Take a slot on the node; ``None`` when it has none free (another gateway took it)."""
+    async def acquire(self, server_id: str, depth: int = 0) -> NodeState | None:
+        """Take a slot (or, with ``depth``, one of that many places in the node's queue);
+        ``None`` when none is free (another gateway took it)."""
         state = self._nodes[server_id]
         state.inflight += 1
         return state

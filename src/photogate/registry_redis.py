@@ -240,12 +240,12 @@ class RedisRegistry(Registry):
 
     # -- capacity ----------------------------------------------------------------------------
 
-    async def acquire(self, server_id: str) -> NodeState | None:
+    async def acquire(self, server_id: str, depth: int = 0) -> NodeState | None:
         state = self._nodes[server_id]
-        count = await self.redis_store.acquire_slot(server_id, state.slots)
+        count = await self.redis_store.acquire_slot(server_id, state.slots + depth)
         self._touch(server_id)
         if count < 0:
-            state.inflight = max(state.inflight, state.slots)  # full: another gateway was first
+            state.inflight = max(state.inflight, state.slots + depth)  # full: another gateway was first
             return None
         state.inflight = count
         return state

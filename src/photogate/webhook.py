@@ -71,7 +71,8 @@ async def register(request: web.Request) -> web.Response:
     node_key = body.get("node_key")
     if node_key is not None and (not isinstance(node_key, str) or not 8 <= len(node_key) <= 128):
         raise BadRequest("node_key: expected a string of 8 to 128 characters")
-    info = {k: body[k] for k in ("model", "scale", "provider", "version") if isinstance(body.get(k), (str, int, float))}
+    info = {k: body[k] for k in ("model", "scale", "provider", "version", "queue_size")
+            if isinstance(body.get(k), (str, int, float))}
     try:
         state, created, previous = await gw.registry.register(
             ip, port, node_key=node_key, slots=slots, weight=weight, info=info

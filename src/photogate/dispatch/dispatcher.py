@@ -67,6 +67,8 @@ class _NodeSlot:
         self.state = state
         self.job = job
         self.started = time.monotonic()
+        #: Sent beyond the node's slots (pipelined): it waits in the node's queue first.
+        self.waits = state.inflight > state.slots
         self.released = False
 
     async def release(self, answered: bool, hold: float = 0.0) -> None:
@@ -75,10 +77,17 @@ class _NodeSlot:
             return
         self.released = True
         d, server_id, job = self.dispatcher, self.state.server_id, self.job
-        seconds = time.monotonic() - self.started
+        now = time.monotonic()
+        seconds = now - self.started
         if answered:
-            d.estimator.speeds.learn(server_id, job.megapixels, seconds)
+            # A job that waited in the node's queue ran from the answer before it.
+            began = max(self.started, self.state.last_answer) if self.waits else self.started
+            self.state.last_answer = now
+            d.estimator.speeds.learn(server_id, job.megapixels, now - began)
             d.running[job.task_id] = Running(server_id, job.megapixels, self.started, answered=True)
+            # If the next placement pass sends this node a job, the time until then is the
+            # gateway's per-job gap (what ``pipeline_depth`` weighs against the job time).
+            self.state.freed_at = now
         await d.registry.release(self.state, hold=hold)
         d.strategy.on_completed(server_id, job, seconds, answered)
 
@@ -117,6 +126,8 @@ class Dispatcher:
         self.max_queue = max_queue
         self.max_pixels = max_pixels
         self._wake = asyncio.Event()
+        #: When the placement pass under way began (the gaps it measures start before it).
+        self._pass_began = 0.0
         self._workers: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: Refunds a failed task's charge; photogate.wechat installs its policy at start.
@@ -236,34 +247,45 @@ class Dispatcher:
                 await asyncio.gather(*self._workers, return_exceptions=True)
 
     async def _place_ready(self) -> None:
-        free = sum(v.slots - v.inflight for v in self.registry.candidates(self.multi_backend))
+        self._pass_began = began = time.monotonic()
+        depth = self.strategy.pipeline_depth
+        free = sum(v.openings for v in self.registry.candidates(self.multi_backend, depth=depth))
         await self.queue.fill(free)
         skipped: list[Queued] = []
         try:
             await self._place(skipped)
         finally:
             self.queue.push_back(skipped)
+            # A node freed before this pass that got no job in it: its wait until the next is
+            # no gap of ours (no work, or work held for another node).
+            for state in self.registry.all():
+                if state.freed_at is not None and state.freed_at <= began:
+                    state.freed_at = None
 
     async def _place(self, skipped: list[Queued]) -> None:
         strategy = self.strategy
         # A strategy that plans ahead (``fastest``) also sees the busy nodes, and may hold a
         # job back for one of them (late binding: nothing is committed to a node's queue).
+        # A strategy with a pipeline depth for a node is offered it beyond its free slots.
         strategy.begin_pass()
+        depth = strategy.pipeline_depth
         for _ in range(SCAN_LIMIT):
-            if not self.registry.candidates(self.multi_backend):
+            if not self.registry.candidates(self.multi_backend, depth=depth):
                 break  # no free slot anywhere: wait for a release or a node
             item = self.queue.pop()
             if item is None:
                 break
             exclude = frozenset(item.tried)
-            candidates = self.registry.candidates(self.multi_backend, exclude=exclude)
+            candidates = self.registry.candidates(self.multi_backend, exclude=exclude, depth=depth)
             if not candidates:
                 skipped.append(item)
                 continue
             job = JobView(item.task.task_id, item.task.megapixels, item.task.input_bytes)
-            offered = self.registry.views(self.multi_backend, exclude=exclude) if strategy.plans_ahead else candidates
+            offered = (self.registry.views(self.multi_backend, exclude=exclude, depth=depth)
+                       if strategy.plans_ahead else candidates)
             chosen = strategy.choose(offered, job)
-            if chosen is None or chosen.server_id not in {c.server_id for c in candidates}:
+            granted = {c.server_id: c.depth for c in candidates}
+            if chosen is None or chosen.server_id not in granted:
                 if strategy.plans_ahead:
                     skipped.append(item)  # held for a node that is busy now
                     continue
@@ -271,7 +293,7 @@ class Dispatcher:
                           server_id=chosen.server_id if chosen is not None else None)
                 chosen = candidates[0]
             try:
-                state = await self.registry.acquire(chosen.server_id)
+                state = await self.registry.acquire(chosen.server_id, granted[chosen.server_id])
             except BaseException:
                 skipped.append(item)
                 raise
@@ -282,6 +304,9 @@ class Dispatcher:
 
     def _start(self, item: Queued, state: NodeState, job: JobView, strategy: Strategy) -> None:
         state.last_used = time.time()
+        if state.freed_at is not None and state.freed_at <= self._pass_began:
+            state.note_gap(time.monotonic() - state.freed_at)
+            state.freed_at = None
         strategy.on_dispatched(state.server_id, job)
         self.running[job.task_id] = Running(state.server_id, job.megapixels, time.monotonic())
         self.changes += 1
