@@ -15,8 +15,9 @@ two gateway processes sharing one Redis (heavy through the first, light owners a
   through ``POST /api/v1/admin/keys``; skipped where the gateway has no such endpoint).
 
 Printed: the light owners' p95 completion time (target: fair <= 2x alone), paid vs free median
-wait, and the heavy owner's share of the megapixels completed while every light owner was
-waiting, against its fair share (its weight over the weights of the owners waiting).
+wait, and the heavy owner's share of the megapixels completed from the light owners' arrival
+until the last of them is done, against its fair share over the same photos (at each
+completion, its weight over the weights of the owners still waiting).
 
     python bench/fairness.py                           # the issue's figures (about 3 minutes)
     python bench/fairness.py --heavy 40 --light-photos 2 --setups sqlite   # smoke run
@@ -242,18 +243,32 @@ def summary(out: Outcome, alone_p95: float | None) -> dict[str, str]:
             row[f"{cls} median s"] = f"{statistics.median(waited):.2f}" if waited else "-"
     heavy = [d for d in out.done if d.owner == "heavy"]
     if heavy and light:
-        # While every light owner still waits: from their arrival to the first light owner's last photo.
-        last = {}
-        for d in light:
-            last[d.owner] = max(last.get(d.owner, 0.0), d.finished)
-        start, end = min(d.submitted for d in light), min(last.values())
-        window = [d for d in out.done if start <= d.finished <= end]
-        if window:
-            share = sum(d.megapixels for d in window if d.owner == "heavy") / sum(d.megapixels for d in window)
-            weights = [WEIGHTS[c] if out.run == "classes" else 1 for c in ["free"] + [d.cls for d in _owners(light)]]
-            row["heavy share"] = f"{share:.3f}"
-            row["fair share"] = f"{weights[0] / sum(weights):.3f}"
+        share, fair = heavy_share(out.done, out.run == "classes")
+        row["heavy share"] = f"{share:.3f}"
+        row["fair share"] = f"{fair:.3f}"
     return row
+
+
+def heavy_share(done: list[Done], classes: bool) -> tuple[float, float]:
+    """The heavy owner's share of the megapixels completed from the light owners' arrival until
+    the last of them is done, and its fair share over the same photos: at each completion, its
+    weight over the weights of the owners still waiting then (each photo weighted by its
+    megapixels)."""
+    start = min(d.submitted for d in done if d.owner != "heavy")
+    end = max(d.finished for d in done if d.owner != "heavy")
+    window = sorted((d for d in done if start <= d.finished <= end), key=lambda d: d.finished)
+    last = {d.owner: max(x.finished for x in done if x.owner == d.owner) for d in done}
+    first = {d.owner: min(x.submitted for x in done if x.owner == d.owner) for d in done}
+    cls = {d.owner: d.cls for d in done}
+    weight = {o: (WEIGHTS[c] if classes else 1) for o, c in cls.items()}
+    total = heavy = expected = 0.0
+    for d in window:
+        waiting = [o for o in last if first[o] <= d.finished <= last[o]]
+        total += d.megapixels
+        heavy += d.megapixels if d.owner == "heavy" else 0.0
+        if "heavy" in waiting:
+            expected += d.megapixels * weight["heavy"] / sum(weight[o] for o in waiting)
+    return heavy / total, expected / total
 
 
 def _owners(light: list[Done]) -> list[Done]:
