@@ -33,6 +33,7 @@ import asyncio
 import io
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
@@ -76,6 +77,22 @@ async def send_photogate(http: aiohttp.ClientSession, url: str, body: bytes) -> 
     async with http.post(url + "/api/v1/enhance?wait=30&result=inline", data=form) as r:
         data = await r.read()
         return r.status == 200 and r.headers.get("X-Task-Status") == "completed" and len(data) > 0
+
+
+def send_owned(owners: int) -> Send:
+    """``send_photogate`` as one of ``owners`` owners at random (X-Forwarded-For 10.0.0.N through
+    a trusted proxy: the open API's owner is the client address)."""
+    rng = random.Random(18)
+
+    async def send(http: aiohttp.ClientSession, url: str, body: bytes) -> bool:
+        form = aiohttp.FormData()
+        form.add_field("file", body, filename="p.jpg", content_type="image/jpeg")
+        headers = {"X-Forwarded-For": f"10.0.0.{rng.randrange(owners) + 1}"}
+        async with http.post(url + "/api/v1/enhance?wait=30&result=inline", data=form, headers=headers) as r:
+            data = await r.read()
+            return r.status == 200 and r.headers.get("X-Task-Status") == "completed" and len(data) > 0
+
+    return send
 
 
 async def send_bare(http: aiohttp.ClientSession, url: str, body: bytes) -> bool:
@@ -314,6 +331,23 @@ async def section3(launch: Launcher, redis_bin: str, body: bytes, args: argparse
         ceiling(runs, cores or 1, "redis2", "redis1")]
 
 
+async def section4(launch: Launcher, _binary: str, body: bytes, args: argparse.Namespace) -> list[str]:
+    """Issue 18: what fair share costs. The same gateway (SQLite, four instant nodes) with
+    ``access.fair_share`` on and off; each upload from one of as many owners as clients
+    (X-Forwarded-For through a trusted proxy), so the fair queue has that many owners."""
+    proxies = "server: {trusted_proxies: [127.0.0.1]}\n"
+    fair = await launch.photogate("s4-fair", 1, 4, INSTANT, 8, proxies + "access: {fair_share: true}\n")
+    fifo = await launch.photogate("s4-fifo", 1, 4, INSTANT, 8, proxies + "access: {fair_share: false}\n")
+    send = send_owned(args.redis_clients)
+    targets = [Target("fair", fair, send), Target("fifo", fifo, send)]
+    runs = await rounds(targets, body, args.redis_clients, args)
+    return [f"## 4. Fair share on vs off, four instant nodes, {args.redis_clients} clients and owners", "",
+            "| access.fair_share | result | ratio |", "| --- | --- | --- |",
+            f"| false (first come, first served) | {cell(runs['fifo'])} | 1.00x |",
+            f"| true (deficit round robin) | {cell(runs['fair'])} | "
+            f"{ratio(runs['fair'], runs['fifo'], 'tasks_per_s'):.2f}x |", ""] + cpu_notes(runs, "fair share")
+
+
 def ceiling(runs: dict[str, list[Run]], cores: int, label: str, base: str) -> str:
     """What this machine's cores allow ``label`` at most: every process's CPU per task together
     (client and nodes included), against ``base``'s measured tasks/s."""
@@ -357,10 +391,9 @@ async def run(args: argparse.Namespace) -> int:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
                 launch = Launcher(procs, http, args.log_level)
-                for number, section in ((1, section1), (2, section2), (3, section3)):
+                for number, section in ((1, section1), (2, section2), (3, section3), (4, section4)):
                     if number in args.sections:
-                        binary = redis_bin if number == 3 else haproxy
-                        assert binary is not None
+                        binary = (redis_bin if number == 3 else haproxy) or ""
                         out += await section(launch, binary, body, args) + [""]
                         procs.stop()  # each section on a machine with only its own processes
         finally:
@@ -379,7 +412,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None, help="warm-up before each measurement (default: "
                    "a quarter of --seconds, at most 2)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over them (default %(default)s)")
-    p.add_argument("--sections", type=int_list, default=[1, 2, 3], help="which sections, e.g. 1,3 (default 1,2,3)")
+    p.add_argument("--sections", type=int_list, default=[1, 2, 3], help="which sections, e.g. 1,3 (default 1,2,3; "
+                   "4: fair share on vs off)")
     p.add_argument("--clients", type=int_list, default=[32, 1], help="section 1's client counts (default 32,1)")
     p.add_argument("--short-clients", type=int, default=8, help="section 2's clients (default %(default)s)")
     p.add_argument("--redis-clients", type=int, default=32, help="section 3's clients (default %(default)s)")
@@ -390,8 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warmup is None:
         args.warmup = min(2.0, args.seconds / 4)
-    if not set(args.sections) <= {1, 2, 3} or args.rounds < 1 or args.seconds <= 0:
-        p.error("--sections takes 1, 2, 3; --rounds >= 1; --seconds > 0")
+    if not set(args.sections) <= {1, 2, 3, 4} or args.rounds < 1 or args.seconds <= 0:
+        p.error("--sections takes 1, 2, 3, 4; --rounds >= 1; --seconds > 0")
     return args
 
 
