@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import structlog
@@ -35,7 +35,7 @@ async def _http_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def _engine_ctx(models: list[SRModel] | None):  # type: ignore[no-untyped-def]
+def _engine_ctx(models: list[SRModel] | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         if config.simulate_speed > 0:

@@ -13,6 +13,7 @@ import io
 from collections.abc import Iterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from PIL import Image
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
@@ -140,7 +141,7 @@ def setup(app: web.Application) -> None:
     app[METRICS] = metrics
 
     @web.middleware
-    async def middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = 500
         try:
             response = await handler(request)

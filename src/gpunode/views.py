@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import PIL
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import __version__
 from .errors import BadImage, NodeError, QueueFull, Unauthorized
@@ -132,7 +133,7 @@ async def info(request: web.Request) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except NodeError as exc:

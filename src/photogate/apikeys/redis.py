@@ -15,6 +15,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from ..storage.protocols import RedisKeyspace
 from ..storage.redis.connection import text
 from ..storage.redis.store import unavailable
@@ -58,10 +60,11 @@ class RedisKeyRecords:
     @unavailable
     async def insert(self, record: KeyRecord) -> bool:
         key = f"{self.p}apikey:{record.id}"
-        mapping = {k: repr(v) if isinstance(v, float) else str(v) for k, v in asdict(record).items() if v is not None}
+        mapping: dict[FieldT, EncodableT] = {
+            k: repr(v) if isinstance(v, float) else str(v) for k, v in asdict(record).items() if v is not None}
         if not await self.redis.hsetnx(key, "id", record.id):
             return False
-        await self.redis.hset(key, mapping=mapping)  # type: ignore[arg-type]  # str values
+        await self.redis.hset(key, mapping=mapping)
         await self.redis.zadd(f"{self.p}apikeys", {record.id: record.created_at})
         return True
 
