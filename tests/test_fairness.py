@@ -117,6 +117,21 @@ def test_a_task_held_back_keeps_its_turn_and_costs_its_owner_nothing() -> None:
     assert _drain(share) == ["h0", "h1", "a1", "h2", "h3", "h4"]
 
 
+def test_an_owner_served_alone_through_many_passes_is_not_starved_when_others_arrive() -> None:
+    """A heavy owner alone on two busy nodes: each placement pass pops many of its photos and
+    places two. Its debt must stay within a photo (each pass advances the rounds as popping
+    would), so when light owners arrive it still gets its turn every round."""
+    share = _fair(_batch("h", 200))
+    for _ in range(20):  # 20 passes, two photos placed in each
+        popped = [share.pop() for _ in range(64)]
+        share.refund([p for p in popped[2:] if p is not None])
+    for i in range(10):
+        for item in _batch(f"l{i}-", 5, t0=1000):
+            share.push(item)
+    first_round = _drain(share, 22)
+    assert sum(name.startswith("h") for name in first_round) >= 2, first_round
+
+
 # -- the local queue ------------------------------------------------------------------------
 
 

@@ -57,6 +57,8 @@ class _Pass(Generic[T]):
     members: set[str]
     credits: dict[str, float] = field(default_factory=dict)
     popped: list[T] = field(default_factory=list)
+    #: The credit of each owner that left the ring during the pass (its last task popped).
+    left: dict[str, float] = field(default_factory=dict)
 
 
 class FairShare(Generic[T]):
@@ -126,6 +128,8 @@ class FairShare(Generic[T]):
         if not owner.items:
             self._ring.popleft()
             del self._owners[key]
+            if self._pass is not None:
+                self._pass.left[key] = owner.credit
         return item
 
     def _touch(self, key: str) -> None:
@@ -144,29 +148,45 @@ class FairShare(Generic[T]):
             owner.credit += rounds * quantum
 
     def refund(self, items: list[T]) -> None:
-        """End of a placement pass: ``items`` (popped by it) were not placed. The ring and the
-        credits go back to where the pass found them, the unplaced tasks to their owners'
-        queues, and only the tasks it placed are charged: the next pass starts where this
-        one did."""
+        """End of a placement pass: ``items`` (popped by it) were not placed.
+
+        A pass that placed nothing leaves everything as it found it (ring and credits). A pass
+        that placed some tasks keeps the rounds it went through — the quanta given and the
+        owners moved on, exactly as if the placed tasks alone had been popped — and gives each
+        unplaced task back to the head of its owner's queue with its charge refunded (an owner
+        that had left the ring with it comes back at the head, where it was): a task held back
+        for a busy node costs its owner nothing. (Restoring the credits and charging only the
+        placed tasks, as before, undid every quantum a pass gave: an owner served alone banked
+        a debt of many photos and was starved once others arrived.)"""
         run, self._pass = self._pass, None
         if run is None:
             for item in items:
                 self.push(item)
             return
         back = {id(item) for item in items}
+        if len(back) == len(run.popped):
+            self._restore(run)
+            return
+        for item in reversed([item for item in run.popped if id(item) in back]):
+            key = item.owner or ""
+            owner = self._owners.get(key)
+            if owner is None:
+                owner = self._owners[key] = _Owner(run.left.pop(key, 0.0))
+                self._ring.appendleft(key)
+            owner.credit += self.weights.charge(item.cost)
+            heapq.heappush(owner.items, item)
+            self._size += 1
+
+    def _restore(self, run: _Pass[T]) -> None:
+        """Undo a pass that placed nothing: every task back, the ring and credits as they were."""
         for item in run.popped:
-            if id(item) in back:
-                owner = self._owners.setdefault(item.owner or "", _Owner(0.0))
-                heapq.heappush(owner.items, item)
-                self._size += 1
+            owner = self._owners.setdefault(item.owner or "", _Owner(0.0))
+            heapq.heappush(owner.items, item)
+            self._size += 1
         for key, credit in run.credits.items():
             if key in self._owners:
                 self._owners[key].credit = credit
         self._ring = deque(key for key in run.ring if key in self._owners)
-        for item in run.popped:
-            placed_by = self._owners.get(item.owner or "")
-            if placed_by is not None and id(item) not in back:
-                placed_by.credit -= self.weights.charge(item.cost)
 
     def order(self) -> list[T]:
         """Every ready task in the order :meth:`pop` would give them (nothing changes here)."""
