@@ -10,7 +10,7 @@ import ci_skips
 import pytest
 import structlog
 from redis_support import RedisServer, unique_prefix
-from support import FakeNode, Gateway, GatewayProcess, make_config, refused_port
+from support import FakeNode, Gateway, GatewayProcess, make_config, node_factory, refused_port
 
 from photogate.app import create_app
 from photogate.config import Config
@@ -48,17 +48,8 @@ async def make_gateway(aiohttp_client: Any, tmp_path: Path) -> Callable[..., Awa
 
 @pytest.fixture
 async def nodes() -> AsyncIterator[Callable[..., Awaitable[FakeNode]]]:
-    started: list[FakeNode] = []
-
-    async def make(**kwargs: Any) -> FakeNode:
-        node = FakeNode(**kwargs)
-        await node.start()
-        started.append(node)
-        return node
-
-    yield make
-    for node in started:
-        await node.stop()
+    async with node_factory(FakeNode) as make:
+        yield make
 
 
 @pytest.fixture

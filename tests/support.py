@@ -3,7 +3,7 @@ names of :mod:`helpers` that tests share, re-exported. New shared code goes in `
 
 from __future__ import annotations
 
-from helpers.fake_node import FakeNode
+from helpers.fake_node import FakeNode, node_factory
 from helpers.gateway import ADMIN_TOKEN, LOOPBACK_NODES, REPO, Gateway, make_config
 from helpers.photos import image_bytes
 from helpers.polling import wait_until
@@ -13,6 +13,7 @@ from helpers.public_api import SECRET
 from helpers.raw_http import read_http_answer
 
 __all__ = [
+    "node_factory",
     "ADMIN_TOKEN",
     "LOOPBACK_NODES",
     "REPO",

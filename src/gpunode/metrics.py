@@ -140,21 +140,24 @@ def setup(app: web.Application) -> None:
     metrics = NodeMetrics(app)
     app[METRICS] = metrics
 
+    def count(request: web.Request, status: int) -> None:
+        resource = request.match_info.route.resource
+        metrics.requests.labels(resource.canonical if resource else "unmatched", str(status)).inc()
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        status = 500
         try:
             response = await handler(request)
-            status = response.status
-            if status == 200 and request.path == "/v1/enhance" and request.method == "POST":
-                metrics.observe(request, response, await request.read())  # the body the view read
-            return response
         except web.HTTPException as exc:
-            status = exc.status
+            count(request, exc.status)
             raise
-        finally:
-            resource = request.match_info.route.resource
-            metrics.requests.labels(resource.canonical if resource else "unmatched", str(status)).inc()
+        except BaseException:
+            count(request, 500)
+            raise
+        count(request, response.status)
+        if response.status == 200 and request.path == "/v1/enhance" and request.method == "POST":
+            metrics.observe(request, response, await request.read())  # the body the view read
+        return response
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(metrics.registry),

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -84,3 +87,30 @@ class FakeNode:
                                 headers={"X-Node-Port": str(self.port)})
         finally:
             self.busy -= 1
+
+
+class _Node(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+N = TypeVar("N", bound=_Node)
+
+
+@asynccontextmanager
+async def node_factory(cls: Callable[..., N]) -> AsyncIterator[Callable[..., Awaitable[N]]]:
+    """``make(**kwargs)`` starts a ``cls`` node; every node it started is stopped on exit
+    (the body of a fixture: ``async with node_factory(FakeNode) as make: yield make``)."""
+    started: list[N] = []
+
+    async def make(*args: Any, **kwargs: Any) -> N:
+        node = cls(*args, **kwargs)
+        await node.start()
+        started.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in started:
+            await node.stop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import secrets
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,24 @@ def tiny_model(path: Path, *, fixed: int | None = None, multiple: int = 1) -> No
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
                               initializer=[scales])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+@asynccontextmanager
+async def real_gateway(tmp_path: Path, secret: str) -> AsyncIterator[str]:
+    """The real photogate gateway (``--dev``, health checks every 0.2 s) in this process on
+    an ephemeral port; yields its URL."""
+    from photogate.app import create_app
+    from photogate.config import load_config
+
+    config = load_config(None, overrides={
+        "webhook.secret": secret, "storage.data_dir": str(tmp_path / "gw"), "health_check.interval": 0.2,
+    }, env={}, dev=True)
+    sock = free_socket()
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+        sock.close()

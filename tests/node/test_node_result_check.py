@@ -9,17 +9,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from helpers.photos import encoded
 from helpers.polling import wait_until
-from helpers.ports import free_socket
-from node_support import photo
+from node_support import photo, real_gateway
 from PIL import Image
 
 from gpunode.keys import REGISTRAR
 
-photogate_app = pytest.importorskip("photogate.app")
-photogate_config = pytest.importorskip("photogate.config")
+pytest.importorskip("photogate.app")
 
 SECRET = "e2e-secret-not-the-default"
 
@@ -55,27 +52,18 @@ async def _enhanced(http: aiohttp.ClientSession, gw: str, data: bytes,
 
 
 async def test_real_node_results_pass_the_result_check(tmp_path: Path, start_node, http) -> None:  # type: ignore[no-untyped-def]
-    config = photogate_config.load_config(None, overrides={
-        "webhook.secret": SECRET, "storage.data_dir": str(tmp_path / "gw"), "health_check.interval": 0.2,
-    }, env={}, dev=True)
-    sock = free_socket()
-    runner = web.AppRunner(photogate_app.create_app(config), access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    gw = f"http://127.0.0.1:{sock.getsockname()[1]}"
     node = None
-    try:
-        node = await start_node(gateway_url=gw, secret=SECRET, advertise_ip="127.0.0.1")
-        await wait_until(lambda: node.app[REGISTRAR].server_id, timeout=30)
-        final, out = await _enhanced(http, gw, _rotated_jpeg(48, 32))
-        assert final["attempts"] == 1 and (out.format, out.size) == ("JPEG", (64, 96))
-        png = encoded(photo().resize((33, 21)), "PNG")
-        for fmt, size in (("webp", (50, 32)), ("png", (50, 32)), ("jpeg", (50, 32))):
-            final, out = await _enhanced(http, gw, png, format=fmt, scale="1.5")
-            assert final["attempts"] == 1 and out.format == fmt.upper(), final
-            assert max(abs(a - b) for a, b in zip(out.size, size, strict=True)) <= 1, out.size
-    finally:
-        if node is not None:
-            await node.stop()
-        await runner.cleanup()
-        sock.close()
+    async with real_gateway(tmp_path, SECRET) as gw:
+        try:
+            node = await start_node(gateway_url=gw, secret=SECRET, advertise_ip="127.0.0.1")
+            await wait_until(lambda: node.app[REGISTRAR].server_id, timeout=30)
+            final, out = await _enhanced(http, gw, _rotated_jpeg(48, 32))
+            assert final["attempts"] == 1 and (out.format, out.size) == ("JPEG", (64, 96))
+            png = encoded(photo().resize((33, 21)), "PNG")
+            for fmt, size in (("webp", (50, 32)), ("png", (50, 32)), ("jpeg", (50, 32))):
+                final, out = await _enhanced(http, gw, png, format=fmt, scale="1.5")
+                assert final["attempts"] == 1 and out.format == fmt.upper(), final
+                assert max(abs(a - b) for a, b in zip(out.size, size, strict=True)) <= 1, out.size
+        finally:
+            if node is not None:
+                await node.stop()

@@ -24,7 +24,7 @@ import pytest
 import structlog
 from aiohttp import web
 from PIL import Image
-from support import SECRET, FakeNode, Gateway, image_bytes, wait_until
+from support import SECRET, FakeNode, Gateway, image_bytes, node_factory, wait_until
 
 from photogate.keys import GATEWAY
 
@@ -115,17 +115,8 @@ def _enhanced(body: bytes) -> bytes:
 
 @pytest.fixture
 async def hostile() -> AsyncIterator[Callable[..., Awaitable[HostileNode]]]:
-    started: list[HostileNode] = []
-
-    async def make(**kwargs: Any) -> HostileNode:
-        node = HostileNode(**kwargs)
-        await node.start()
-        started.append(node)
-        return node
-
-    yield make
-    for node in started:
-        await node.stop()
+    async with node_factory(HostileNode) as make:
+        yield make
 
 
 def _rss() -> int:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from PIL import Image
-from support import SECRET, FakeNode, Gateway
+from support import SECRET, FakeNode, Gateway, node_factory
 
 from photogate.errors import BadRequest
 from photogate.imagecheck import read_header, verify
@@ -67,17 +67,8 @@ class ResultNode(FakeNode):
 
 @pytest.fixture
 async def result_node() -> AsyncIterator[Callable[..., Awaitable[ResultNode]]]:
-    started: list[ResultNode] = []
-
-    async def make(*args: Any, **kwargs: Any) -> ResultNode:
-        node = ResultNode(*args, **kwargs)
-        await node.start()
-        started.append(node)
-        return node
-
-    yield make
-    for node in started:
-        await node.stop()
+    async with node_factory(ResultNode) as make:
+        yield make
 
 
 def _flip(data: bytes, at: int) -> bytes:
