@@ -70,13 +70,19 @@ async def test_running_task_progress_grows_and_eta_shrinks(gateway: Gateway, nod
     assert final["queue_position"] is None and final["estimated_start_seconds"] is None
 
 
-async def test_queued_tasks_say_their_place_and_start(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+async def _one_running(gateway: Gateway, nodes) -> tuple[bytes, str]:  # type: ignore[no-untyped-def]
+    """A node that takes SECONDS a photo, registered and reporting; one photo running on it."""
     node = await nodes(delay=SECONDS, throughput=0.1)
     await gateway.register(node)
     await _reported(gateway, node.server_id)
     photo = image_bytes(*PHOTO)
     running = await gateway.submit(photo)
-    await _status_when(gateway, running, lambda s: s["status"] == "processing", "the first task to run")
+    await _status_when(gateway, running, lambda s: s["status"] == "processing", "a task to run")
+    return photo, running
+
+
+async def test_queued_tasks_say_their_place_and_start(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
+    photo, running = await _one_running(gateway, nodes)
     second, third = await gateway.submit(photo), await gateway.submit(photo)
 
     b, c = await gateway.status(second), await gateway.status(third)
@@ -160,12 +166,7 @@ async def test_cli_bar_moves_with_the_estimate(gateway: Gateway, nodes, tmp_path
 
 
 async def test_dashboard_state_carries_the_estimate(gateway: Gateway, nodes) -> None:  # type: ignore[no-untyped-def]
-    node = await nodes(delay=SECONDS, throughput=0.1)
-    await gateway.register(node)
-    await _reported(gateway, node.server_id)
-    photo = image_bytes(*PHOTO)
-    running = await gateway.submit(photo)
-    await _status_when(gateway, running, lambda s: s["status"] == "processing", "the task to run")
+    photo, running = await _one_running(gateway, nodes)
     queued = await gateway.submit(photo)
     resp = await gateway.client.get("/dashboard/state", headers=gateway.admin_headers())
     assert resp.status == 200
